@@ -1,0 +1,311 @@
+// Real-browser test of the wsgate demo page: Debian's chromium driven by
+// playwright-core against a running `wsgate serve`.
+//
+//   node conformance/browser/run.mjs http://127.0.0.1:PORT
+//
+// (run.sh starts the server and calls this.) The base URL may also come from
+// WSGATE_URL. Closes with the line "browser: N passed, N failed"; exit code 0
+// only when every test passed.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const REPO = resolve(HERE, '..', '..');
+const BASE = (process.argv[2] || process.env.WSGATE_URL || '').replace(/\/+$/, '');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const OUT_DIR = resolve(REPO, process.env.WSGATE_BROWSER_OUT || 'target/test-output/browser');
+const SCREENSHOT = join(OUT_DIR, 'demo.png');
+
+// Every wait is bounded by one of these.
+const OPEN_MS = 10_000;      // page load + WebSocket open
+const ARRIVE_MS = 5_000;     // a message shows up on a page
+const ABSENT_MS = 1_500;     // how long we watch for a message that must NOT arrive
+const HTTP_MS = 5_000;       // one publish request from node
+const TEST_MS = 45_000;      // one whole test
+const RUN_MS = 240_000;      // the whole run
+
+if (!BASE) {
+  console.error('usage: node run.mjs http://127.0.0.1:PORT   (or set WSGATE_URL)');
+  process.exit(2);
+}
+
+const watchdog = setTimeout(() => {
+  console.error(`run.mjs: the whole run took longer than ${RUN_MS / 1000}s; giving up`);
+  console.log('browser: 0 passed, 1 failed');
+  process.exit(1);
+}, RUN_MS);
+watchdog.unref();
+
+const uid = (p) => `${p}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+const ROOM_A = uid('bt-a');
+const ROOM_B = uid('bt-b');
+const groupPath = (room) => `/api/groups/${encodeURIComponent(`room:${room}`)}/messages`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function withTimeout(promise, ms, what) {
+  let t;
+  return Promise.race([
+    promise,
+    new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
+  ]).finally(() => clearTimeout(t));
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(`assertion failed: ${msg}`);
+}
+
+// ---------------------------------------------------------------- browser
+
+let browser;
+let context;
+const pages = new Map(); // name -> { page, room, logs: [] }
+
+async function openTab(name, room) {
+  if (pages.has(name)) {
+    const tab = pages.get(name);
+    await waitState(tab, 'open');
+    return tab;
+  }
+  const page = await context.newPage();
+  const tab = { name, page, room, logs: [], shown: 0 };
+  pages.set(name, tab);
+  page.on('console', (m) => tab.logs.push(`console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => tab.logs.push(`pageerror: ${e.message}`));
+  page.on('requestfailed', (r) => tab.logs.push(`requestfailed: ${r.method()} ${r.url()} ${r.failure()?.errorText ?? ''}`));
+  page.on('websocket', (ws) => {
+    tab.logs.push(`websocket: created ${ws.url()}`);
+    ws.on('close', () => tab.logs.push(`websocket: closed ${ws.url()}`));
+    ws.on('socketerror', (e) => tab.logs.push(`websocket: error ${e}`));
+  });
+  page.setDefaultTimeout(OPEN_MS);
+  const url = `${BASE}/?room=${encodeURIComponent(room)}`;
+  const resp = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: OPEN_MS });
+  assert(resp && resp.ok(), `GET ${url} answered ${resp ? resp.status() : 'nothing'}`);
+  await waitState(tab, 'open');
+  const wsUrl = await page.textContent('#ws-url');
+  const expected = `${BASE.replace(/^http/, 'ws')}/room/${encodeURIComponent(room)}/`;
+  assert(wsUrl === expected, `#ws-url shows ${JSON.stringify(wsUrl)}, expected ${JSON.stringify(expected)}`);
+  return tab;
+}
+
+async function waitState(tab, want) {
+  try {
+    await tab.page.waitForFunction(
+      (w) => document.querySelector('#state')?.textContent === w,
+      want, { timeout: OPEN_MS, polling: 100 });
+  } catch (e) {
+    throw new Error(`tab ${tab.name}: #state never became ${JSON.stringify(want)} within ${OPEN_MS} ms`);
+  }
+}
+
+// Texts of all .msg lines on a tab.
+async function messages(tab) {
+  return tab.page.$$eval('#messages .msg', (els) => els.map((e) => e.textContent));
+}
+
+async function waitMessage(tab, text, ms = ARRIVE_MS) {
+  try {
+    await tab.page.waitForFunction(
+      (t) => [...document.querySelectorAll('#messages .msg')].some((e) => e.textContent.includes(t)),
+      text, { timeout: ms, polling: 50 });
+  } catch (e) {
+    const seen = await messages(tab).catch(() => []);
+    throw new Error(`tab ${tab.name} (room ${tab.room}): message ${JSON.stringify(text)} did not appear within ${ms} ms; `
+      + `.msg lines seen: ${JSON.stringify(seen.slice(-10))}`);
+  }
+}
+
+// POST from node (not the page) to the publish API.
+async function publish(room, body, contentType = 'text/plain; charset=utf-8') {
+  const url = `${BASE}${groupPath(room)}`;
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'Content-Type': contentType },
+    body,
+    signal: AbortSignal.timeout(HTTP_MS),
+  });
+  const raw = await res.text();
+  let json = null;
+  try { json = JSON.parse(raw); } catch { /* reported below */ }
+  return { url, status: res.status, raw, json };
+}
+
+function assertDelivered(r, min = 1) {
+  assert(r.status >= 200 && r.status < 300, `POST ${r.url} answered ${r.status}: ${r.raw.slice(0, 300)}`);
+  assert(r.json && typeof r.json === 'object', `POST ${r.url} answer is not JSON: ${r.raw.slice(0, 300)}`);
+  assert(Number.isInteger(r.json.recipients) && r.json.recipients >= min,
+    `POST ${r.url} answered recipients=${JSON.stringify(r.json.recipients)}, expected >= ${min}: ${r.raw.slice(0, 300)}`);
+}
+
+async function dumpTabs(test) {
+  for (const tab of pages.values()) {
+    let state = '?', closeInfo = '?', result = '?', msgs = [];
+    try {
+      state = await tab.page.textContent('#state', { timeout: 1000 });
+      closeInfo = await tab.page.textContent('#close-info', { timeout: 1000 });
+      result = await tab.page.textContent('#publish-result', { timeout: 1000 });
+      msgs = await messages(tab);
+    } catch (e) { state += ` (could not read the page: ${e.message.split('\n')[0]})`; }
+    console.log(`    --- tab ${tab.name} (room ${tab.room}) ${tab.page.url()}`);
+    console.log(`    #state: ${JSON.stringify(state)}   #close-info: ${JSON.stringify(closeInfo)}`);
+    console.log(`    #publish-result: ${JSON.stringify(result)}`);
+    console.log(`    last .msg lines: ${JSON.stringify(msgs.slice(-5))}`);
+    const fresh = tab.logs.slice(tab.shown);
+    tab.shown = tab.logs.length;
+    console.log(`    console, websocket and request events since the last report (${fresh.length}):`);
+    if (fresh.length > 30) console.log(`      ... ${fresh.length - 30} earlier ones left out`);
+    for (const l of fresh.slice(-30)) console.log(`      ${l}`);
+    try {
+      mkdirSync(OUT_DIR, { recursive: true });
+      const shot = join(OUT_DIR, `failed-${test}-${tab.name}.png`);
+      await tab.page.screenshot({ path: shot, fullPage: true, timeout: 5000 });
+      console.log(`    screenshot: ${shot}`);
+    } catch { /* the page may be gone */ }
+  }
+}
+
+// ---------------------------------------------------------------- tests
+
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+
+test('a. a message POSTed to the HTTP API appears in the browser', async () => {
+  const t1 = await openTab('t1', ROOM_A);
+  const text = uid('api-post');
+  const r = await publish(ROOM_A, text);
+  assertDelivered(r, 1);
+  await waitMessage(t1, text);
+});
+
+test('b. a message sent on the socket reaches a second tab in the room and the sender', async () => {
+  const t1 = await openTab('t1', ROOM_A);
+  const t2 = await openTab('t2', ROOM_A);
+  const text = uid('socket-send');
+  await t1.page.fill('#send-text', text);
+  await t1.page.click('#send');
+  await waitMessage(t2, text);
+  await waitMessage(t1, text);
+  // Enter in the input sends too.
+  const text2 = uid('socket-enter');
+  await t2.page.fill('#send-text', text2);
+  await t2.page.press('#send-text', 'Enter');
+  await waitMessage(t1, text2);
+  await waitMessage(t2, text2);
+});
+
+test('e. screenshot of the demo page is saved', async () => {
+  // Taken whatever state the page is in: it helps most when (a)/(b) failed.
+  const t1 = pages.get('t1') || await openTab('t1', ROOM_A);
+  mkdirSync(OUT_DIR, { recursive: true });
+  await t1.page.screenshot({ path: SCREENSHOT, fullPage: true, timeout: OPEN_MS });
+  assert(statSync(SCREENSHOT).size > 1000, `${SCREENSHOT} is (nearly) empty`);
+  console.log(`    screenshot: ${SCREENSHOT}`);
+});
+
+test('c. the page\'s publish form POSTs to the room and shows the recipients', async () => {
+  const t1 = await openTab('t1', ROOM_A);
+  const t2 = await openTab('t2', ROOM_A);
+  const text = uid('form-publish');
+  await t1.page.fill('#publish-text', text);
+  await t1.page.click('#publish');
+  await waitMessage(t1, text);
+  await waitMessage(t2, text);
+  let shown = '';
+  try {
+    await t1.page.waitForFunction(
+      () => /recipients"?\s*:\s*\d+/.test(document.querySelector('#publish-result')?.textContent || ''),
+      null, { timeout: ARRIVE_MS, polling: 100 });
+  } finally {
+    shown = (await t1.page.textContent('#publish-result').catch(() => '')) || '';
+  }
+  const n = Number((shown.match(/recipients"?\s*:\s*(\d+)/) || [])[1]);
+  assert(n >= 1, `#publish-result shows ${JSON.stringify(shown)}, expected recipients >= 1`);
+});
+
+test('d. a tab in another room does not get the first room\'s messages', async () => {
+  const t1 = await openTab('t1', ROOM_A);
+  const t3 = await openTab('t3', ROOM_B);
+  // Positive control: t3 is live in its own room.
+  const mine = uid('room-b');
+  assertDelivered(await publish(ROOM_B, mine), 1);
+  await waitMessage(t3, mine);
+  // Room A traffic, by the API and by the socket, arrives in room A ...
+  const viaApi = uid('room-a-api');
+  assertDelivered(await publish(ROOM_A, viaApi), 1);
+  const viaSocket = uid('room-a-socket');
+  await t1.page.fill('#send-text', viaSocket);
+  await t1.page.click('#send');
+  await waitMessage(t1, viaApi);
+  await waitMessage(t1, viaSocket);
+  // ... and not in room B, however long we watch (bounded).
+  await sleep(ABSENT_MS);
+  const seen = await messages(t3);
+  const leaked = seen.filter((m) => m.includes(viaApi) || m.includes(viaSocket));
+  assert(leaked.length === 0, `tab t3 in room ${ROOM_B} got room ${ROOM_A}'s messages: ${JSON.stringify(leaked)}`);
+});
+
+test('f. message data is shown as text, never as HTML', async () => {
+  const t1 = await openTab('t1', ROOM_A);
+  const marker = uid('xss');
+  const evil = `<img src=x onerror="window.__xss='${marker}'"><b id="${marker}">${marker}</b>`;
+  assertDelivered(await publish(ROOM_A, evil), 1);
+  await waitMessage(t1, evil);
+  await sleep(200);
+  const injected = await t1.page.evaluate((m) => ({
+    ran: window.__xss === m,
+    elements: document.querySelectorAll(`#messages img, [id="${m}"]`).length,
+  }), marker);
+  assert(!injected.ran && injected.elements === 0,
+    `message markup was interpreted as HTML: ${JSON.stringify(injected)}`);
+});
+
+test('g. a binary message is shown as [binary N bytes]', async () => {
+  const t1 = await openTab('t1', ROOM_A);
+  // 37 bytes is unlikely to clash with anything else on the page.
+  const bytes = new Uint8Array(37).map((_, i) => (i * 7) & 0xff);
+  assertDelivered(await publish(ROOM_A, bytes, 'application/octet-stream'), 1);
+  await waitMessage(t1, '[binary 37 bytes]');
+});
+
+// ---------------------------------------------------------------- main
+
+let passed = 0;
+let failed = 0;
+try {
+  console.log(`browser test against ${BASE} (rooms ${ROOM_A}, ${ROOM_B})`);
+  browser = await withTimeout(chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30_000,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  }), 40_000, `launching ${CHROMIUM}`);
+  console.log(`chromium ${browser.version()} launched`);
+  context = await browser.newContext({ viewport: { width: 1000, height: 900 } });
+} catch (e) {
+  console.log(`not ok - launch chromium: ${e.message}`);
+  console.log(`browser: 0 passed, ${tests.length} failed`);
+  process.exit(1);
+}
+
+for (const { name, fn } of tests) {
+  const started = Date.now();
+  try {
+    await withTimeout(fn(), TEST_MS, name);
+    passed++;
+    console.log(`ok - ${name} (${Date.now() - started} ms)`);
+  } catch (e) {
+    failed++;
+    console.log(`not ok - ${name} (${Date.now() - started} ms)`);
+    console.log(`    ${String(e && e.message || e).split('\n').join('\n    ')}`);
+    await withTimeout(dumpTabs(name.split('.')[0]), 20_000, 'reading the pages').catch((err) => console.log(`    (${err.message})`));
+  }
+}
+
+await withTimeout(browser.close(), 10_000, 'closing chromium').catch((e) => console.log(`(${e.message})`));
+console.log(`browser: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

@@ -1,0 +1,360 @@
+//! The HTTP publish API: any backend, in any language, pushes messages to groups.
+//!
+//! - `POST /api/groups/{group}/messages`: the raw body is the message (text frame for `text/*`
+//!   and JSON, binary otherwise).
+//! - `POST /api/publish`: JSON `{"group": "...", "data": ...}` or `{"groups": [...], ...}`, with
+//!   `"b64data"` instead of `"data"` for binary.
+//!
+//! Both answer JSON with the number of local recipients. Errors answer JSON `{"error": "..."}`
+//! whose sentence says what was wrong and how to fix it. This module parses and authorises, then
+//! calls the hub; it knows nothing about sockets or frames beyond asking `ws::frame` to encode.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::metrics::METRICS;
+use crate::server::route::{check_group, percent_decode};
+use crate::server::{Body, Shared};
+use crate::ws::frame::{self, OpCode};
+
+/// Most groups one `/api/publish` request may name.
+pub const MAX_GROUPS_PER_PUBLISH: usize = 1000;
+
+/// An API failure: a status and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn into_response(self) -> Response<Body> {
+        METRICS.api_errors.inc();
+        let mut r = json_response(self.status, &json!({ "error": self.message }));
+        match self.status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            StatusCode::UNAUTHORIZED => {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(v).expect("a Value always serializes");
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Handles any request under `/api`.
+pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    match route(req, shared).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let target = if path == "/api/publish" {
+        None
+    } else if let Some(group) = path
+        .strip_prefix("/api/groups/")
+        .and_then(|p| p.strip_suffix("/messages"))
+        .filter(|g| !g.contains('/'))
+    {
+        Some(percent_decode(group))
+    } else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no API endpoint at {path}; use POST /api/groups/{{group}}/messages or POST /api/publish"
+            ),
+        ));
+    };
+    if req.method() != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} takes POST, not {}", req.method()),
+        ));
+    }
+    authorize(&req, shared)?;
+    let kind = content_kind(&req)?;
+    let kind_header = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let limit = shared.config.api.max_body_bytes;
+    let body = read_body(req, limit).await?;
+    match target {
+        Some(group) => {
+            check_group(&group).map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
+            let opcode = match kind {
+                Kind::Text => {
+                    std::str::from_utf8(&body).map_err(|e| {
+                        ApiError::bad(format!(
+                            "the body is not valid UTF-8 (byte {}), so it cannot be a text message; send it as application/octet-stream for a binary message",
+                            e.valid_up_to()
+                        ))
+                    })?;
+                    OpCode::Text
+                }
+                Kind::Binary => OpCode::Binary,
+            };
+            let message = frame::encode(opcode, &body);
+            let n = shared.hub.publish(&group, &message, None);
+            Ok(json_response(StatusCode::OK, &json!({ "recipients": n })))
+        }
+        None => {
+            if !is_json_request(&kind_header) {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "POST /api/publish takes Content-Type: application/json; to publish a raw body use POST /api/groups/{group}/messages",
+                ));
+            }
+            publish_json(&body, shared)
+        }
+    }
+}
+
+fn is_json_request(content_type: &str) -> bool {
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+fn authorize(req: &Request<Incoming>, shared: &Shared) -> Result<(), ApiError> {
+    let Some(token) = &shared.config.api.token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    match given {
+        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the bearer token is wrong; use the value of api.token",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this API needs a token: send Authorization: Bearer <api.token>",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Binary,
+}
+
+/// Decides text or binary from Content-Type (RFC 9110 §8.3: none means octet-stream).
+fn content_kind(req: &Request<Incoming>) -> Result<Kind, ApiError> {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(Kind::Binary);
+    };
+    let ct = ct
+        .to_str()
+        .map_err(|_| ApiError::bad("the Content-Type header is not ASCII"))?
+        .to_ascii_lowercase();
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim();
+    let charset = parts
+        .filter_map(|p| p.trim().strip_prefix("charset="))
+        .map(|c| c.trim_matches('"').to_string())
+        .next();
+    if mime.starts_with("multipart/") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{mime} is a form upload envelope, not a message; send the message itself as the body (text/plain, application/json or application/octet-stream)"
+            ),
+        ));
+    }
+    let text = mime.starts_with("text/")
+        || mime == "application/json"
+        || (mime.starts_with("application/") && mime.ends_with("+json"))
+        || mime == "application/x-www-form-urlencoded";
+    if !text {
+        return Ok(Kind::Binary);
+    }
+    match charset.as_deref() {
+        None | Some("utf-8" | "utf8" | "us-ascii") => Ok(Kind::Text),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "charset {other} is not supported; WebSocket text messages are UTF-8, so send charset=utf-8"
+            ),
+        )),
+    }
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_big = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is over the {limit} byte limit (api.max_body_bytes); send a smaller message or raise the limit"
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_big())
+        }
+        Err(e) => Err(ApiError::bad(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+fn publish_json(body: &[u8], shared: &Shared) -> Result<Response<Body>, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "the body is not valid JSON ({e}); expected {{\"group\": \"room:1\", \"data\": ...}}"
+        ))
+    })?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::bad(
+            "the body must be a JSON object like {\"group\": \"room:1\", \"data\": ...}",
+        ));
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["group", "groups", "data", "b64data"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad(format!(
+            "unknown field {k:?}; the fields are group, groups, data and b64data"
+        )));
+    }
+    let groups: Vec<String> = match (obj.get("group"), obj.get("groups")) {
+        (Some(Value::String(g)), None) => vec![g.clone()],
+        (None, Some(Value::Array(a))) => {
+            let mut out = Vec::with_capacity(a.len());
+            for g in a {
+                let Value::String(g) = g else {
+                    return Err(ApiError::bad("\"groups\" must be an array of strings"));
+                };
+                out.push(g.clone());
+            }
+            if out.is_empty() {
+                return Err(ApiError::bad(
+                    "\"groups\" is empty; name at least one group",
+                ));
+            }
+            if out.len() > MAX_GROUPS_PER_PUBLISH {
+                return Err(ApiError::bad(format!(
+                    "\"groups\" names {} groups; the limit is {MAX_GROUPS_PER_PUBLISH} per request",
+                    out.len()
+                )));
+            }
+            out
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "give either \"group\" or \"groups\", not both",
+            ));
+        }
+        (Some(_), None) => return Err(ApiError::bad("\"group\" must be a string")),
+        (None, Some(_)) => return Err(ApiError::bad("\"groups\" must be an array of strings")),
+        (None, None) => {
+            return Err(ApiError::bad(
+                "missing \"group\" (or \"groups\"): say where to publish",
+            ));
+        }
+    };
+    for g in &groups {
+        check_group(g).map_err(|m| ApiError::bad(format!("{m} (group {g:?})")))?;
+    }
+    let message = match (obj.get("data"), obj.get("b64data")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "give either \"data\" or \"b64data\", not both",
+            ));
+        }
+        (Some(Value::String(s)), None) => frame::encode(OpCode::Text, s.as_bytes()),
+        (Some(v), None) => frame::encode(OpCode::Text, v.to_string().as_bytes()),
+        (None, Some(Value::String(b))) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| ApiError::bad(format!("\"b64data\" is not valid base64 ({e})")))?;
+            frame::encode(OpCode::Binary, &raw)
+        }
+        (None, Some(_)) => return Err(ApiError::bad("\"b64data\" must be a base64 string")),
+        (None, None) => {
+            return Err(ApiError::bad(
+                "missing \"data\" (or \"b64data\"): say what to publish",
+            ));
+        }
+    };
+    if message.len() > shared.config.api.max_body_bytes + frame::SERVER_HEADER_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the message is over api.max_body_bytes",
+        ));
+    }
+    let mut per_group = BTreeMap::new();
+    let mut total = 0;
+    for g in &groups {
+        let n = shared.hub.publish(g, &message, None);
+        total += n;
+        per_group.insert(g.clone(), n);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "recipients": total, "groups": per_group }),
+    ))
+}

@@ -1,0 +1,112 @@
+//! Command-line interface: argument definitions (their doc comments are the `--help` text) and
+//! the dispatch to each command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  wsgate                                   serve on 127.0.0.1:8080 with built-in defaults
+  wsgate serve --config wsgate.toml        serve with a config file
+  wsgate serve --listen 0.0.0.0:8020       override server.listen
+  WSGATE_WEBSOCKET__PING_INTERVAL=10s wsgate serve
+                                           any config key from the environment
+  wsgate check-config wsgate.toml          validate a config file and exit
+
+Then open http://127.0.0.1:8080/ and publish from any backend:
+  curl -H 'Content-Type: text/plain' -d 'hello' http://127.0.0.1:8080/api/groups/room:lobby/messages";
+
+/// wsgate: WebSockets that just work. A push hub whose groups browsers join by URL and any
+/// backend publishes to over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "wsgate", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Log filter, e.g. "info", "debug" or "wsgate=debug" (RUST_LOG works too).
+    #[arg(long, global = true, env = "WSGATE_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+    /// Validate a config file: prints every problem as file:line:column and exits 1 if any.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file; without it the built-in defaults are used (see wsgate.example.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; overrides server.listen.
+    #[arg(long, short)]
+    pub listen: Option<String>,
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match crate::config::load(Some(file), &crate::config::process_env()) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} route(s), listening on {})",
+                file.display(),
+                cfg.effective_routes().len(),
+                cfg.server.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "{} problem(s) found in {}",
+                e.problems.len(),
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config =
+        match crate::config::load(args.config.as_deref(), &crate::config::process_env()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!(
+                    "invalid configuration; run `wsgate check-config FILE` to see every problem"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+    if let Some(l) = args.listen {
+        if let Err(m) = crate::config::parse_listen(&l) {
+            eprintln!("--listen: {m}");
+            return ExitCode::FAILURE;
+        }
+        config.server.listen = l;
+    }
+    match crate::app::serve_blocking(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! wsgate: a WebSocket push hub in one binary.
+//!
+//! Where things live (one module per concept; each says what it must not know about):
+//! [`config`] what the operator asked for; [`server`] listeners, HTTP and routing;
+//! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] reaching
+//! other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page; [`metrics`]
+//! counters and `/metrics`; [`app`] start and stop order; [`cli`] the command line.
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+pub mod web;
+pub mod ws;

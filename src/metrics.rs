@@ -1,0 +1,156 @@
+//! Every metric in one place, and their Prometheus text rendering at `GET /metrics`.
+//!
+//! Other modules only increment; this module never calls back into them.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub const fn new() -> Self {
+        Gauge(AtomicU64::new(0))
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The process-wide metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub handshake_failures: Counter,
+    pub connections_refused: Counter,
+    pub messages_received: Counter,
+    pub publishes: Counter,
+    pub deliveries: Counter,
+    pub slow_consumers: Counter,
+    pub pong_timeouts: Counter,
+    pub protocol_errors: Counter,
+    pub api_errors: Counter,
+}
+
+pub static METRICS: Metrics = Metrics {
+    connections: Gauge::new(),
+    connections_total: Counter::new(),
+    handshake_failures: Counter::new(),
+    connections_refused: Counter::new(),
+    messages_received: Counter::new(),
+    publishes: Counter::new(),
+    deliveries: Counter::new(),
+    slow_consumers: Counter::new(),
+    pong_timeouts: Counter::new(),
+    protocol_errors: Counter::new(),
+    api_errors: Counter::new(),
+};
+
+impl Metrics {
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let rows: [(&str, &str, &str, u64); 11] = [
+            (
+                "wsgate_ws_connections",
+                "gauge",
+                "WebSocket connections open now",
+                self.connections.get(),
+            ),
+            (
+                "wsgate_ws_connections_total",
+                "counter",
+                "WebSocket connections accepted",
+                self.connections_total.get(),
+            ),
+            (
+                "wsgate_ws_handshake_failures_total",
+                "counter",
+                "Handshakes refused with 4xx",
+                self.handshake_failures.get(),
+            ),
+            (
+                "wsgate_ws_connections_refused_total",
+                "counter",
+                "Handshakes refused at server.max_connections",
+                self.connections_refused.get(),
+            ),
+            (
+                "wsgate_ws_messages_received_total",
+                "counter",
+                "Messages received from clients",
+                self.messages_received.get(),
+            ),
+            (
+                "wsgate_hub_publishes_total",
+                "counter",
+                "Messages published to a group",
+                self.publishes.get(),
+            ),
+            (
+                "wsgate_hub_deliveries_total",
+                "counter",
+                "Messages queued to a member",
+                self.deliveries.get(),
+            ),
+            (
+                "wsgate_ws_slow_consumers_total",
+                "counter",
+                "Connections closed with 1013 slow consumer",
+                self.slow_consumers.get(),
+            ),
+            (
+                "wsgate_ws_pong_timeouts_total",
+                "counter",
+                "Connections closed for not answering a ping",
+                self.pong_timeouts.get(),
+            ),
+            (
+                "wsgate_ws_protocol_errors_total",
+                "counter",
+                "Connections failed for a protocol error",
+                self.protocol_errors.get(),
+            ),
+            (
+                "wsgate_api_errors_total",
+                "counter",
+                "Publish API requests answered with an error",
+                self.api_errors.get(),
+            ),
+        ];
+        let mut out = String::with_capacity(2048);
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}

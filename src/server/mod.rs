@@ -1,0 +1,386 @@
+//! The listener and HTTP/1.1 connections: reading the first request head, handing the connection
+//! to hyper, routing each request to a WebSocket route, the API, metrics or the demo page, and
+//! draining everything on shutdown.
+//!
+//! This module does not know how groups are stored or how frames are parsed: it checks the
+//! handshake with [`crate::ws::handshake`], then gives the upgraded socket to a
+//! [`crate::ws::Session`].
+
+mod head;
+pub mod route;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::METRICS;
+use crate::ws::Heartbeat;
+use crate::ws::handshake::{self, Accept};
+use crate::ws::outbox::Outbox;
+use crate::ws::session::{self, Session, Settings};
+use head::{HeadError, Rewind};
+use route::Route;
+
+/// Response body type for everything the server answers itself.
+pub type Body = Full<Bytes>;
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub routes: Vec<Route>,
+    pub hub: Arc<Hub>,
+    pub heartbeat: Arc<Heartbeat>,
+    next_id: AtomicU64,
+    /// WebSocket connections open or being upgraded.
+    ws_open: AtomicUsize,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>, hub: Arc<Hub>, heartbeat: Arc<Heartbeat>) -> Self {
+        let max = config.websocket.max_message_bytes;
+        let mut routes: Vec<Route> = config
+            .effective_routes()
+            .iter()
+            .map(|r| Route::new(r, max))
+            .collect();
+        if !config.websocket.echo_path.is_empty() {
+            routes.push(Route::echo(&config.websocket.echo_path, max));
+        }
+        Shared {
+            config,
+            routes,
+            hub,
+            heartbeat,
+            next_id: AtomicU64::new(1),
+            ws_open: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// WebSocket connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.ws_open.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds a plain-text response.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { serve_conn(stream, peer, shared, shutdown).await });
+            }
+            Err(e) => {
+                // Per-connection failures (reset before accept, ...) are not fatal. Running out
+                // of descriptors is: back off instead of spinning, as axum's serve loop does.
+                let fatal = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if fatal {
+                    tracing::error!(error = %e, "accept failed; out of file descriptors or memory, retrying in 1s (raise the open files limit or lower server.max_connections)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    tracing::debug!(error = %e, "accept failed");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_conn(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cfg = &shared.config.server;
+    let first = match head::read_head(
+        &mut stream,
+        cfg.max_header_bytes,
+        cfg.handshake_timeout.get(),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(HeadError::Gone) => return,
+        Err(HeadError::TooLarge(n)) => {
+            let body = format!(
+                "431 Request Header Fields Too Large: the request head is over {n} bytes and the limit is {} \
+(server.max_header_bytes). Send fewer or smaller headers (large cookies are the usual cause), or raise the limit.\n",
+                cfg.max_header_bytes
+            );
+            head::reply_and_close(&mut stream, "431 Request Header Fields Too Large", &body).await;
+            return;
+        }
+        Err(HeadError::Timeout) => {
+            let body = format!(
+                "408 Request Timeout: the request head did not arrive within {} (server.handshake_timeout).\n",
+                cfg.handshake_timeout
+            );
+            head::reply_and_close(&mut stream, "408 Request Timeout", &body).await;
+            return;
+        }
+    };
+    let io = TokioIo::new(Rewind::new(first.freeze(), stream));
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.handshake_timeout.get())
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.changed() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    for r in &shared.routes {
+        if let Some(group) = r.matches(&path) {
+            return websocket(req, r, group, &shared, peer);
+        }
+    }
+    match path.as_str() {
+        "/" => crate::web::demo_page(&req),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, METRICS.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        p if p == "/api" || p.starts_with("/api/") => crate::api::handle(req, &shared).await,
+        _ => not_found(&path, &shared),
+    }
+}
+
+fn not_found(path: &str, shared: &Shared) -> Response<Body> {
+    let mut body = format!("404 Not Found: nothing is served at {path}.\n\nWebSocket routes:\n");
+    for r in &shared.routes {
+        let what = match r.ctx.on_message {
+            crate::config::OnMessage::Echo => "echo".to_string(),
+            crate::config::OnMessage::Broadcast => "broadcast to its group".to_string(),
+            crate::config::OnMessage::Drop => "receive only".to_string(),
+        };
+        body.push_str(&format!("  {}  ({what})\n", r.pattern));
+    }
+    body.push_str(
+        "\nHTTP:\n  GET  /  (demo page)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /metrics\n  GET  /healthz\n",
+    );
+    text(StatusCode::NOT_FOUND, body)
+}
+
+/// Answers a request on a WebSocket route: an explained error, a 503, or a 101 and a session.
+fn websocket(
+    mut req: Request<Incoming>,
+    route: &Route,
+    group: Result<Option<String>, String>,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let accept = match handshake::check(
+        req.method(),
+        req.version(),
+        req.headers(),
+        &route.subprotocols,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            METRICS.handshake_failures.inc();
+            tracing::debug!(%peer, %path, error = %e, "handshake refused");
+            let mut r = text(e.status(), e.body(&path));
+            r.headers_mut().extend(e.headers());
+            return r;
+        }
+    };
+    let group = match group {
+        Ok(g) => g,
+        Err(why) => {
+            METRICS.handshake_failures.inc();
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("400 Bad Request: {why} (from the path {path}).\n"),
+            );
+        }
+    };
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable: wsgate is shutting down; reconnect in a moment.\n",
+        );
+    }
+    let max = shared.config.server.max_connections;
+    if shared.ws_open.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.ws_open.fetch_sub(1, Ordering::AcqRel);
+        METRICS.connections_refused.inc();
+        tracing::warn!(%peer, max, "connection refused: server.max_connections reached");
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 Service Unavailable: this server holds its maximum of {max} WebSocket connections \
+(server.max_connections). Retry with backoff, or raise the limit.\n"
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let shared2 = shared.clone();
+    let ctx = route.ctx.clone();
+    tokio::spawn(async move {
+        let guard = OpenGuard(shared2.clone());
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<Rewind>>() else {
+            tracing::error!("upgraded connection has an unexpected type; this is a bug");
+            return;
+        };
+        let (stream, unread) = parts.io.into_inner().into_parts();
+        let mut leftover = bytes::BytesMut::from(&unread[..]);
+        leftover.extend_from_slice(&parts.read_buf);
+        run_session(stream, leftover.freeze(), ctx, group, &shared2).await;
+        drop(guard);
+    });
+    upgrade_response(&accept)
+}
+
+fn upgrade_response(accept: &Accept) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *r.headers_mut() = accept.response_headers();
+    r
+}
+
+/// Releases a WebSocket slot however the task ends.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.ws_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn run_session(
+    stream: TcpStream,
+    leftover: Bytes,
+    ctx: Arc<session::RouteCtx>,
+    group: Option<String>,
+    shared: &Arc<Shared>,
+) {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let ws = &shared.config.websocket;
+    let outbox = Arc::new(Outbox::new(
+        id,
+        ws.send_queue_bytes,
+        shared.heartbeat.now_ms(),
+    ));
+    shared.heartbeat.register(&outbox);
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        // Shutdown walked the registry before we were in it.
+        outbox.request_close(session::SHUTDOWN);
+    }
+    let group: Option<Arc<str>> = group.map(Arc::from);
+    if let Some(g) = &group {
+        shared.hub.join(g, outbox.clone());
+    }
+    METRICS.connections.inc();
+    METRICS.connections_total.inc();
+    let settings = Settings {
+        close_timeout: ws.close_timeout.get(),
+    };
+    Session::new(
+        stream,
+        leftover,
+        outbox.clone(),
+        ctx,
+        group.clone(),
+        shared.hub.clone(),
+        shared.heartbeat.clone(),
+        settings,
+    )
+    .run()
+    .await;
+    if let Some(g) = &group {
+        shared.hub.leave(g, id);
+    }
+    METRICS.connections.dec();
+}
+
+/// Sends Close 1001 to every WebSocket client and waits until all are gone or `grace` passes.
+/// Returns whether every connection finished in time.
+pub async fn drain(shared: &Shared, grace: Duration) -> bool {
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    let conns = shared.heartbeat.connections();
+    tracing::info!(connections = conns.len(), grace = ?grace, "closing WebSocket connections with 1001");
+    for c in &conns {
+        c.request_close(session::SHUTDOWN);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while shared.open_connections() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}

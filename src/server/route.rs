@@ -1,0 +1,178 @@
+//! Matching request paths to WebSocket routes and filling in group names.
+
+use std::sync::Arc;
+
+use crate::config::{self, OnMessage};
+use crate::ws::session::RouteCtx;
+
+/// A route ready for matching.
+#[derive(Debug)]
+pub struct Route {
+    /// The pattern as configured, for messages.
+    pub pattern: String,
+    segments: Vec<Segment>,
+    group: Option<String>,
+    pub subprotocols: Vec<String>,
+    pub ctx: Arc<RouteCtx>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// Longest group name accepted, in bytes.
+pub const MAX_GROUP_BYTES: usize = 255;
+
+fn split(path: &str) -> impl Iterator<Item = &str> {
+    path.trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+}
+
+impl Route {
+    pub fn new(r: &config::Route, default_max: usize) -> Self {
+        let segments = split(&r.path)
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => Segment::Param(name.to_string()),
+                    None => Segment::Literal(s.to_string()),
+                },
+            )
+            .collect();
+        Route {
+            pattern: r.path.clone(),
+            segments,
+            group: r.group.clone(),
+            subprotocols: r.subprotocols.clone(),
+            ctx: Arc::new(RouteCtx {
+                on_message: r.on_message,
+                echo_to_sender: r.echo_to_sender,
+                max_message_bytes: r.max_message_bytes.unwrap_or(default_max),
+            }),
+        }
+    }
+
+    /// The built-in echo route at `path`.
+    pub fn echo(path: &str, max_message_bytes: usize) -> Self {
+        Route::new(
+            &config::Route {
+                path: path.to_string(),
+                group: None,
+                on_message: OnMessage::Echo,
+                echo_to_sender: true,
+                subprotocols: Vec::new(),
+                max_message_bytes: None,
+            },
+            max_message_bytes,
+        )
+    }
+
+    /// Matches a request path (already without its query); a trailing slash is optional.
+    /// Returns the group the client joins (`Some(None)` for a route without a group).
+    pub fn matches(&self, path: &str) -> Option<Result<Option<String>, String>> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        let mut parts = split(path);
+        for seg in &self.segments {
+            let part = parts.next()?;
+            match seg {
+                Segment::Literal(l) => {
+                    if l != part {
+                        return None;
+                    }
+                }
+                Segment::Param(name) => params.push((name, percent_decode(part))),
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        let Some(template) = &self.group else {
+            return Some(Ok(None));
+        };
+        let mut group = template.clone();
+        for (name, value) in &params {
+            group = group.replace(&format!("{{{name}}}"), value);
+        }
+        Some(check_group(&group).map(|()| Some(group)))
+    }
+}
+
+/// Checks a group name taken from a URL; the error says what is wrong with it.
+pub fn check_group(group: &str) -> Result<(), String> {
+    if group.is_empty() {
+        return Err("the group name is empty".into());
+    }
+    if group.len() > MAX_GROUP_BYTES {
+        return Err(format!(
+            "the group name is {} bytes long; the limit is {MAX_GROUP_BYTES}",
+            group.len()
+        ));
+    }
+    if group.chars().any(char::is_control) {
+        return Err("the group name contains control characters".into());
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` escapes; malformed escapes and invalid UTF-8 are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room() -> Route {
+        Route::new(
+            &crate::config::Config::default().effective_routes()[0],
+            1024,
+        )
+    }
+
+    #[test]
+    fn trailing_slash_is_optional_and_group_is_filled() {
+        let r = room();
+        assert_eq!(r.matches("/room/123/"), Some(Ok(Some("room:123".into()))));
+        assert_eq!(r.matches("/room/123"), Some(Ok(Some("room:123".into()))));
+        assert_eq!(r.matches("/room/"), None);
+        assert_eq!(r.matches("/room/1/2"), None);
+        assert_eq!(r.matches("/other/1"), None);
+    }
+
+    #[test]
+    fn segments_are_percent_decoded() {
+        assert_eq!(
+            room().matches("/room/caf%C3%A9"),
+            Some(Ok(Some("room:café".into())))
+        );
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%41%zz"), "A%zz");
+    }
+
+    #[test]
+    fn control_characters_in_a_group_are_refused() {
+        assert!(room().matches("/room/a%0Ab").unwrap().is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! Static files embedded in the binary: the demo page. No logic lives here.
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+
+use crate::server::Body;
+
+/// The demo page: join a group by name, see messages arrive, send and publish.
+pub const DEMO_HTML: &str = include_str!("demo.html");
+
+/// Serves the demo page for GET and HEAD.
+pub fn demo_page<B>(req: &Request<B>) -> Response<Body> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        let mut r = crate::server::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: the demo page is read with GET.\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from_static(DEMO_HTML.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
+    );
+    r
+}

@@ -1,0 +1,400 @@
+//! One browser connection after the 101: read frames, act on messages, write queued frames,
+//! answer pings, and close with the right code.
+//!
+//! The session is a single task that polls the socket and its [`Outbox`] itself. It holds no read
+//! buffer while idle: a read lands in a per-thread scratch buffer and the decoder keeps only a
+//! partial frame header or an unfinished message. Writes are vectored over the queued frames.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use super::close::CloseCode;
+use super::frame::{self, Decoder, Event, OpCode, ProtocolError};
+use super::heartbeat::Heartbeat;
+use super::outbox::{CloseRequest, Outbox};
+use crate::config::OnMessage;
+use crate::hub::Hub;
+use crate::metrics::METRICS;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+}
+
+/// Most frames written by one `writev`.
+const MAX_IOV: usize = 64;
+/// Reads handled in one poll before yielding, so one busy client cannot starve the others.
+const READS_PER_POLL: usize = 16;
+
+/// Everything a session needs to know about the route it was accepted on.
+#[derive(Debug)]
+pub struct RouteCtx {
+    pub on_message: OnMessage,
+    pub echo_to_sender: bool,
+    pub max_message_bytes: usize,
+}
+
+/// Settings shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub close_timeout: Duration,
+}
+
+/// A session ready to run.
+#[derive(Debug)]
+pub struct Session {
+    io: TcpStream,
+    outbox: Arc<Outbox>,
+    route: Arc<RouteCtx>,
+    group: Option<Arc<str>>,
+    hub: Arc<Hub>,
+    heartbeat: Arc<Heartbeat>,
+    settings: Settings,
+    decoder: Decoder,
+    out: VecDeque<Bytes>,
+    /// Bytes of `out[0]` already written.
+    offset: usize,
+    /// Index just past the control frames queued ahead of data in `out` (they keep their order).
+    ctrl_end: usize,
+    close_sent: bool,
+    close_received: bool,
+    /// Stop reading: the peer broke the protocol or went away.
+    read_done: bool,
+    /// Leave without waiting for the peer's Close.
+    abort: bool,
+    /// The extra bytes that arrived with the handshake.
+    pending: Option<Bytes>,
+}
+
+/// How a session ended, for logs and metrics.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Closed,
+    PeerGone,
+    Io(io::ErrorKind),
+    CloseTimeout,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        io: TcpStream,
+        leftover: Bytes,
+        outbox: Arc<Outbox>,
+        route: Arc<RouteCtx>,
+        group: Option<Arc<str>>,
+        hub: Arc<Hub>,
+        heartbeat: Arc<Heartbeat>,
+        settings: Settings,
+    ) -> Self {
+        let decoder = Decoder::new(route.max_message_bytes);
+        Session {
+            io,
+            outbox,
+            route,
+            group,
+            hub,
+            heartbeat,
+            settings,
+            decoder,
+            out: VecDeque::new(),
+            offset: 0,
+            ctrl_end: 0,
+            close_sent: false,
+            close_received: false,
+            read_done: false,
+            abort: false,
+            pending: (!leftover.is_empty()).then_some(leftover),
+        }
+    }
+
+    /// Runs until the connection is closed. Leaving the group is the caller's job.
+    pub async fn run(mut self) {
+        let _ = self.io.set_nodelay(true);
+        let end = poll_fn(|cx| self.poll_open(cx)).await;
+        let end = match end {
+            End::Closed if self.close_sent && !self.close_received && !self.abort => {
+                // We closed first: give the peer close_timeout to answer before dropping it.
+                let limit = self.settings.close_timeout;
+                let wait = poll_fn(|cx| self.poll_close_wait(cx));
+                match tokio::time::timeout(limit, wait).await {
+                    Ok(e) => e,
+                    Err(_) => End::CloseTimeout,
+                }
+            }
+            e => e,
+        };
+        tracing::debug!(conn = self.outbox.id, ?end, "websocket closed");
+        if !self.abort {
+            self.linger().await;
+        }
+    }
+
+    /// Half-closes and drains what the peer still sends, so unread input does not turn our
+    /// final Close into a reset (RFC 6455 §7.1.1: the server closes TCP first).
+    async fn linger(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.io.shutdown().await;
+        let mut sink = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match self.io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    fn enqueue_own(&mut self, frame: Bytes) {
+        self.outbox.add_own(frame.len());
+        self.out.push_back(frame);
+    }
+
+    /// Queues a control frame ahead of data, behind earlier control frames, and never inside a
+    /// partly written frame (RFC 6455 §5.4 allows control frames between fragments, not inside).
+    fn enqueue_control(&mut self, frame: Bytes) {
+        self.outbox.add_own(frame.len());
+        let at = self
+            .ctrl_end
+            .max(usize::from(self.offset > 0))
+            .min(self.out.len());
+        self.out.insert(at, frame);
+        self.ctrl_end = at + 1;
+    }
+
+    fn send_close(&mut self, code: u16, reason: &str) {
+        if !self.close_sent {
+            self.close_sent = true;
+            self.enqueue_control(frame::encode_close(code, reason));
+        }
+    }
+
+    fn fail(&mut self, e: ProtocolError) {
+        METRICS.protocol_errors.inc();
+        tracing::debug!(conn = self.outbox.id, code = e.code.0, reason = %e.reason, "protocol error");
+        self.send_close(e.code.0, &e.reason);
+        self.read_done = true;
+        // RFC 6455 §7.1.7: after failing the connection there is nothing to wait for.
+        self.close_received = true;
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        if self.close_sent && !matches!(ev, Event::Close(..)) {
+            // After our Close, data is discarded (§5.5.1) while we wait for the peer's Close.
+            return;
+        }
+        match ev {
+            Event::Message(m) => {
+                METRICS.messages_received.inc();
+                match self.route.on_message {
+                    OnMessage::Drop => {}
+                    OnMessage::Echo => self.enqueue_own(m.into_frame()),
+                    OnMessage::Broadcast => {
+                        if let Some(g) = &self.group {
+                            let except = (!self.route.echo_to_sender).then_some(self.outbox.id);
+                            self.hub.publish(g, &m.into_frame(), except);
+                        }
+                    }
+                }
+            }
+            Event::Ping(p) => self.enqueue_control(frame::encode(OpCode::Pong, &p)),
+            Event::Pong => {}
+            Event::Close(code, _reason) => {
+                self.close_received = true;
+                self.read_done = true;
+                // Answer with the peer's code, or 1000 when it gave none.
+                self.send_close(code.unwrap_or(1000), "");
+            }
+        }
+    }
+
+    fn take_signals(&mut self, cx: &mut Context<'_>) {
+        let sig = self.outbox.take(&mut self.out, cx.waker());
+        if sig.ping {
+            self.enqueue_control(frame::encode(OpCode::Ping, b""));
+        }
+        if let Some(req) = sig.close.filter(|_| !self.close_sent) {
+            self.close_for(req);
+        }
+    }
+
+    fn close_for(&mut self, req: CloseRequest) {
+        if req.discard_queue {
+            let keep = usize::from(self.offset > 0);
+            let dropped: usize = self.out.iter().skip(keep).map(Bytes::len).sum();
+            self.out.truncate(keep);
+            self.ctrl_end = self.ctrl_end.min(self.out.len());
+            self.outbox.sent(dropped);
+        }
+        if req.abort {
+            self.abort = true;
+            self.read_done = true;
+        }
+        tracing::debug!(
+            conn = self.outbox.id,
+            code = req.code.0,
+            reason = req.reason,
+            "closing"
+        );
+        self.send_close(req.code.0, req.reason);
+    }
+
+    /// Writes queued frames until the socket would block or nothing is left.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
+        let mut progressed = false;
+        while !self.out.is_empty() {
+            if self.io.poll_write_ready(cx).is_pending() {
+                return Ok(progressed);
+            }
+            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for (i, b) in self.out.iter().take(MAX_IOV).enumerate() {
+                iov[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
+                n_iov += 1;
+            }
+            match self.io.try_write_vectored(&iov[..n_iov]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    progressed = true;
+                    self.outbox.sent(n);
+                    while n > 0 {
+                        let left = self.out[0].len() - self.offset;
+                        if n >= left {
+                            n -= left;
+                            self.offset = 0;
+                            self.out.pop_front();
+                            self.ctrl_end = self.ctrl_end.saturating_sub(1);
+                        } else {
+                            self.offset += n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out.capacity() > 1024 {
+            self.out.shrink_to(64);
+        }
+        Ok(progressed)
+    }
+
+    /// Reads and handles whatever is available; returns whether anything was read.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        // Back-pressure: while our own queue is over its limit, stop reading (an echo client that
+        // does not read its echoes is slowed down by TCP, not buffered without bound).
+        if self.outbox.queued_bytes() > self.outbox.limit() {
+            return Ok(false);
+        }
+        let mut events = Vec::new();
+        let result = loop {
+            match self.io.poll_read_ready(cx) {
+                Poll::Pending => return Ok(false),
+                Poll::Ready(Err(e)) => return Err(End::Io(e.kind())),
+                Poll::Ready(Ok(())) => {}
+            }
+            let res = SCRATCH.with(|s| {
+                let mut buf = s.borrow_mut();
+                match self.io.try_read(&mut buf) {
+                    Ok(0) => Err(End::PeerGone),
+                    Ok(n) => {
+                        self.outbox
+                            .last_rx
+                            .store(self.heartbeat.now_ms(), Ordering::Relaxed);
+                        Ok(Some(
+                            self.decoder.feed(&mut buf[..n], &mut |e| events.push(e)),
+                        ))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(End::Io(e.kind())),
+                }
+            })?;
+            // On WouldBlock the readiness was cleared but no waker is registered yet: poll the
+            // readiness again so it is, or we would sleep until the next heartbeat.
+            if let Some(r) = res {
+                break r;
+            }
+        };
+        for ev in events {
+            self.on_event(ev);
+        }
+        if let Err(e) = result {
+            self.fail(e);
+        }
+        Ok(true)
+    }
+
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if let Some(mut first) = self.pending.take().map(|b| b.to_vec()) {
+            let mut events = Vec::new();
+            let r = self.decoder.feed(&mut first, &mut |e| events.push(e));
+            for ev in events {
+                self.on_event(ev);
+            }
+            if let Err(e) = r {
+                self.fail(e);
+            }
+        }
+        for _ in 0..READS_PER_POLL {
+            self.take_signals(cx);
+            let wrote = match self.poll_write(cx) {
+                Ok(w) => w,
+                Err(e) => return Poll::Ready(End::Io(e.kind())),
+            };
+            if self.close_sent && self.out.is_empty() {
+                // Our Close is out; `run` waits (bounded) for the peer's answer if it is owed.
+                return Poll::Ready(End::Closed);
+            }
+            let read = if self.read_done {
+                false
+            } else {
+                match self.poll_read(cx) {
+                    Ok(r) => r,
+                    Err(e) => return Poll::Ready(e),
+                }
+            };
+            if !wrote && !read {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// After our Close went out: read (discarding data) until the peer's Close or EOF.
+    fn poll_close_wait(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        for _ in 0..READS_PER_POLL {
+            if self.close_received {
+                return Poll::Ready(End::Closed);
+            }
+            match self.poll_read(cx) {
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+                Err(End::PeerGone) => return Poll::Ready(End::Closed),
+                Err(e) => return Poll::Ready(e),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Close code used when the server shuts down.
+pub const SHUTDOWN: CloseRequest = CloseRequest {
+    code: CloseCode::GOING_AWAY,
+    reason: "server shutting down",
+    discard_queue: false,
+    abort: false,
+};
