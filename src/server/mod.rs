@@ -142,7 +142,7 @@ async fn serve_conn(
         Err(HeadError::Gone) => return,
         Err(HeadError::TooLarge(n)) => {
             let body = format!(
-                "431 Request Header Fields Too Large: the request head is over {n} bytes and the limit is {} \
+                "431 Request Header Fields Too Large: the request head is at least {n} bytes and the limit is {} \
 (server.max_header_bytes). Send fewer or smaller headers (large cookies are the usual cause), or raise the limit.\n",
                 cfg.max_header_bytes
             );
@@ -194,6 +194,8 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
     match path.as_str() {
         "/" => crate::web::demo_page(&req),
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        // Browsers ask for it on every page; a 204 keeps their consoles free of 404 noise.
+        "/favicon.ico" => text(StatusCode::NO_CONTENT, ""),
         "/metrics" => {
             let mut r = text(StatusCode::OK, METRICS.render());
             r.headers_mut().insert(

@@ -1,0 +1,146 @@
+//! The real binary: check-config exit codes and messages, env overrides, SIGTERM drain.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+
+fn check_config(path: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check-config", path])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let (code, out, err) = check_config("wsgate.example.toml", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn every_invalid_fixture_fails_with_its_expected_message() {
+    let dir = std::path::Path::new("tests/config/invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+        let (code, _, err) = check_config(path.to_str().unwrap(), &[]);
+        assert_eq!(code, 1, "{}: {err}", path.display());
+        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                err.contains(line),
+                "{}: expected {line:?} in:\n{err}",
+                path.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} fixtures found");
+}
+
+#[test]
+fn env_variables_override_and_are_checked() {
+    let (code, out, _) = check_config(
+        "wsgate.example.toml",
+        &[("WSGATE_SERVER__LISTEN", "127.0.0.1:9911")],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("127.0.0.1:9911"), "{out}");
+    let (code, _, err) = check_config(
+        "wsgate.example.toml",
+        &[("WSGATE_WEBSOCKET__PING_INTERVAL", "soon")],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("WSGATE_WEBSOCKET__PING_INTERVAL: websocket.ping_interval:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_shows_examples_and_version_prints() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("wsgate "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_client_with_1001_and_exits_0() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("WSGATE_SERVER__SHUTDOWN_GRACE", "5s")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = rx.recv_timeout(WAIT).expect("a log line");
+    assert!(
+        listening.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{listening}"
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut socks = Vec::new();
+    for i in 0..10 {
+        socks.push(raw_ws(addr, &format!("/room/{i}")).await);
+    }
+    unsafe_kill(child.id());
+    for s in &mut socks {
+        let (code, _) = read_until_close(s).await.expect("a close frame");
+        assert_eq!(code, 1001);
+        use tokio::io::AsyncWriteExt;
+        s.write_all(&client_frame(8, &1001u16.to_be_bytes()))
+            .await
+            .unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wsgate did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+fn unsafe_kill(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}

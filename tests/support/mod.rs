@@ -1,0 +1,246 @@
+//! Test support: start wsgate in-process on 127.0.0.1:0, talk raw HTTP, open WebSockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::app::Running;
+use wsgate::config::Config;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Every wait in the tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts wsgate with `toml` (on top of the defaults) listening on a free port.
+pub async fn start(toml: &str) -> Running {
+    let mut cfg: Config =
+        wsgate::config::load_str("test.toml", toml, &[]).expect("test config is valid");
+    cfg.server.listen = "127.0.0.1:0".into();
+    wsgate::app::raise_nofile_limit();
+    wsgate::app::start(cfg).await.expect("server starts")
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Sends raw bytes and reads the whole response (the server closes, or Content-Length ends it).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    read_reply(&mut s).await
+}
+
+/// Reads one response from a stream.
+pub async fn read_reply(s: &mut TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                });
+                let status: u16 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                if status == 101 || len.is_some_and(|n| buf.len() >= end + 4 + n) {
+                    break;
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("response within the wait limit");
+    let end = find(&buf, b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&buf)));
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    Reply {
+        status,
+        head,
+        body: String::from_utf8_lossy(&buf[end + 4..]).to_string(),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A valid handshake request for `path`, plus `extra` header lines.
+pub fn upgrade_request(path: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// POSTs a body to a path and returns the reply.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    extra: &str,
+) -> Reply {
+    let ct = content_type
+        .map(|c| format!("Content-Type: {c}\r\n"))
+        .unwrap_or_default();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\n{ct}Content-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    raw(addr, &req).await
+}
+
+/// Publishes a text message to a group and returns the number of recipients.
+pub async fn publish(addr: SocketAddr, group: &str, text: &str) -> u64 {
+    let r = post(
+        addr,
+        &format!("/api/groups/{group}/messages"),
+        Some("text/plain"),
+        text.as_bytes(),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "publish failed: {r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON answer");
+    v["recipients"].as_u64().expect("recipients")
+}
+
+/// Opens a WebSocket to `path`.
+pub async fn connect(addr: SocketAddr, path: &str) -> Ws {
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect within the wait limit")
+        .expect("handshake succeeds");
+    ws
+}
+
+/// Next data or close message, skipping pings.
+pub async fn next(ws: &mut Ws) -> Message {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message within the wait limit")
+            .expect("stream still open")
+            .expect("no protocol error");
+        if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+            return m;
+        }
+    }
+}
+
+/// Next text message.
+pub async fn next_text(ws: &mut Ws) -> String {
+    match next(ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, t: &str) {
+    ws.send(Message::text(t)).await.expect("send");
+}
+
+/// Waits until `cond` holds, polling; panics after the wait limit.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads raw frames from a socket after a handshake until a Close arrives; returns its code
+/// and reason, or None on EOF without a Close.
+pub async fn read_until_close(s: &mut TcpStream) -> Option<(u16, String)> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            if h.opcode_raw == 0x8 {
+                let p = &buf[h.size..total];
+                let code = if p.len() >= 2 {
+                    u16::from_be_bytes([p[0], p[1]])
+                } else {
+                    1005
+                };
+                let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default()).to_string();
+                return Some((code, reason));
+            }
+            buf.drain(..total);
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("a close within the wait limit")
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Opens a raw WebSocket (handshake done, response consumed) for frame-level tests.
+pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&upgrade_request(path, ""))
+        .await
+        .expect("write");
+    let r = read_reply(&mut s).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    s
+}
+
+/// A masked client frame.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let op = wsgate::ws::frame::OpCode::from_u8(opcode).expect("valid opcode");
+    wsgate::ws::frame::encode_masked(op, true, payload, [1, 2, 3, 4])
+}
