@@ -30,7 +30,7 @@ use crate::metrics::METRICS;
 use crate::ws::Heartbeat;
 use crate::ws::handshake::{self, Accept};
 use crate::ws::outbox::Outbox;
-use crate::ws::session::{self, Session, Settings};
+use crate::ws::session::{self, Env, Session};
 use head::{HeadError, Rewind};
 use route::Route;
 
@@ -44,6 +44,7 @@ pub struct Shared {
     pub routes: Vec<Route>,
     pub hub: Arc<Hub>,
     pub heartbeat: Arc<Heartbeat>,
+    session_env: Arc<Env>,
     next_id: AtomicU64,
     /// WebSocket connections open or being upgraded.
     ws_open: AtomicUsize,
@@ -61,11 +62,17 @@ impl Shared {
         if !config.websocket.echo_path.is_empty() {
             routes.push(Route::echo(&config.websocket.echo_path, max));
         }
+        let session_env = Arc::new(Env {
+            hub: hub.clone(),
+            heartbeat: heartbeat.clone(),
+            close_timeout: config.websocket.close_timeout.get(),
+        });
         Shared {
             config,
             routes,
             hub,
             heartbeat,
+            session_env,
             next_id: AtomicU64::new(1),
             ws_open: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
@@ -347,18 +354,13 @@ async fn run_session(
     }
     METRICS.connections.inc();
     METRICS.connections_total.inc();
-    let settings = Settings {
-        close_timeout: ws.close_timeout.get(),
-    };
     Session::new(
         stream,
         leftover,
         outbox.clone(),
         ctx,
         group.clone(),
-        shared.hub.clone(),
-        shared.heartbeat.clone(),
-        settings,
+        shared.session_env.clone(),
     )
     .run()
     .await;

@@ -43,9 +43,12 @@ pub struct RouteCtx {
     pub max_message_bytes: usize,
 }
 
-/// Settings shared by all sessions.
-#[derive(Debug, Clone)]
-pub struct Settings {
+/// What every session shares: one `Arc` per session instead of one per handle.
+#[derive(Debug)]
+pub struct Env {
+    pub hub: Arc<Hub>,
+    pub heartbeat: Arc<Heartbeat>,
+    /// How long to wait for the peer's Close after sending ours.
     pub close_timeout: Duration,
 }
 
@@ -56,9 +59,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     route: Arc<RouteCtx>,
     group: Option<Arc<str>>,
-    hub: Arc<Hub>,
-    heartbeat: Arc<Heartbeat>,
-    settings: Settings,
+    env: Arc<Env>,
     decoder: Decoder,
     out: VecDeque<Bytes>,
     /// Bytes of `out[0]` already written.
@@ -85,16 +86,13 @@ enum End {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         io: TcpStream,
         leftover: Bytes,
         outbox: Arc<Outbox>,
         route: Arc<RouteCtx>,
         group: Option<Arc<str>>,
-        hub: Arc<Hub>,
-        heartbeat: Arc<Heartbeat>,
-        settings: Settings,
+        env: Arc<Env>,
     ) -> Self {
         let decoder = Decoder::new(route.max_message_bytes);
         Session {
@@ -102,9 +100,7 @@ impl Session {
             outbox,
             route,
             group,
-            hub,
-            heartbeat,
-            settings,
+            env,
             decoder,
             out: VecDeque::new(),
             offset: 0,
@@ -124,7 +120,7 @@ impl Session {
         let end = match end {
             End::Closed if self.close_sent && !self.close_received && !self.abort => {
                 // We closed first: give the peer close_timeout to answer before dropping it.
-                let limit = self.settings.close_timeout;
+                let limit = self.env.close_timeout;
                 let wait = poll_fn(|cx| self.poll_close_wait(cx));
                 match tokio::time::timeout(limit, wait).await {
                     Ok(e) => e,
@@ -203,7 +199,7 @@ impl Session {
                     OnMessage::Broadcast => {
                         if let Some(g) = &self.group {
                             let except = (!self.route.echo_to_sender).then_some(self.outbox.id);
-                            self.hub.publish(g, &m.into_frame(), except);
+                            self.env.hub.publish(g, &m.into_frame(), except);
                         }
                     }
                 }
@@ -312,7 +308,7 @@ impl Session {
                     Ok(n) => {
                         self.outbox
                             .last_rx
-                            .store(self.heartbeat.now_ms(), Ordering::Relaxed);
+                            .store(self.env.heartbeat.now_ms(), Ordering::Relaxed);
                         Ok(Some(
                             self.decoder.feed(&mut buf[..n], &mut |e| events.push(e)),
                         ))
