@@ -46,8 +46,6 @@ pub struct Shared {
     pub heartbeat: Arc<Heartbeat>,
     session_env: Arc<Env>,
     next_id: AtomicU64,
-    /// WebSocket connections open or being upgraded.
-    ws_open: AtomicUsize,
     shutting_down: AtomicBool,
 }
 
@@ -66,6 +64,7 @@ impl Shared {
             hub: hub.clone(),
             heartbeat: heartbeat.clone(),
             close_timeout: config.websocket.close_timeout.get(),
+            open: AtomicUsize::new(0),
         });
         Shared {
             config,
@@ -74,14 +73,13 @@ impl Shared {
             heartbeat,
             session_env,
             next_id: AtomicU64::new(1),
-            ws_open: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
         }
     }
 
     /// WebSocket connections open now.
     pub fn open_connections(&self) -> usize {
-        self.ws_open.load(Ordering::Relaxed)
+        self.session_env.open.load(Ordering::Relaxed)
     }
 }
 
@@ -273,8 +271,8 @@ fn websocket(
         );
     }
     let max = shared.config.server.max_connections;
-    if shared.ws_open.fetch_add(1, Ordering::AcqRel) >= max {
-        shared.ws_open.fetch_sub(1, Ordering::AcqRel);
+    if shared.session_env.open.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.session_env.open.fetch_sub(1, Ordering::AcqRel);
         METRICS.connections_refused.inc();
         tracing::warn!(%peer, max, "connection refused: server.max_connections reached");
         let mut r = text(
@@ -304,11 +302,19 @@ fn websocket(
             tracing::error!("upgraded connection has an unexpected type; this is a bug");
             return;
         };
-        let (stream, unread) = parts.io.into_inner().into_parts();
-        let mut leftover = bytes::BytesMut::from(&unread[..]);
-        leftover.extend_from_slice(&parts.read_buf);
-        run_session(stream, leftover.freeze(), ctx, group, &shared2).await;
-        drop(guard);
+        // Build the leftover in its own scope: `unread` and `read_buf` are views into the
+        // request buffers (KiBs each), which must not live as long as the session.
+        let (stream, leftover) = {
+            let read_buf = parts.read_buf;
+            let (stream, unread) = parts.io.into_inner().into_parts();
+            let mut leftover = bytes::BytesMut::with_capacity(unread.len() + read_buf.len());
+            leftover.extend_from_slice(&unread);
+            leftover.extend_from_slice(&read_buf);
+            (stream, leftover.freeze())
+        };
+        // The session task takes over the slot and gives it back when it ends.
+        std::mem::forget(guard);
+        start_session(stream, leftover, ctx, group, &shared2);
     });
     upgrade_response(&accept)
 }
@@ -320,54 +326,40 @@ fn upgrade_response(accept: &Accept) -> Response<Body> {
     r
 }
 
-/// Releases a WebSocket slot however the task ends.
+/// Releases a WebSocket slot if the upgrade fails before a session takes it over.
 struct OpenGuard(Arc<Shared>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.ws_open.fetch_sub(1, Ordering::AcqRel);
+        self.0.session_env.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-async fn run_session(
+/// Starts the session task for an upgraded connection; it owns its slot from here on.
+fn start_session(
     stream: TcpStream,
     leftover: Bytes,
     ctx: Arc<session::RouteCtx>,
     group: Option<String>,
-    shared: &Arc<Shared>,
+    shared: &Shared,
 ) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let ws = &shared.config.websocket;
-    let outbox = Arc::new(Outbox::new(
-        id,
-        ws.send_queue_bytes,
-        shared.heartbeat.now_ms(),
-    ));
+    let limit = shared.config.websocket.send_queue_bytes;
+    let outbox = Arc::new(Outbox::new(id, limit, shared.heartbeat.now_ms()));
     shared.heartbeat.register(&outbox);
     if shared.shutting_down.load(Ordering::Relaxed) {
         // Shutdown walked the registry before we were in it.
         outbox.request_close(session::SHUTDOWN);
     }
-    let group: Option<Arc<str>> = group.map(Arc::from);
-    if let Some(g) = &group {
-        shared.hub.join(g, outbox.clone());
-    }
-    METRICS.connections.inc();
-    METRICS.connections_total.inc();
-    Session::new(
+    let env = shared.session_env.clone();
+    tokio::spawn(Session::new(
         stream,
         leftover,
-        outbox.clone(),
+        outbox,
         ctx,
-        group.clone(),
-        shared.session_env.clone(),
-    )
-    .run()
-    .await;
-    if let Some(g) = &group {
-        shared.hub.leave(g, id);
-    }
-    METRICS.connections.dec();
+        group.map(Arc::from),
+        env,
+    ));
 }
 
 /// Sends Close 1001 to every WebSocket client and waits until all are gone or `grace` passes.
