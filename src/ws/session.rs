@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -322,7 +323,7 @@ impl Session {
             }
             let res = SCRATCH.with(|s| {
                 let mut buf = s.borrow_mut();
-                match self.io.try_read(&mut buf) {
+                match read_clearing(&self.io, &mut buf) {
                     Ok(0) => Err(End::PeerGone),
                     Ok(n) => {
                         self.outbox
@@ -403,6 +404,27 @@ impl Session {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// Reads once; a short read also clears the socket's read readiness, as tokio's own
+/// `poll_read` does on unix, so the next poll parks instead of paying for a `recv` that can only
+/// return EAGAIN. Data that arrives meanwhile raises a new readiness event, so nothing is missed.
+fn read_clearing(io: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let cap = buf.len();
+    let mut got = 0;
+    let r = io.try_io(Interest::READABLE, || {
+        let n = io.try_read(buf)?;
+        got = n;
+        if n > 0 && n < cap {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
