@@ -21,6 +21,8 @@ pub struct Seen {
     /// Ping frames received (from wsgate's keepalive).
     pub pings: AtomicUsize,
     pub connections: AtomicUsize,
+    /// Close codes received, in order.
+    pub closes: Mutex<Vec<u16>>,
 }
 
 /// How the WebSocket upstream behaves.
@@ -190,6 +192,7 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
                     } else {
                         1000
                     };
+                    seen.closes.lock().unwrap().push(code);
                     let _ = s.write_all(&frame::encode_close(code, "")).await;
                     return;
                 }
