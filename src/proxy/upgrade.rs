@@ -238,11 +238,21 @@ the upstream may expect another path, subprotocol or Sec-WebSocket-Version, or s
             tracing::error!("upstream connection has an unexpected type; this is a bug");
             return;
         };
-        let (cs, unread) = c.io.into_inner().into_parts();
-        let mut c_pre = BytesMut::from(&unread[..]);
-        c_pre.extend_from_slice(&c.read_buf);
+        // Copy the bytes that came with the handshakes and let go of everything else now: the
+        // `Bytes` handed back point into hyper's and the head reader's read buffers (several
+        // KiB each), which would otherwise live as long as the tunnel.
+        let (cs, c_pre) = {
+            let (cs, unread) = c.io.into_inner().into_parts();
+            let mut pre = BytesMut::with_capacity(unread.len() + c.read_buf.len());
+            pre.extend_from_slice(&unread);
+            pre.extend_from_slice(&c.read_buf);
+            (cs, pre.freeze())
+        };
         let us = u.io.into_inner().inner;
-        super::tunnel::run(cs, c_pre.freeze(), us, u.read_buf, &proxy).await;
+        let u_pre = Bytes::copy_from_slice(&u.read_buf);
+        drop(u.read_buf);
+        drop(c.read_buf);
+        super::tunnel::run(cs, c_pre, us, u_pre, &proxy).await;
     });
     answer
 }
