@@ -34,6 +34,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
+    /// The tunnel heartbeat wheel and the active health checks.
+    proxy_tasks: Vec<JoinHandle<()>>,
 }
 
 /// Binds and starts serving; returns once the listener is bound.
@@ -61,12 +63,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::serve(listener, shared.clone(), stop_rx));
     let heartbeat = tokio::spawn(heartbeat.run());
+    let proxy_tasks = vec![
+        tokio::spawn(shared.proxy.heartbeat.clone().run()),
+        tokio::spawn(shared.proxy.clone().run_health_checks()),
+    ];
     Ok(Running {
         addr,
         shared,
         stop,
         accept,
         heartbeat,
+        proxy_tasks,
     })
 }
 
@@ -91,6 +98,9 @@ impl Running {
         let grace = self.shared.config.server.shutdown_grace.get();
         let clean = server::drain(&self.shared, grace).await;
         self.heartbeat.abort();
+        for t in &self.proxy_tasks {
+            t.abort();
+        }
         clean
     }
 }

@@ -4,7 +4,8 @@
 //! [`config`] what the operator asked for; [`server`] listeners, HTTP and routing;
 //! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] reaching
 //! other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page; [`metrics`]
-//! counters and `/metrics`; [`app`] start and stop order; [`cli`] the command line.
+//! counters and `/metrics`; [`proxy`] the reverse proxy; [`app`] start and stop order;
+//! [`cli`] the command line.
 
 pub mod api;
 pub mod app;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod metrics;
+pub mod proxy;
 pub mod server;
 pub mod web;
 pub mod ws;

@@ -22,10 +22,164 @@ pub struct Config {
     pub server: Server,
     pub websocket: WebSocket,
     pub api: Api,
-    /// `[[route]]` tables. When none are given, one hub route `/room/{room}/` joining
-    /// `room:{room}` is used.
+    /// `[proxy]`: settings shared by every proxy route.
+    pub proxy: Proxy,
+    /// `[[upstream]]` tables: named groups of servers that proxy routes forward to.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<Upstream>,
+    /// `[[route]]` tables: hub routes (`path`) and proxy routes (`path_prefix` + `proxy_pass`).
+    /// When no route at all is given, one hub route `/room/{room}/` joining `room:{room}` is used.
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
+}
+
+/// `[proxy]`: how proxied requests and WebSocket tunnels behave.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy {
+    /// Send the upstream the client's `Host` header (true), or the upstream server's address
+    /// (false). Default true.
+    pub preserve_host: bool,
+    /// Addresses or CIDR ranges (`"10.0.0.0/8"`, `"::1"`) of proxies in front of wsgate. A
+    /// request from one of them keeps its `X-Forwarded-*`/`Forwarded` headers and wsgate appends
+    /// to them; from anyone else they are replaced. Default: none.
+    pub trusted_proxies: Vec<String>,
+    /// In a tunnel, send a side that has been silent this long a Ping (and swallow its Pong), so
+    /// NATs and other proxies never see an idle connection. Default 25 s; "0s" disables.
+    pub ping_interval: Duration,
+    /// Close a tunnel side (1011 to the other) that sends nothing this long after a Ping.
+    /// Default 10 s.
+    pub pong_timeout: Duration,
+    /// Close a tunnel in which neither side sent a data frame for this long. Default "0s": never.
+    pub idle_timeout: Duration,
+    /// Close every tunnel this long after it opened, whatever it is doing. Default "0s": never.
+    pub max_lifetime: Duration,
+    /// On shutdown, how long tunnels may keep running before both sides get Close 1001.
+    /// Default "0s": at once (then `server.shutdown_grace` bounds the closing handshake).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            preserve_host: true,
+            trusted_proxies: Vec::new(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(0),
+            max_lifetime: Duration::from_secs(0),
+            shutdown_grace: Duration::from_secs(0),
+        }
+    }
+}
+
+/// How an upstream picks a server for each request or tunnel.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin (nginx's default).
+    #[default]
+    RoundRobin,
+    /// The server with the fewest requests and tunnels in flight, relative to its weight.
+    LeastConn,
+    /// The same client address always goes to the same server while it is up.
+    IpHash,
+}
+
+/// One server of an upstream: `"host:port"` or `{ addr = "host:port", weight = 2, backup = true }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ServerEntry {
+    Addr(String),
+    Table(ServerTable),
+}
+
+/// The table form of a server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTable {
+    /// `host:port`.
+    pub addr: String,
+    /// Share of requests relative to the other servers. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Used only while every non-backup server is down. Default false.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+impl ServerEntry {
+    /// The entry in table form, with defaults filled in.
+    pub fn table(&self) -> ServerTable {
+        match self {
+            ServerEntry::Addr(a) => ServerTable {
+                addr: a.clone(),
+                weight: 1,
+                backup: false,
+            },
+            ServerEntry::Table(t) => t.clone(),
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// One `[[upstream]]` table, like nginx's `upstream NAME { server ...; }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// The name proxy routes use in `proxy_pass`.
+    pub name: String,
+    /// Servers, each `"host:port"` or `{ addr = "host:port", weight = 2, backup = true }`.
+    pub servers: Vec<ServerEntry>,
+    /// "round_robin" (default), "least_conn" or "ip_hash".
+    #[serde(default)]
+    pub balance: Balance,
+    /// Failed attempts within `fail_timeout` that take a server out for `fail_timeout`
+    /// (nginx `max_fails`). Default 1; 0 never takes a server out.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// The window for `max_fails` and how long a failed server stays out. Default 10 s.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Duration,
+    /// Time to establish the TCP connection to a server; past it the next server is tried, or
+    /// the client gets 504. Default 5 s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time to wait for the response head (or the 101) after sending the request; past it the
+    /// client gets 504. Default 60 s. It does not limit bodies or tunnels.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Duration,
+    /// Active health check: GET this path on every server each `health_interval`; a server
+    /// answering other than 2xx/3xx (or not at all) is out until it answers again.
+    /// Default "": only passive checks.
+    #[serde(default)]
+    pub health_path: String,
+    /// How often the active health check runs. Default 5 s.
+    #[serde(default = "default_health_interval")]
+    pub health_interval: Duration,
+}
+
+fn default_max_fails() -> u32 {
+    1
+}
+
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[server]`: the listener and connection-level limits.
@@ -89,13 +243,20 @@ pub enum OnMessage {
     Drop,
 }
 
-/// One `[[route]]` table: a URL pattern whose clients join a group.
+/// One `[[route]]` table: either a hub route (a URL pattern whose clients join a group) or a
+/// proxy route (`path_prefix` + `proxy_pass`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// URL path pattern; `{name}` matches one path segment. A trailing slash is optional when
-    /// matching. Example `/room/{room}/`.
+    /// Hub route: URL path pattern; `{name}` matches one path segment. A trailing slash is
+    /// optional when matching. Example `/room/{room}/`.
+    #[serde(default)]
     pub path: String,
+    /// Proxy route: every request whose path starts with this prefix goes to `proxy_pass`. The
+    /// longest matching prefix wins; hub routes (`path`) are matched first. Example `/`.
+    pub path_prefix: Option<String>,
+    /// Proxy route: the `[[upstream]]` name to forward to, like nginx's `proxy_pass http://NAME`.
+    pub proxy_pass: Option<String>,
     /// Group the client joins, with `{name}` filled from the path. Required unless
     /// `on_message = "echo"`. Example `room:{room}`.
     pub group: Option<String>,
@@ -157,19 +318,34 @@ impl Default for Api {
 }
 
 impl Config {
-    /// The hub routes in effect: the configured ones, or the default room route.
+    /// The hub routes in effect: the configured ones, or the default room route when no route
+    /// (hub or proxy) is configured at all.
     pub fn effective_routes(&self) -> Vec<Route> {
         if !self.routes.is_empty() {
-            return self.routes.clone();
+            return self
+                .routes
+                .iter()
+                .filter(|r| !r.is_proxy())
+                .cloned()
+                .collect();
         }
         vec![Route {
             path: "/room/{room}/".into(),
+            path_prefix: None,
+            proxy_pass: None,
             group: Some("room:{room}".into()),
             on_message: OnMessage::Broadcast,
             echo_to_sender: true,
             subprotocols: Vec::new(),
             max_message_bytes: None,
         }]
+    }
+}
+
+impl Route {
+    /// Whether this is a proxy route (it has `proxy_pass` or `path_prefix`).
+    pub fn is_proxy(&self) -> bool {
+        self.proxy_pass.is_some() || self.path_prefix.is_some()
     }
 }
 
@@ -251,4 +427,43 @@ pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     Err(format!(
         "{s:?} is not an address; expected ip:port like \"127.0.0.1:8080\" or \"0.0.0.0:8080\""
     ))
+}
+
+/// Parses an upstream server address: `host:port` with an IP address or a host name.
+pub fn parse_server_addr(s: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a server address; expected host:port like \"127.0.0.1:8010\" or \"app.internal:8010\""
+        )
+    };
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if host_ok { Ok(()) } else { Err(bad()) }
+}
+
+/// Parses a trusted proxy entry: an IP address or a CIDR range like `10.0.0.0/8`.
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| {
+        format!("{s:?} is not an IP address or CIDR range; write e.g. \"10.0.0.0/8\" or \"::1\"")
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        None => max,
+        Some(b) => match b.trim().parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("{s:?} has a bad prefix length; use 0 to {max}")),
+        },
+    };
+    Ok((ip, bits))
 }

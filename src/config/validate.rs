@@ -144,7 +144,7 @@ pub(super) fn from_toml_error(origin: &str, text: &str, e: &toml::de::Error) -> 
     }
 }
 
-const ENV_SECTIONS: [&str; 3] = ["server", "websocket", "api"];
+const ENV_SECTIONS: [&str; 4] = ["server", "websocket", "api", "proxy"];
 
 /// Turns an environment value into TOML: numbers and booleans as such, anything else a string.
 fn env_value(raw: &str) -> toml::Value {
@@ -391,6 +391,9 @@ pub(super) fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     if !w.echo_path.is_empty() {
         seen.push((normalized(&w.echo_path).to_string(), usize::MAX));
     }
+    check_proxy(cfg, &mut report);
+
+    let mut prefixes: Vec<(String, usize)> = Vec::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         let at = |field: &str| {
             vec![
@@ -399,6 +402,17 @@ pub(super) fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
                 Seg::Key(field.into()),
             ]
         };
+        if r.is_proxy() {
+            check_proxy_route(cfg, r, i, &mut prefixes, &mut report);
+            continue;
+        }
+        if r.path.is_empty() {
+            report(
+                vec![Seg::Key("route".into()), Seg::Index(i)],
+                "has neither path (a hub route) nor path_prefix + proxy_pass (a proxy route); add one of them".into(),
+            );
+            continue;
+        }
         let params = match path_params(&r.path) {
             Ok(p) => p,
             Err(m) => {
@@ -469,10 +483,252 @@ pub(super) fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     problems
 }
 
+fn upstream_names(cfg: &Config) -> String {
+    if cfg.upstreams.is_empty() {
+        return "none is defined; add an [[upstream]] table with name and servers".into();
+    }
+    let names: Vec<String> = cfg
+        .upstreams
+        .iter()
+        .map(|u| format!("{:?}", u.name))
+        .collect();
+    format!("the upstreams are {}", names.join(", "))
+}
+
+fn check_proxy_route(
+    cfg: &Config,
+    r: &super::Route,
+    i: usize,
+    prefixes: &mut Vec<(String, usize)>,
+    report: &mut impl FnMut(Vec<Seg>, String),
+) {
+    let at = |field: &str| {
+        vec![
+            Seg::Key("route".into()),
+            Seg::Index(i),
+            Seg::Key(field.into()),
+        ]
+    };
+    match &r.proxy_pass {
+        None => report(
+            at("path_prefix"),
+            "has no proxy_pass; add proxy_pass = \"NAME\" naming an [[upstream]]".into(),
+        ),
+        Some(name) => {
+            if !cfg.upstreams.iter().any(|u| &u.name == name) {
+                report(
+                    at("proxy_pass"),
+                    format!("no upstream is named {name:?}; {}", upstream_names(cfg)),
+                );
+            }
+        }
+    }
+    match &r.path_prefix {
+        None => report(
+            at("proxy_pass"),
+            "has no path_prefix; add path_prefix = \"/\" to proxy every path".into(),
+        ),
+        Some(p) if !p.starts_with('/') => {
+            report(at("path_prefix"), format!("{p:?} must start with '/'"))
+        }
+        Some(p) => {
+            if let Some((_, j)) = prefixes.iter().find(|(q, _)| q == p) {
+                report(
+                    at("path_prefix"),
+                    format!("{p:?} is already used by route[{j}]"),
+                );
+            }
+            prefixes.push((p.clone(), i));
+        }
+    }
+    if !r.path.is_empty() {
+        report(
+            at("path"),
+            "a proxy route uses path_prefix, not path; remove one of them".into(),
+        );
+    }
+    let hub_only = r.group.is_some()
+        || !r.subprotocols.is_empty()
+        || r.max_message_bytes.is_some()
+        || r.on_message != OnMessage::Broadcast
+        || !r.echo_to_sender;
+    if hub_only {
+        report(
+            at("proxy_pass"),
+            "group, on_message, echo_to_sender, subprotocols and max_message_bytes apply to hub routes only; the upstream decides these for a proxy route".into(),
+        );
+    }
+}
+
+fn check_proxy(cfg: &Config, report: &mut impl FnMut(Vec<Seg>, String)) {
+    let key =
+        |parts: &[&str]| -> Vec<Seg> { parts.iter().map(|p| Seg::Key(p.to_string())).collect() };
+    let p = &cfg.proxy;
+    if !p.ping_interval.is_zero() && p.pong_timeout.is_zero() {
+        report(
+            key(&["proxy", "pong_timeout"]),
+            "must be more than 0s while tunnel pings are on (proxy.ping_interval > 0)".into(),
+        );
+    }
+    for (i, t) in p.trusted_proxies.iter().enumerate() {
+        if let Err(m) = super::parse_cidr(t) {
+            report(
+                vec![
+                    Seg::Key("proxy".into()),
+                    Seg::Key("trusted_proxies".into()),
+                    Seg::Index(i),
+                ],
+                m,
+            );
+        }
+    }
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        let at = |field: &str| {
+            vec![
+                Seg::Key("upstream".into()),
+                Seg::Index(i),
+                Seg::Key(field.into()),
+            ]
+        };
+        if u.name.is_empty()
+            || !u
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            report(
+                at("name"),
+                format!(
+                    "{:?} is not a valid name; use letters, digits, '-', '_' and '.'",
+                    u.name
+                ),
+            );
+        }
+        if let Some(j) = cfg.upstreams[..i].iter().position(|o| o.name == u.name) {
+            report(
+                at("name"),
+                format!("{:?} is already the name of upstream[{j}]", u.name),
+            );
+        }
+        if u.servers.is_empty() {
+            report(
+                at("servers"),
+                "is empty; list at least one \"host:port\"".into(),
+            );
+        }
+        for (k, entry) in u.servers.iter().enumerate() {
+            let t = entry.table();
+            let here = vec![
+                Seg::Key("upstream".into()),
+                Seg::Index(i),
+                Seg::Key("servers".into()),
+                Seg::Index(k),
+            ];
+            if let Err(m) = super::parse_server_addr(&t.addr) {
+                report(here.clone(), m);
+            }
+            if t.weight == 0 || t.weight > 1000 {
+                report(
+                    here,
+                    format!(
+                        "weight {} is out of range; use 1 to 1000 (default 1)",
+                        t.weight
+                    ),
+                );
+            }
+        }
+        if !u.servers.is_empty() && u.servers.iter().all(|s| s.table().backup) {
+            report(
+                at("servers"),
+                "every server is a backup; backups are used only while a non-backup server exists and is down".into(),
+            );
+        }
+        if u.balance == super::Balance::IpHash && u.servers.iter().any(|s| s.table().backup) {
+            report(
+                at("balance"),
+                "ip_hash cannot be combined with backup servers (as in nginx); remove backup or pick another balance".into(),
+            );
+        }
+        if u.max_fails > 0 && u.fail_timeout.is_zero() {
+            report(
+                at("fail_timeout"),
+                "must be more than 0s while max_fails > 0, e.g. \"10s\"".into(),
+            );
+        }
+        if u.connect_timeout.is_zero() {
+            report(
+                at("connect_timeout"),
+                "must be more than 0s, e.g. \"5s\"".into(),
+            );
+        }
+        if u.read_timeout.is_zero() {
+            report(
+                at("read_timeout"),
+                "must be more than 0s, e.g. \"60s\"".into(),
+            );
+        }
+        if !u.health_path.is_empty() && !u.health_path.starts_with('/') {
+            report(
+                at("health_path"),
+                format!(
+                    "{:?} must start with '/' (or be \"\" to turn active checks off)",
+                    u.health_path
+                ),
+            );
+        }
+        if !u.health_path.is_empty() && u.health_interval.is_zero() {
+            report(
+                at("health_interval"),
+                "must be more than 0s, e.g. \"5s\"".into(),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::load_str;
+
+    #[test]
+    fn the_story_config_is_valid() {
+        let cfg = load_str(
+            "t.toml",
+            "[[upstream]]\nname = \"websocket\"\nservers = [\"192.168.100.10:8010\", { addr = \"10.0.0.2:8010\", weight = 2, backup = true }]\n\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"websocket\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.upstreams[0].servers.len(), 2);
+        assert!(cfg.upstreams[0].servers[1].table().backup);
+        assert!(cfg.effective_routes().is_empty());
+    }
+
+    #[test]
+    fn unknown_upstream_in_proxy_pass_names_the_ones_that_exist() {
+        let p = problems(
+            "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n[[upstream]]\nname = \"b\"\nservers = [\"127.0.0.1:2\"]\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"c\"\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("t.toml:9:1: route[0].proxy_pass: no upstream is named \"c\"; the upstreams are \"a\", \"b\""),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn bad_server_address_and_weight_point_at_the_entry() {
+        let p = problems(
+            "[[upstream]]\nname = \"a\"\nservers = [\"nope\", { addr = \"127.0.0.1:2\", weight = 0 }]\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("t.toml:3:12: upstream[0].servers[0]:"),
+            "{}",
+            p[0]
+        );
+        assert!(p[1].contains("weight 0 is out of range"), "{}", p[1]);
+    }
 
     fn problems(text: &str) -> Vec<String> {
         match load_str("t.toml", text, &[]) {

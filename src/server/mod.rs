@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,11 +32,19 @@ use crate::ws::Heartbeat;
 use crate::ws::handshake::{self, Accept};
 use crate::ws::outbox::Outbox;
 use crate::ws::session::{self, Env, Session};
-use head::{HeadError, Rewind};
+use head::HeadError;
+pub use head::Rewind;
 use route::Route;
 
-/// Response body type for everything the server answers itself.
-pub type Body = Full<Bytes>;
+/// Response body type: bodies the server writes itself ([`full`]) and streamed proxy bodies.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A complete in-memory body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// State shared by every connection.
 #[derive(Debug)]
@@ -45,6 +54,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     pub heartbeat: Arc<Heartbeat>,
     session_env: Arc<Env>,
+    /// Proxy routes, upstreams and tunnels.
+    pub proxy: Arc<crate::proxy::Proxy>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
 }
@@ -66,12 +77,14 @@ impl Shared {
             close_timeout: config.websocket.close_timeout.get(),
             open: AtomicUsize::new(0),
         });
+        let proxy = Arc::new(crate::proxy::Proxy::new(&config));
         Shared {
             config,
             routes,
             hub,
             heartbeat,
             session_env,
+            proxy,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
         }
@@ -85,7 +98,7 @@ impl Shared {
 
 /// Builds a plain-text response.
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    let mut r = Response::new(full(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -196,6 +209,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
             return websocket(req, r, group, &shared, peer);
         }
     }
+    if let Some(upstream) = shared.proxy.route(&path) {
+        return shared.proxy.handle(req, upstream, peer).await;
+    }
     match path.as_str() {
         "/" => crate::web::demo_page(&req),
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -223,6 +239,13 @@ fn not_found(path: &str, shared: &Shared) -> Response<Body> {
             crate::config::OnMessage::Drop => "receive only".to_string(),
         };
         body.push_str(&format!("  {}  ({what})\n", r.pattern));
+    }
+    let mut prefixes = shared.proxy.prefixes().peekable();
+    if prefixes.peek().is_some() {
+        body.push_str("\nProxied:\n");
+        for (p, u) in prefixes {
+            body.push_str(&format!("  {p}*  (upstream {u:?})\n"));
+        }
     }
     body.push_str(
         "\nHTTP:\n  GET  /  (demo page)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /metrics\n  GET  /healthz\n",
@@ -320,7 +343,7 @@ fn websocket(
 }
 
 fn upgrade_response(accept: &Accept) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *r.headers_mut() = accept.response_headers();
     r
@@ -363,16 +386,29 @@ fn start_session(
 }
 
 /// Sends Close 1001 to every WebSocket client and waits until all are gone or `grace` passes.
-/// Returns whether every connection finished in time.
+/// Proxy tunnels first get `proxy.shutdown_grace` to end on their own, then both of their sides
+/// get Close 1001 too. Returns whether every connection finished in time.
 pub async fn drain(shared: &Shared, grace: Duration) -> bool {
     shared.shutting_down.store(true, Ordering::SeqCst);
+    shared.proxy.shutting_down.store(true, Ordering::SeqCst);
     let conns = shared.heartbeat.connections();
     tracing::info!(connections = conns.len(), grace = ?grace, "closing WebSocket connections with 1001");
     for c in &conns {
         c.request_close(session::SHUTDOWN);
     }
+    let tunnel_grace = shared.config.proxy.shutdown_grace.get();
+    if shared.proxy.open_tunnels() > 0 && !tunnel_grace.is_zero() {
+        tracing::info!(tunnels = shared.proxy.open_tunnels(), grace = ?tunnel_grace, "waiting for proxy tunnels to end (proxy.shutdown_grace)");
+        let until = tokio::time::Instant::now() + tunnel_grace;
+        while shared.proxy.open_tunnels() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for c in shared.proxy.heartbeat.connections() {
+        c.request_close(session::SHUTDOWN);
+    }
     let deadline = tokio::time::Instant::now() + grace;
-    while shared.open_connections() > 0 {
+    while shared.open_connections() > 0 || shared.proxy.open_tunnels() > 0 {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }

@@ -60,6 +60,8 @@ impl Route {
         Route::new(
             &config::Route {
                 path: path.to_string(),
+                path_prefix: None,
+                proxy_pass: None,
                 group: None,
                 on_message: OnMessage::Echo,
                 echo_to_sender: true,

@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Full;
 
 use crate::server::Body;
 
@@ -20,7 +19,9 @@ pub fn demo_page<B>(req: &Request<B>) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut r = Response::new(Full::new(Bytes::from_static(DEMO_HTML.as_bytes())));
+    let mut r = Response::new(crate::server::full(Bytes::from_static(
+        DEMO_HTML.as_bytes(),
+    )));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -133,7 +133,7 @@ impl Outbox {
 
     /// Moves queued frames to `out` and takes pending signals; registers `waker` when there was
     /// nothing to take, so the next push wakes the session.
-    pub(super) fn take(&self, out: &mut VecDeque<Bytes>, waker: &Waker) -> Signals {
+    pub(crate) fn take(&self, out: &mut VecDeque<Bytes>, waker: &Waker) -> Signals {
         let mut st = self.lock();
         let signals = Signals {
             ping: std::mem::take(&mut st.ping),
@@ -149,6 +149,12 @@ impl Outbox {
             out.extend(st.queue.drain(..));
         }
         signals
+    }
+
+    /// Records that something arrived from the peer at heartbeat time `now_ms`, so the
+    /// heartbeat wheel does not ping it (used by proxy tunnels, which do their own reading).
+    pub fn touch(&self, now_ms: u64) {
+        self.last_rx.store(now_ms, Ordering::Relaxed);
     }
 
     /// Records that `n` queued bytes were written (or discarded).

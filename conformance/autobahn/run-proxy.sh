@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the Autobahn|Testsuite fuzzing client (cases 1.* to 10.*) through wsgate's
+# reverse proxy: one wsgate serves the echo route (the hub, with the conformance
+# limits from wsgate.toml), a second wsgate proxies every path to it with only
+# [[upstream]] + proxy_pass, and run.sh tests ws://<proxy>/ws/echo. It passes
+# with 0 FAILED and 0 NON-STRICT, like the direct run: the tunnel must relay
+# every frame untouched and impose no frame or message limit of its own.
+#
+# usage: conformance/autobahn/run-proxy.sh
+#
+# Environment: WSGATE_BIN (default target/release/wsgate), AUTOBAHN_OUTDIR
+# (default target/conformance/autobahn/wsgate-proxy), and everything run.sh reads.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+readonly here root
+
+say() { printf 'run-proxy.sh: %s\n' "$*" >&2; }
+die() { printf 'run-proxy.sh: error: %s\n' "$*" >&2; exit 1; }
+
+wsgate_bin=${WSGATE_BIN:-$root/target/release/wsgate}
+outdir=${AUTOBAHN_OUTDIR:-$root/target/conformance/autobahn/wsgate-proxy}
+[[ -x "$wsgate_bin" ]] || die "wsgate binary not found at $wsgate_bin; build it with 'cargo build --release' or set WSGATE_BIN"
+mkdir -p "$outdir"
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for_tcp() { # port pid
+    local deadline=$((SECONDS + 20))
+    while ((SECONDS < deadline)); do
+        if python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+hub_port=$(free_port)
+say "starting the hub (echo backend) on 127.0.0.1:$hub_port (log: $outdir/hub.log)"
+"$wsgate_bin" serve --config "$here/wsgate.toml" --listen "127.0.0.1:$hub_port" >"$outdir/hub.log" 2>&1 &
+pids+=($!)
+wait_for_tcp "$hub_port" "${pids[0]}" || die "the hub did not start; see $outdir/hub.log"
+
+proxy_port=$(free_port)
+cat >"$outdir/proxy.toml" <<TOML
+# The proxy in front of the hub: the story's config, nothing WebSocket-specific.
+# The proxy's own echo route is turned off: hub routes are matched before proxy
+# prefixes, and /ws/echo must reach the backend through the tunnel.
+[websocket]
+echo_path = ""
+
+[[upstream]]
+name = "hub"
+servers = ["127.0.0.1:$hub_port"]
+
+[[route]]
+path_prefix = "/"
+proxy_pass = "hub"
+TOML
+say "starting the proxy on 127.0.0.1:$proxy_port (config: $outdir/proxy.toml, log: $outdir/proxy.log)"
+"$wsgate_bin" serve --config "$outdir/proxy.toml" --listen "127.0.0.1:$proxy_port" >"$outdir/proxy.log" 2>&1 &
+pids+=($!)
+wait_for_tcp "$proxy_port" "${pids[1]}" || die "the proxy did not start; see $outdir/proxy.log"
+
+rc=0
+AUTOBAHN_OUTDIR=$outdir "$here/run.sh" --url "ws://127.0.0.1:$proxy_port/ws/echo" --agent wsgate-proxy || rc=$?
+for i in 0 1; do
+    kill -0 "${pids[$i]}" 2>/dev/null || { say "a wsgate process exited during the run"; rc=1; }
+done
+exit "$rc"

@@ -1,0 +1,217 @@
+//! Plain HTTP proxying: HTTP/1.1 to the upstream over a keep-alive pool, bodies streamed both
+//! ways (never buffered whole), trailers dropped, hop-by-hop fields removed both ways, and
+//! failures turned into 502/503/504 with a sentence saying what went wrong.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+
+use super::balance::Active;
+use super::headers::{prepare_request, remove_hop_by_hop};
+use super::{Error, Proxy, ReqBody};
+use crate::server::Body;
+
+/// A body passed through frame by frame, without its trailers (wsgate does not forward
+/// trailers: they would need `TE: trailers` end to end, which no browser sends). It can hold a
+/// server's in-flight count until the body is done.
+#[derive(Debug)]
+pub struct NoTrailers {
+    inner: Incoming,
+    _active: Option<Active>,
+}
+
+impl NoTrailers {
+    pub fn new(inner: Incoming, active: Option<Active>) -> Self {
+        NoTrailers {
+            inner,
+            _active: active,
+        }
+    }
+}
+
+impl HttpBody for NoTrailers {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        loop {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) if !f.is_data() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Whether the request carries no body, so it can be rebuilt for a retry.
+fn has_no_body(h: &HeaderMap) -> bool {
+    let cl = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    !h.contains_key(http::header::TRANSFER_ENCODING) && matches!(cl, None | Some("0"))
+}
+
+/// The `std::io::Error` somewhere in an error's source chain.
+pub(super) fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Forwards a non-upgrade request to upstream `ui` and relays its response.
+pub async fn forward(
+    proxy: &Arc<Proxy>,
+    ui: usize,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let up = &proxy.upstreams[ui];
+    let path = req.uri().path().to_string();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let (parts, body) = req.into_parts();
+    // A failed connect is retried on the next server only when the request can be sent again
+    // as it was: idempotent and without a body (the body stream is consumed by the first try).
+    let retryable = is_idempotent(&parts.method) && has_no_body(&parts.headers);
+    let mut body = Some(body);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last: Option<Error> = None;
+    loop {
+        let Some(si) = up.pick(peer.ip(), &tried) else {
+            let e = last.unwrap_or(Error::NoServer {
+                upstream: up.name.clone(),
+            });
+            return e.into_response(&path);
+        };
+        tried.push(si);
+        let server = &up.servers[si];
+        let mut headers = parts.headers.clone();
+        prepare_request(
+            &mut headers,
+            proxy.client(peer),
+            proxy.preserve_host,
+            &server.addr,
+        );
+        let req_body: ReqBody = match body.take() {
+            Some(b) => NoTrailers::new(b, None).boxed(),
+            None => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        };
+        let mut out = Request::new(req_body);
+        *out.method_mut() = parts.method.clone();
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = headers;
+        match format!("http://{}{}", server.addr, path_and_query).parse() {
+            Ok(uri) => *out.uri_mut() = uri,
+            Err(e) => {
+                return Error::Exchange {
+                    upstream: up.name.clone(),
+                    server: server.addr.clone(),
+                    reason: format!("cannot build the upstream URI: {e}"),
+                }
+                .into_response(&path);
+            }
+        }
+        let active = up.begin(si);
+        let res = tokio::time::timeout(
+            up.connect_timeout + up.read_timeout,
+            proxy.clients[ui].request(out),
+        )
+        .await;
+        let err = match res {
+            Ok(Ok(resp)) => {
+                up.succeeded(si);
+                let (mut rp, rb) = resp.into_parts();
+                remove_hop_by_hop(&mut rp.headers);
+                rp.version = Version::HTTP_11;
+                return Response::from_parts(rp, NoTrailers::new(rb, Some(active)).boxed());
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                let timed_out =
+                    io_cause(&e).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                if timed_out {
+                    Error::ConnectTimeout {
+                        upstream: up.name.clone(),
+                        server: server.addr.clone(),
+                        after: up.connect_timeout,
+                    }
+                } else {
+                    let source = match io_cause(&e) {
+                        Some(io) => std::io::Error::new(io.kind(), io.to_string()),
+                        None => std::io::Error::other(e.to_string()),
+                    };
+                    Error::Connect {
+                        upstream: up.name.clone(),
+                        server: server.addr.clone(),
+                        source,
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                up.failed(si);
+                let reason = match std::error::Error::source(&e) {
+                    Some(s) => format!("{e}: {s}"),
+                    None => e.to_string(),
+                };
+                return Error::Exchange {
+                    upstream: up.name.clone(),
+                    server: server.addr.clone(),
+                    reason,
+                }
+                .into_response(&path);
+            }
+            Err(_) => {
+                up.failed(si);
+                return Error::ResponseTimeout {
+                    upstream: up.name.clone(),
+                    server: server.addr.clone(),
+                    after: up.read_timeout,
+                }
+                .into_response(&path);
+            }
+        };
+        drop(active);
+        if up.failed(si) {
+            tracing::warn!(upstream = %up.name, server = %server.addr, "server taken out after max_fails failures");
+        }
+        tracing::info!(upstream = %up.name, server = %server.addr, error = %err, "connect failed");
+        if !retryable {
+            return err.into_response(&path);
+        }
+        last = Some(err);
+    }
+}

@@ -1,0 +1,236 @@
+//! Plain HTTP through the proxy, against real upstream sockets: the hop-by-hop matrix, forwarding
+//! headers with and without trusted proxies, and the 502/503/504 answers, retries and passive
+//! health.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use support::upstream::{dead_addr, echo_http, silent};
+use support::*;
+
+fn proxy_config(servers: &str, extra_upstream: &str, extra: &str) -> String {
+    format!(
+        "{extra}\n[[upstream]]\nname = \"app\"\nservers = {servers}\n{extra_upstream}\n\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"app\"\n"
+    )
+}
+
+async fn get(addr: SocketAddr, path: &str, extra: &str) -> Reply {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n{extra}\r\n")
+            .as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_both_ways_and_end_to_end_ones_survive() {
+    let (up, seen) = echo_http().await;
+    let srv = start(&proxy_config(&format!("[\"{up}\"]"), "", "")).await;
+    let r = raw(
+        srv.addr,
+        b"GET /page?q=1 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Foo\r\nX-Foo: drop-me\r\n\
+Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+Proxy-Authorization: Basic eDp5\r\nCookie: a=b\r\nX-Custom: keep-me\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = seen.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(head.starts_with("get /page?q=1 http/1.1\r\n"), "{head}");
+    for gone in [
+        "x-foo:",
+        "keep-alive:",
+        "proxy-connection:",
+        "te:",
+        "upgrade:",
+        "proxy-authorization:",
+    ] {
+        assert!(
+            !head.contains(&format!("\r\n{gone}")),
+            "{gone} reached the upstream:\n{head}"
+        );
+    }
+    assert!(head.contains("\r\ncookie: a=b\r\n"), "{head}");
+    assert!(head.contains("\r\nx-custom: keep-me\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nhost: example.com\r\n"),
+        "Host is preserved: {head}"
+    );
+    // The response lost its own hop-by-hop fields, and kept the rest.
+    assert_eq!(r.header("x-end-to-end").as_deref(), Some("kept"));
+    for gone in ["x-resp-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(
+            r.header(gone).is_none(),
+            "{gone} reached the client: {}",
+            r.head
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_an_untrusted_client_are_replaced() {
+    let (up, seen) = echo_http().await;
+    let srv = start(&proxy_config(&format!("[\"{up}\"]"), "", "")).await;
+    let r = get(
+        srv.addr,
+        "/",
+        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let head = seen.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-forwarded-proto: http\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-forwarded-host: example.com\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nforwarded: for=127.0.0.1;host=example.com;proto=http\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("6.6.6.6"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_a_trusted_proxy_are_kept_and_appended() {
+    let (up, seen) = echo_http().await;
+    let srv = start(&proxy_config(
+        &format!("[\"{up}\"]"),
+        "",
+        "[proxy]\ntrusted_proxies = [\"127.0.0.0/8\"]\npreserve_host = false\n",
+    ))
+    .await;
+    let r = get(
+        srv.addr,
+        "/",
+        "X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\nForwarded: for=198.51.100.1;proto=https\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let head = seen.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        head.contains("\r\nx-forwarded-for: 198.51.100.1, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-forwarded-proto: https\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nforwarded: for=198.51.100.1;proto=https, for=127.0.0.1;host=example.com;proto=http\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("\r\nhost: {up}\r\n")),
+        "preserve_host = false: {head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reuse_pooled_upstream_connections_and_bodies_pass() {
+    let (up, seen) = echo_http().await;
+    let srv = start(&proxy_config(&format!("[\"{up}\"]"), "", "")).await;
+    for i in 0..5 {
+        let body = format!("body-{i}");
+        let r = post(srv.addr, "/submit", Some("text/plain"), body.as_bytes(), "").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.body.to_ascii_lowercase().contains("content-length: 6"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        seen.connections.load(Ordering::Relaxed),
+        1,
+        "keep-alive pool reused one connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_gets_502_naming_it_then_503_once_it_is_out() {
+    let dead = dead_addr().await;
+    let srv = start(&proxy_config(
+        &format!("[\"{dead}\"]"),
+        "max_fails = 1\nfail_timeout = \"1h\"",
+        "",
+    ))
+    .await;
+    let r = get(srv.addr, "/x", "").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("upstream \"app\""), "{}", r.body);
+    assert!(r.body.contains(&dead.to_string()), "{}", r.body);
+    assert!(
+        r.body.to_lowercase().contains("refused"),
+        "the OS error is named: {}",
+        r.body
+    );
+    let r = get(srv.addr, "/x", "").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.body.contains("every server of upstream \"app\" is down"),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_gets_504() {
+    let up = silent().await;
+    let srv = start(&proxy_config(
+        &format!("[\"{up}\"]"),
+        "read_timeout = \"200ms\"",
+        "",
+    ))
+    .await;
+    let r = get(srv.addr, "/slow", "").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("read_timeout"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_retried_on_the_next_server_and_the_dead_one_is_left_out() {
+    let dead = dead_addr().await;
+    let (up, seen) = echo_http().await;
+    let srv = start(&proxy_config(
+        &format!("[\"{dead}\", \"{up}\"]"),
+        "max_fails = 1\nfail_timeout = \"1h\"",
+        "",
+    ))
+    .await;
+    for _ in 0..4 {
+        let r = get(srv.addr, "/", "").await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(seen.heads.lock().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_routes_win_over_a_root_proxy_prefix_and_longest_prefix_wins() {
+    let (a, seen_a) = echo_http().await;
+    let (b, seen_b) = echo_http().await;
+    let cfg = format!(
+        "[[upstream]]\nname = \"a\"\nservers = [\"{a}\"]\n[[upstream]]\nname = \"b\"\nservers = [\"{b}\"]\n\
+[[route]]\npath_prefix = \"/\"\nproxy_pass = \"a\"\n[[route]]\npath_prefix = \"/api/v2/\"\nproxy_pass = \"b\"\n\
+[[route]]\npath = \"/chat/{{room}}\"\ngroup = \"chat:{{room}}\"\n"
+    );
+    let srv = start(&cfg).await;
+    assert_eq!(get(srv.addr, "/api/v2/x", "").await.status, 200);
+    assert_eq!(get(srv.addr, "/other", "").await.status, 200);
+    let mut ws = connect(srv.addr, "/chat/1").await;
+    assert_eq!(publish_via_hub(&srv, "chat:1"), 1);
+    drop(ws.close(None).await);
+    assert_eq!(seen_b.heads.lock().unwrap().len(), 1);
+    assert_eq!(seen_a.heads.lock().unwrap().len(), 1);
+}
+
+fn publish_via_hub(srv: &wsgate::app::Running, group: &str) -> usize {
+    srv.shared.hub.publish(
+        group,
+        &wsgate::ws::frame::encode(wsgate::ws::frame::OpCode::Text, b"x"),
+        None,
+    )
+}

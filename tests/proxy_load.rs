@@ -1,0 +1,255 @@
+//! The proxy as a real process under load: a 100 MB upload and a 100 MB download pass with the
+//! proxy's peak memory bounded, and 1000 concurrent tunnels work and stay small while idle.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use support::upstream::{WsOptions, ws_echo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
+const MB: usize = 1024 * 1024;
+
+/// A wsgate process proxying every path to `upstream`; killed on drop.
+struct ProxyProcess {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spawn_proxy(upstream: SocketAddr, extra: &str) -> ProxyProcess {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = std::env::temp_dir().join(format!("wsgate-proxy-load-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n[websocket]\necho_path = \"\"\n{extra}\n\
+[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"app\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(WAIT).expect("the proxy logs its address");
+    assert!(line.contains("listening on"), "{line}");
+    ProxyProcess {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        _dir: TempDir(dir),
+    }
+}
+
+/// A field of /proc/<pid>/status in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{field} missing"))
+}
+
+/// An upstream that counts uploaded bytes without keeping them and streams downloads of any
+/// size from one small buffer.
+async fn streaming_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut head = Vec::new();
+                let end = loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let text = String::from_utf8_lossy(&head[..end]).to_lowercase();
+                if text.starts_with("post") {
+                    let want: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok())
+                        .expect("upload has a content-length");
+                    let mut got = head.len() - end;
+                    while got < want {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        assert!(n > 0, "upload cut short at {got}");
+                        got += n;
+                    }
+                    let body = format!("got {got}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                } else {
+                    let total = 100 * MB;
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let chunk = vec![b'd'; 64 * 1024];
+                    let mut sent = 0;
+                    while sent < total {
+                        if s.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        sent += chunk.len();
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_upload_and_download_stream_through_with_bounded_proxy_memory() {
+    let up = streaming_upstream().await;
+    let proxy = spawn_proxy(up, "");
+    let pid = proxy.child.id();
+
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let total = 100 * MB;
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b'u'; 64 * 1024];
+    let mut sent = 0;
+    tokio::time::timeout(WAIT * 3, async {
+        while sent < total {
+            s.write_all(&chunk).await.unwrap();
+            sent += chunk.len();
+        }
+    })
+    .await
+    .expect("upload within the wait limit");
+    let r = read_reply(&mut s).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, format!("got {total}"));
+
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /download HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0usize;
+    tokio::time::timeout(WAIT * 3, async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+    })
+    .await
+    .expect("download within the wait limit");
+    assert!(
+        got > total,
+        "downloaded {got} bytes of {total} plus the head"
+    );
+
+    let peak = status_kib(pid, "VmHWM:");
+    eprintln!("proxy peak RSS after 100 MB up and down: {peak} KiB");
+    assert!(
+        peak < 48 * 1024,
+        "proxy peak RSS {peak} KiB: bodies are being buffered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_tunnels_work_and_stay_small_while_idle() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let proxy = spawn_proxy(up, "[proxy]\nping_interval = \"0s\"\n");
+    let pid = proxy.child.id();
+    // Warm up: worker threads, scratch buffers, allocator arenas.
+    let mut warm = Vec::new();
+    for _ in 0..20 {
+        let mut s = raw_ws(proxy.addr, "/ws").await;
+        s.write_all(&client_frame(0x1, b"warm")).await.unwrap();
+        warm.push(s);
+    }
+    for s in &mut warm {
+        let mut b = [0u8; 6];
+        tokio::time::timeout(WAIT, s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let before = status_kib(pid, "VmRSS:");
+    let n = 1000;
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        socks.push(raw_ws(proxy.addr, "/ws").await);
+    }
+    for (i, s) in socks.iter_mut().enumerate() {
+        s.write_all(&client_frame(0x1, format!("m{i:04}").as_bytes()))
+            .await
+            .unwrap();
+    }
+    for (i, s) in socks.iter_mut().enumerate() {
+        let mut b = [0u8; 7];
+        tokio::time::timeout(WAIT, s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&b[2..], format!("m{i:04}").as_bytes());
+    }
+    let after = status_kib(pid, "VmRSS:");
+    let per = (after.saturating_sub(before) * 1024) / n as u64;
+    eprintln!(
+        "proxy RSS {before} KiB -> {after} KiB with {n} idle tunnels: {per} bytes per tunnel"
+    );
+    assert!(seen.connections.load(std::sync::atomic::Ordering::Relaxed) >= n + 20);
+    assert!(
+        per <= 4096,
+        "{per} bytes per idle tunnel; the target is 4 KiB"
+    );
+}

@@ -1,0 +1,204 @@
+//! WebSockets through the proxy against a tiny upstream that, like node `ws`, answers 426 unless
+//! it sees the upgrade headers: the story's config works with only `proxy_pass`, idle tunnels
+//! outlive the upstream's idle limit thanks to injected pings, and closes carry the right codes
+//! without losing bytes.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::upstream::{WsOptions, dead_addr, ws_echo};
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as TCode;
+
+fn story(up: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "{extra}\n[[upstream]]\nname = \"websocket\"\nservers = [\"{up}\"]\n\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"websocket\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_upstream_works_through_wsgate_with_only_proxy_pass() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    // Without the upgrade headers the upstream answers 426, as in the story.
+    let direct = raw(up, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(direct.status, 426);
+
+    let srv = start(&story(up, "")).await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    send_text(&mut ws, "hello").await;
+    assert_eq!(next_text(&mut ws).await, "hello");
+    let big = "x".repeat(200_000);
+    send_text(&mut ws, &big).await;
+    assert_eq!(next_text(&mut ws).await, big);
+    ws.close(None).await.unwrap();
+
+    // The upstream got the handshake with canonical header names.
+    let head = seen.heads.lock().unwrap()[1].clone();
+    for want in [
+        "\r\nUpgrade: websocket\r\n",
+        "\r\nConnection: Upgrade\r\n",
+        "\r\nSec-WebSocket-Key: ",
+        "\r\nSec-WebSocket-Version: 13\r\n",
+        "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+    ] {
+        assert!(head.contains(want), "{want:?} missing in:\n{head}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_426_is_relayed_as_it_is() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    let r = raw(
+        srv.addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 426);
+    assert_eq!(r.body, "Upgrade Required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_with_a_wrong_accept_is_a_502_that_says_so() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n")
+                .await;
+        }
+    });
+    let srv = start(&story(up, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("does not match the key"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_retried_on_the_next_server_when_connect_fails() {
+    let dead = dead_addr().await;
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let cfg = format!(
+        "[[upstream]]\nname = \"websocket\"\nservers = [\"{dead}\", \"{up}\"]\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"websocket\"\n"
+    );
+    let srv = start(&cfg).await;
+    for _ in 0..2 {
+        let mut ws = connect(srv.addr, "/ws").await;
+        send_text(&mut ws, "hi").await;
+        assert_eq!(next_text(&mut ws).await, "hi");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_pings_keep_a_tunnel_open_past_the_upstream_idle_limit_and_no_one_sees_a_pong() {
+    let (up, seen) = ws_echo(WsOptions {
+        idle_limit: Some(Duration::from_millis(500)),
+    })
+    .await;
+    let srv = start(&story(
+        up,
+        "[proxy]\nping_interval = \"100ms\"\npong_timeout = \"100ms\"\n",
+    ))
+    .await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    let mut pings = 0;
+    // Stay silent for three times the upstream's idle limit, answering pings as any client does.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Pong(p)))) => panic!("client saw an unsolicited pong {p:?}"),
+            Ok(other) => panic!(
+                "tunnel broke while idle after {pings} pings to the client and {} to the upstream: {other:?}",
+                seen.pings.load(Ordering::Relaxed)
+            ),
+        }
+    }
+    assert!(pings >= 3, "client got only {pings} pings");
+    assert!(
+        seen.pings.load(Ordering::Relaxed) >= 3,
+        "upstream was not pinged"
+    );
+    send_text(&mut ws, "still here").await;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                assert_eq!(t.as_str(), "still here");
+                break;
+            }
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen.pongs.load(Ordering::Relaxed),
+        0,
+        "upstream saw a pong it never asked for"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_dies_mid_tunnel_gives_the_client_1014() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    // Raw frames: tungstenite refuses to surface 1014 (it maps it to 1002).
+    let mut s = raw_ws(srv.addr, "/ws").await;
+    s.write_all(&client_frame(0x1, b"die")).await.unwrap();
+    let (code, reason) = read_until_close(&mut s).await.expect("a close frame");
+    assert_eq!(code, 1014);
+    assert!(reason.contains("upstream"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_messages_before_an_upstream_close_all_arrive() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "[proxy]\nping_interval = \"0s\"\n")).await;
+    for _ in 0..20 {
+        let mut ws = connect(srv.addr, "/ws").await;
+        send_text(&mut ws, "bye").await;
+        for i in 1..=3 {
+            assert_eq!(next_text(&mut ws).await, format!("last-{i}"));
+        }
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => assert_eq!(f.code, TCode::Normal),
+            other => panic!("expected close 1000, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_gives_the_upstream_1001_and_shutdown_closes_both_sides() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    // Client vanishes without a Close frame: the tunnel ends (the upstream got 1001).
+    let s = raw_ws(srv.addr, "/ws").await;
+    drop(s);
+    let proxy = srv.shared.proxy.clone();
+    eventually("tunnel closed after client vanished", || {
+        proxy.open_tunnels() == 0
+    })
+    .await;
+
+    let mut ws = connect(srv.addr, "/ws").await;
+    send_text(&mut ws, "hi").await;
+    assert_eq!(next_text(&mut ws).await, "hi");
+    let stop = tokio::spawn(srv.shutdown());
+    match next(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(f.code, TCode::Away),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    // Finish the closing handshake as a real client does.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+    drop(ws);
+    assert!(stop.await.unwrap(), "drain finished in time");
+    assert_eq!(*seen.closes.lock().unwrap(), vec![1001, 1001]);
+}
