@@ -4,10 +4,12 @@
 //! [`config`] what the operator asked for; [`server`] listeners, HTTP and routing;
 //! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] reaching
 //! other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page; [`metrics`]
-//! counters and `/metrics`; [`app`] start and stop order; [`cli`] the command line.
+//! counters and `/metrics`; [`app`] start and stop order; [`cli`] the command line;
+//! [`bench`] the load generator behind `wsgate bench`.
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
