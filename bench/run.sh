@@ -9,7 +9,7 @@
 # Settings (environment): REPS (1), ECHO_CONNS (100), ECHO_SECONDS (5), ROOM_CONNS (1000),
 # ROOM_ITERS (3: node ws needs ~15 s per iteration), FANOUT_SUBS (10000), FANOUT_MSGS (500), FANOUT_RATE (100), IDLE_CONNS (19000),
 # IDLE_HOLD (30; 60+ for a long hold), HS_TOTAL (20000), HS_WORKERS (50), SIZE (64),
-# WSLOAD (path to a built wsload for the cross-check; default ../shared/wsload/target/release/wsload
+# OUT (results folder; reuse one to add figures to a run), WSLOAD (path to a built wsload for the cross-check; default ../shared/wsload/target/release/wsload
 # or /tmp/wsload/target/release/wsload when present).
 set -euo pipefail
 
@@ -38,7 +38,7 @@ if [ -z "${WSLOAD:-}" ]; then
 fi
 WSLOAD="${WSLOAD:-}"
 
-OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="${OUT:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 echo "results in $OUT" >&2
 
