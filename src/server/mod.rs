@@ -309,11 +309,12 @@ fn websocket(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     }
+    // Join before the 101 goes out: a backend that publishes as soon as the browser's `onopen`
+    // fires must find the member there. Until the session runs, messages wait in its outbox.
+    let joined = Joined::new(shared, group);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let shared2 = shared.clone();
     let ctx = route.ctx.clone();
     tokio::spawn(async move {
-        let guard = OpenGuard(shared2.clone());
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -335,9 +336,7 @@ fn websocket(
             leftover.extend_from_slice(&read_buf);
             (stream, leftover.freeze())
         };
-        // The session task takes over the slot and gives it back when it ends.
-        std::mem::forget(guard);
-        start_session(stream, leftover, ctx, group, &shared2);
+        joined.start(stream, leftover, ctx);
     });
     upgrade_response(&accept)
 }
@@ -349,40 +348,63 @@ fn upgrade_response(accept: &Accept) -> Response<Body> {
     r
 }
 
-/// Releases a WebSocket slot if the upgrade fails before a session takes it over.
-struct OpenGuard(Arc<Shared>);
+/// A member that joined its group at handshake time, before its session exists. Dropping it
+/// (the upgrade failed) leaves the group and frees the connection slot; `start` hands both over
+/// to the session, whose own drop does the same at the end.
+struct Joined {
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    group: Option<Arc<str>>,
+    armed: bool,
+}
 
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.session_env.open.fetch_sub(1, Ordering::AcqRel);
+impl Joined {
+    fn new(shared: &Arc<Shared>, group: Option<String>) -> Self {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let limit = shared.config.websocket.send_queue_bytes;
+        let outbox = Arc::new(Outbox::new(id, limit, shared.heartbeat.now_ms()));
+        shared.heartbeat.register(&outbox);
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            // Shutdown walked the registry before we were in it.
+            outbox.request_close(session::SHUTDOWN);
+        }
+        let group: Option<Arc<str>> = group.map(Arc::from);
+        if let Some(g) = &group {
+            shared.hub.join(g, outbox.clone());
+        }
+        Joined {
+            shared: shared.clone(),
+            outbox,
+            group,
+            armed: true,
+        }
+    }
+
+    /// Starts the session task for the upgraded connection.
+    fn start(mut self, stream: TcpStream, leftover: Bytes, ctx: Arc<session::RouteCtx>) {
+        self.armed = false;
+        let env = self.shared.session_env.clone();
+        let session = Session::new(
+            stream,
+            leftover,
+            self.outbox.clone(),
+            ctx,
+            self.group.clone(),
+            env,
+        );
+        tokio::spawn(session);
     }
 }
 
-/// Starts the session task for an upgraded connection; it owns its slot from here on.
-fn start_session(
-    stream: TcpStream,
-    leftover: Bytes,
-    ctx: Arc<session::RouteCtx>,
-    group: Option<String>,
-    shared: &Shared,
-) {
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let limit = shared.config.websocket.send_queue_bytes;
-    let outbox = Arc::new(Outbox::new(id, limit, shared.heartbeat.now_ms()));
-    shared.heartbeat.register(&outbox);
-    if shared.shutting_down.load(Ordering::Relaxed) {
-        // Shutdown walked the registry before we were in it.
-        outbox.request_close(session::SHUTDOWN);
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(g) = &self.group {
+                self.shared.hub.leave(g, self.outbox.id);
+            }
+            self.shared.session_env.open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
-    let env = shared.session_env.clone();
-    tokio::spawn(Session::new(
-        stream,
-        leftover,
-        outbox,
-        ctx,
-        group.map(Arc::from),
-        env,
-    ));
 }
 
 /// Sends Close 1001 to every WebSocket client and waits until all are gone or `grace` passes.

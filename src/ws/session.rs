@@ -91,7 +91,8 @@ enum End {
 }
 
 impl Session {
-    /// Joins the group (if any) and takes over a connection slot already counted in `env.open`.
+    /// Takes over a member already in its group (if any) and a connection slot already counted
+    /// in `env.open`; both are given back when the session is dropped.
     pub fn new(
         io: TcpStream,
         leftover: Bytes,
@@ -102,9 +103,6 @@ impl Session {
     ) -> Self {
         let decoder = Decoder::new(route.max_message_bytes);
         let _ = io.set_nodelay(true);
-        if let Some(g) = &group {
-            env.hub.join(g, outbox.clone());
-        }
         METRICS.connections.inc();
         METRICS.connections_total.inc();
         Session {
