@@ -135,6 +135,9 @@ for rep in $(seq "$REPS"); do
         bench "fanout.wsgate.$rep" fanout --url "ws://127.0.0.1:$PORT/room/fanout/" \
           --publish-url "http://127.0.0.1:$PORT/api/groups/room:fanout/messages" \
           --conns "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE" --concurrency 200
+        wsload_run "wsload-fanout.wsgate.$rep" fanout --url "ws://127.0.0.1:$PORT/room/fanout2/" \
+          --publish-url "http://127.0.0.1:$PORT/api/groups/room:fanout2/messages" \
+          --subs "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE"
         stop_server
         start_node fanout
         bench "fanout.node.$rep" fanout --url "ws://127.0.0.1:$PORT/" \

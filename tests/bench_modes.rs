@@ -90,7 +90,7 @@ async fn fanout_counts_every_publish_at_every_subscriber() {
     let srv = start("").await;
     let out = bench(&format!(
         "fanout --url ws://{a}/room/f/ --publish-url http://{a}/api/groups/room:f/messages \
-         --conns 20 --msgs 30 --rate 300",
+         --conns 20 --msgs 30 --rate 300 --settle 1",
         a = srv.addr
     ))
     .await;

@@ -79,7 +79,7 @@ pub async fn run(plan: &Plan) -> Outcome {
         set.spawn(subscriber(conn, shared.clone(), rx.clone()));
     }
     // Let the server finish joining the members to the group before the first publish.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
 
     let cpu = CpuWindow::start(a.pid);
     let first_ns = now_ns();
@@ -141,6 +141,7 @@ pub async fn run(plan: &Plan) -> Outcome {
             "connected": connected,
             "msgs": a.msgs,
             "rate": a.rate,
+            "settle_s": a.settle,
             "publish": {
                 "ok": ok_count,
                 "failed": failed,

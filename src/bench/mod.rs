@@ -120,6 +120,10 @@ pub struct Args {
     /// fanout: messages to publish.
     #[arg(long, default_value_t = 500)]
     pub msgs: u64,
+    /// fanout, room: seconds between the last connection's handshake and the first message, so
+    /// the server has joined every connection to its group (wsgate joins after the 101).
+    #[arg(long, default_value_t = 0.2)]
+    pub settle: f64,
     /// fanout: publishes per second (sequential requests: the rate achieved is also bounded by
     /// the request round trip).
     #[arg(long, default_value_t = 100.0)]
@@ -200,10 +204,12 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
         }
         Mode::Room => {
             range("iterations", args.iterations, 1, 1_000_000)?;
+            seconds("settle", args.settle, 0.0)?;
             range("warmup-iterations", args.warmup_iterations, 0, 1_000_000)?;
         }
         Mode::Fanout => {
             range("msgs", args.msgs, 1, 10_000_000)?;
+            seconds("settle", args.settle, 0.0)?;
             if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1e6) {
                 return Err(format!(
                     "--rate {}: must be more than 0 and at most 1000000 per second",

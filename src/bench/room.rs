@@ -82,6 +82,7 @@ pub async fn run(plan: &Plan) -> Outcome {
     let mut measured_start: Option<Instant> = None;
     let mut measured_end = Instant::now();
     if connected == a.conns {
+        tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
         for it in 1..=a.warmup_iterations + a.iterations {
             iteration.store(it, Ordering::Relaxed);
             let measured = it > a.warmup_iterations;
