@@ -320,10 +320,18 @@ fn websocket(
             tracing::error!("upgraded connection has an unexpected type; this is a bug");
             return;
         };
-        let (stream, unread) = parts.io.into_inner().into_parts();
-        let mut leftover = bytes::BytesMut::from(&unread[..]);
-        leftover.extend_from_slice(&parts.read_buf);
-        run_session(stream, leftover.freeze(), ctx, group, &shared2).await;
+        // Copy the leftover bytes and drop the rest before the session runs: `unread` and
+        // `read_buf` point into the head reader's and hyper's read buffers (KiBs each), which
+        // would otherwise stay allocated for the whole life of the connection.
+        let (stream, leftover) = {
+            let (stream, unread) = parts.io.into_inner().into_parts();
+            let mut leftover = bytes::BytesMut::with_capacity(unread.len() + parts.read_buf.len());
+            leftover.extend_from_slice(&unread);
+            leftover.extend_from_slice(&parts.read_buf);
+            (stream, leftover.freeze())
+        };
+        drop(parts.read_buf);
+        run_session(stream, leftover, ctx, group, &shared2).await;
         drop(guard);
     });
     upgrade_response(&accept)
