@@ -202,3 +202,67 @@ async fn a_client_that_vanishes_gives_the_upstream_1001_and_shutdown_closes_both
     assert!(stop.await.unwrap(), "drain finished in time");
     assert_eq!(*seen.closes.lock().unwrap(), vec![1001, 1001]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_silent_tunnel_with_1001_even_while_pings_flow() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(
+        up,
+        "[proxy]\nping_interval = \"50ms\"\npong_timeout = \"50ms\"\nidle_timeout = \"400ms\"\n",
+    ))
+    .await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    let started = std::time::Instant::now();
+    // The client stays silent except for answering pings (tungstenite does that by itself):
+    // neither wsgate's pings nor the pongs it swallows count as activity.
+    let mut pings = 0;
+    let (code, reason) = loop {
+        match next_any(&mut ws).await {
+            Message::Ping(_) => pings += 1,
+            Message::Close(Some(f)) => break (f.code, f.reason.to_string()),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, TCode::Away);
+    assert!(reason.contains("idle_timeout"), "{reason}");
+    assert!(pings >= 2, "only {pings} pings before the idle close");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let s = ws;
+    let proxy = srv.shared.proxy.clone();
+    drop(s);
+    eventually("tunnel closed", || proxy.open_tunnels() == 0).await;
+    assert_eq!(*seen.closes.lock().unwrap(), vec![1001]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_lifetime_closes_a_busy_tunnel_with_1001() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "[proxy]\nmax_lifetime = \"300ms\"\n")).await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tunnel outlived max_lifetime"
+        );
+        send_text(&mut ws, "busy").await;
+        match next(&mut ws).await {
+            Message::Text(_) => {}
+            Message::Close(Some(f)) => {
+                assert_eq!(f.code, TCode::Away);
+                assert!(f.reason.contains("max_lifetime"), "{}", f.reason);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The next message of any kind, pings included.
+async fn next_any(ws: &mut Ws) -> Message {
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a message within the wait limit")
+        .expect("stream still open")
+        .expect("no protocol error")
+}

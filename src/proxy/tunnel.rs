@@ -211,7 +211,8 @@ struct Pumped {
     src_ended: bool,
     /// Writing to the destination failed.
     dst_failed: bool,
-    /// Frame bytes flowed (for `idle_timeout`).
+    /// Bytes were forwarded (for `idle_timeout`; wsgate's own Pings and the Pongs it swallows do
+    /// not count, or pings would keep every tunnel busy).
     active: bool,
 }
 
@@ -220,7 +221,8 @@ enum Step {
     Blocked,
     SrcEnded,
     DstFailed,
-    Moved,
+    /// Bytes were read; `true` when some were forwarded.
+    Moved(bool),
 }
 
 /// Moves bytes from `src` to `dst` until one of them would block.
@@ -284,18 +286,18 @@ fn pump(
                 }
                 touch();
                 if discard {
-                    return Step::Moved;
+                    return Step::Moved(false);
                 }
                 d.process(&scratch[..n], token, &mut out);
                 if out.is_empty() {
-                    return Step::Moved;
+                    return Step::Moved(false);
                 }
                 match write_now(dst, cx, &out) {
                     Ok(w) => {
                         if w < out.len() {
                             d.pending.extend_from_slice(&out[w..]);
                         }
-                        Step::Moved
+                        Step::Moved(true)
                     }
                     Err(_) => Step::DstFailed,
                 }
@@ -312,7 +314,7 @@ fn pump(
                 res.dst_failed = true;
                 return res;
             }
-            Step::Moved => res.active = true,
+            Step::Moved(forwarded) => res.active |= forwarded,
         }
     }
     // Read budget used up: let other tasks run, then continue.
