@@ -234,3 +234,82 @@ fn publish_via_hub(srv: &wsgate::app::Running, group: &str) -> usize {
         None,
     )
 }
+
+/// An upstream whose `/health` answers 200 or 500 as `healthy` says; other paths answer 200 and
+/// are counted.
+async fn health_toggled(
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served2 = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let healthy = healthy.clone();
+            let served = served2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let status = if head.starts_with("GET /health ") {
+                            if healthy.load(Ordering::Relaxed) {
+                                "200 OK"
+                            } else {
+                                "500 Internal Server Error"
+                            }
+                        } else {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            "200 OK"
+                        };
+                        let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_a_failing_server_out_and_bring_it_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let a_ok = Arc::new(AtomicBool::new(true));
+    let b_ok = Arc::new(AtomicBool::new(false));
+    let (a, served_a) = health_toggled(a_ok).await;
+    let (b, served_b) = health_toggled(b_ok.clone()).await;
+    let srv = start(&proxy_config(
+        &format!("[\"{a}\", \"{b}\"]"),
+        "health_path = \"/health\"\nhealth_interval = \"50ms\"",
+        "",
+    ))
+    .await;
+    let proxy = srv.shared.proxy.clone();
+    eventually("b is taken out", || !proxy.upstreams[0].is_up(1)).await;
+    for _ in 0..4 {
+        assert_eq!(get(srv.addr, "/", "").await.status, 200);
+    }
+    assert_eq!(served_a.load(Ordering::Relaxed), 4);
+    assert_eq!(served_b.load(Ordering::Relaxed), 0);
+    b_ok.store(true, Ordering::Relaxed);
+    eventually("b is back", || proxy.upstreams[0].is_up(1)).await;
+    for _ in 0..4 {
+        assert_eq!(get(srv.addr, "/", "").await.status, 200);
+    }
+    assert!(
+        served_b.load(Ordering::Relaxed) >= 1,
+        "b gets traffic again"
+    );
+}

@@ -266,3 +266,27 @@ async fn next_any(ws: &mut Ws) -> Message {
         .expect("stream still open")
         .expect("no protocol error")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_tunnels_run_for_the_proxy_grace_then_closes_both_with_1001() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "[proxy]\nshutdown_grace = \"300ms\"\n")).await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    let started = std::time::Instant::now();
+    let stop = tokio::spawn(srv.shutdown());
+    // During the grace the tunnel still carries messages.
+    send_text(&mut ws, "during grace").await;
+    assert_eq!(next_text(&mut ws).await, "during grace");
+    match next(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(f.code, TCode::Away),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed before the grace"
+    );
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+    drop(ws);
+    assert!(stop.await.unwrap(), "drain finished in time");
+    assert_eq!(*seen.closes.lock().unwrap(), vec![1001]);
+}
