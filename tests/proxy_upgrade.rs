@@ -290,3 +290,74 @@ async fn shutdown_lets_tunnels_run_for_the_proxy_grace_then_closes_both_with_100
     assert!(stop.await.unwrap(), "drain finished in time");
     assert_eq!(*seen.closes.lock().unwrap(), vec![1001]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subprotocol_and_extensions_pass_through_and_bytes_sent_with_either_handshake_arrive() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    // A first frame pipelined right behind the client's handshake, and a first message that the
+    // upstream sends in the same write as its 101.
+    let mut req = upgrade_request(
+        "/greet",
+        "Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: x-test; a=1\r\n",
+    );
+    req.extend_from_slice(&client_frame(0x1, b"early"));
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(&req).await.unwrap();
+    // Read the head ourselves: the bytes after it are binary frames.
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+                .await
+                .expect("a head within the wait limit")
+                .unwrap();
+        assert!(n > 0, "closed before the head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("\r\nsec-websocket-protocol: chat\r\n"),
+        "{head}"
+    );
+    buf.drain(..end);
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while texts.len() < 2 {
+        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            texts.push(String::from_utf8_lossy(&buf[h.size..total]).to_string());
+            buf.drain(..total);
+        }
+        if texts.len() >= 2 {
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        let n =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+                .await
+                .expect("frames within the wait limit")
+                .unwrap();
+        assert!(n > 0, "closed early; got {texts:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(texts, vec!["hello", "early"]);
+    let head = seen.heads.lock().unwrap()[0].clone();
+    assert!(
+        head.contains("\r\nSec-WebSocket-Protocol: chat, superchat\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nSec-WebSocket-Extensions: x-test; a=1\r\n"),
+        "{head}"
+    );
+}

@@ -158,11 +158,21 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
             .await;
         return;
     };
-    let resp = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+    // Selects the first offered subprotocol; on /greet, sends a first message in the same write
+    // as the 101 (so it arrives with the handshake).
+    let protocol = header(&head, "sec-websocket-protocol")
+        .and_then(|v| v.split(',').next())
+        .map(|p| format!("Sec-WebSocket-Protocol: {}\r\n", p.trim()))
+        .unwrap_or_default();
+    let mut resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{protocol}\r\n",
         wsgate::ws::accept_key(key.as_bytes())
-    );
-    if s.write_all(resp.as_bytes()).await.is_err() {
+    )
+    .into_bytes();
+    if head.starts_with("GET /greet ") {
+        resp.extend_from_slice(&frame::encode(OpCode::Text, b"hello"));
+    }
+    if s.write_all(&resp).await.is_err() {
         return;
     }
     let mut chunk = vec![0u8; 65536];
