@@ -63,6 +63,57 @@ async fn an_upstream_426_is_relayed_as_it_is() {
     assert_eq!(r.body, "Upgrade Required");
 }
 
+/// A proxy like the story's nginx: forwards the request head without Upgrade and Connection,
+/// then pipes bytes both ways.
+async fn stripping_proxy(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    match tokio::io::AsyncReadExt::read(&mut c, &mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let kept: Vec<&str> = head
+                    .split("\r\n")
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        !l.starts_with("upgrade:") && !l.starts_with("connection:")
+                    })
+                    .collect();
+                let mut u = tokio::net::TcpStream::connect(to).await.unwrap();
+                u.write_all(kept.join("\r\n").as_bytes()).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_upstream_behind_a_stripping_proxy_is_diagnosed_on_the_426() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let strip = stripping_proxy(up).await;
+    let srv = start(&story(strip, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 426, "{r:?}");
+    assert_eq!(
+        r.body, "Upgrade Required",
+        "the upstream's body is relayed as it is"
+    );
+    let why = r.header("x-wsgate-diagnosis").expect("a diagnosis header");
+    assert!(why.contains("strips them"), "{why}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_with_a_wrong_accept_is_a_502_that_says_so() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

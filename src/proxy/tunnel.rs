@@ -20,7 +20,7 @@
 //! wheel ([`crate::ws::Heartbeat`]) for all tunnels, not a timer per tunnel.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -501,8 +501,6 @@ pub async fn run(
         "tunnel closed"
     );
 }
-
-use std::future::Future;
 
 /// A masked Close frame toward the upstream.
 fn masked_close(code: u16, reason: &str) -> Vec<u8> {

@@ -26,6 +26,11 @@ use super::{Error, Proxy, ReqBody};
 use crate::server::{Body, Rewind, full};
 use crate::ws::handshake::{accept_key, has_token};
 
+/// What an upstream 426 to a forwarded upgrade means; logged and sent as `X-Wsgate-Diagnosis`.
+const DIAGNOSIS_426: &str = "the upstream answered 426 Upgrade Required although wsgate forwarded Upgrade: websocket and Connection: Upgrade; \
+something between wsgate and the upstream strips them (an nginx without proxy_set_header Upgrade/Connection?), \
+or the upstream expects another path, subprotocol or Sec-WebSocket-Version";
+
 /// Whether a request asks for a WebSocket: `GET` with `websocket` among the `Upgrade` tokens
 /// (case-insensitive).
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
@@ -191,13 +196,20 @@ pub async fn upgrade(
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         if resp.status() == StatusCode::UPGRADE_REQUIRED {
-            tracing::warn!(upstream = %up.name, %server, %path,
-                "upstream answered 426 Upgrade Required although wsgate forwarded Upgrade: websocket and Connection: Upgrade; \
-the upstream may expect another path, subprotocol or Sec-WebSocket-Version, or something between wsgate and it strips the upgrade headers");
+            tracing::warn!(upstream = %up.name, %server, %path, "{DIAGNOSIS_426}");
         }
+        let upgrade_required = resp.status() == StatusCode::UPGRADE_REQUIRED;
         let (mut rp, rb) = resp.into_parts();
         remove_hop_by_hop(&mut rp.headers);
         rp.version = Version::HTTP_11;
+        if upgrade_required {
+            // The body stays the upstream's; this header tells whoever looks at the response
+            // (curl -i, browser devtools) that wsgate did forward the upgrade.
+            rp.headers.insert(
+                http::HeaderName::from_static("x-wsgate-diagnosis"),
+                HeaderValue::from_static(DIAGNOSIS_426),
+            );
+        }
         return Response::from_parts(rp, NoTrailers::new(rb, Some(active)).boxed());
     }
     if let Err(what) = check_101(resp.headers(), key.as_ref()) {
