@@ -412,3 +412,15 @@ async fn subprotocol_and_extensions_pass_through_and_bytes_sent_with_either_hand
         "{head}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_against_max_connections() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "[server]\nmax_connections = 2\n")).await;
+    let _a = connect(srv.addr, "/ws").await;
+    let _b = connect(srv.addr, "/ws").await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("server.max_connections"), "{}", r.body);
+    assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+}

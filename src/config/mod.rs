@@ -190,7 +190,8 @@ pub struct Server {
     pub listen: String,
     /// Worker threads; 0 means one per CPU core. Default 0.
     pub workers: usize,
-    /// Most WebSocket connections held at once; the next handshake gets 503. Default 10000.
+    /// Most WebSocket connections held at once; the next handshake gets 503. Hub connections and
+    /// proxy tunnels are limited separately, each by this number. Default 10000.
     pub max_connections: usize,
     /// Time a client has to send a complete request head. Default 10 s.
     pub handshake_timeout: Duration,

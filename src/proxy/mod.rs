@@ -126,6 +126,8 @@ pub struct Proxy {
     pub tunnel: TunnelSettings,
     /// Tunnels open now.
     open: AtomicUsize,
+    /// `server.max_connections`: tunnels count against it like hub connections.
+    max_tunnels: usize,
     pub(crate) shutting_down: AtomicBool,
 }
 
@@ -174,6 +176,7 @@ impl Proxy {
                 close_timeout: cfg.websocket.close_timeout.get(),
             },
             open: AtomicUsize::new(0),
+            max_tunnels: cfg.server.max_connections,
             shutting_down: AtomicBool::new(false),
         }
     }

@@ -433,13 +433,13 @@ pub async fn run(
         let client_lost = (c.src_ended && !c2u.close_passed) || u.dst_failed;
         let upstream_lost = (u.src_ended && !u2c.close_passed) || c.dst_failed;
         if !discard && (client_lost || upstream_lost) {
-            if upstream_lost && !u.dst_failed && u2c.at_boundary() {
+            if upstream_lost && !u.dst_failed && !u2c.dst_shut && u2c.at_boundary() {
                 u2c.queue(&frame::encode_close(
                     CloseCode::BAD_GATEWAY.0,
                     "upstream closed the connection without a close frame",
                 ));
             }
-            if client_lost && !c.dst_failed && c2u.at_boundary() {
+            if client_lost && !c.dst_failed && !c2u.dst_shut && c2u.at_boundary() {
                 c2u.queue(&masked_close(1001, "client went away"));
             }
             discard = true;

@@ -120,6 +120,20 @@ pub async fn upgrade(
             "503 Service Unavailable: wsgate is shutting down; reconnect in a moment.\n",
         );
     }
+    let max = proxy.max_tunnels;
+    if proxy.open_tunnels() >= max {
+        tracing::warn!(%peer, max, "tunnel refused: server.max_connections reached");
+        let mut r = crate::server::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 Service Unavailable: this server holds its maximum of {max} proxied WebSocket tunnels \
+(server.max_connections). Retry with backoff, or raise the limit.\n"
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
     let client_upgrade = hyper::upgrade::on(&mut req);
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let (si, stream) = match connect(proxy, ui, peer).await {
