@@ -97,6 +97,7 @@ impl Error {
     /// The short text response, logged as it is sent.
     pub fn into_response(self, path: &str) -> Response<Body> {
         let status = self.status();
+        crate::metrics::METRICS.proxy_errors.inc();
         tracing::warn!(status = status.as_u16(), %path, error = %self, "proxy error");
         let reason = status.canonical_reason().unwrap_or("");
         text(status, format!("{} {reason}: {self}\n", status.as_u16()))
@@ -208,6 +209,7 @@ impl Proxy {
         upstream: usize,
         peer: SocketAddr,
     ) -> Response<Body> {
+        crate::metrics::METRICS.proxy_requests.inc();
         if upgrade::is_websocket_upgrade(&req) {
             upgrade::upgrade(self, upstream, req, peer).await
         } else {

@@ -495,6 +495,9 @@ pub async fn run(
         Poll::Pending
     })
     .await;
+    crate::metrics::METRICS
+        .proxy_pongs_swallowed
+        .add(c2u.swallowed + u2c.swallowed);
     tracing::debug!(
         ?end,
         pongs_swallowed = c2u.swallowed + u2c.swallowed,

@@ -246,6 +246,8 @@ pub async fn upgrade(
 
     let proxy = proxy.clone();
     proxy.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    crate::metrics::METRICS.proxy_tunnels.inc();
+    crate::metrics::METRICS.proxy_tunnels_total.inc();
     tokio::spawn(async move {
         let _open = OpenTunnel(proxy.clone());
         let _active = active;
