@@ -119,6 +119,7 @@ pub async fn forward(
         tried.push(si);
         let server = &up.servers[si];
         let mut headers = parts.headers.clone();
+        headers.remove(http::header::TRAILER);
         prepare_request(
             &mut headers,
             proxy.client(peer),
@@ -157,6 +158,8 @@ pub async fn forward(
                 up.succeeded(si);
                 let (mut rp, rb) = resp.into_parts();
                 remove_hop_by_hop(&mut rp.headers);
+                // Trailers are dropped, so announcing them would be a lie.
+                rp.headers.remove(http::header::TRAILER);
                 rp.version = Version::HTTP_11;
                 return Response::from_parts(rp, NoTrailers::new(rb, Some(active)).boxed());
             }

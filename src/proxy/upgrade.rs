@@ -215,6 +215,7 @@ pub async fn upgrade(
         let upgrade_required = resp.status() == StatusCode::UPGRADE_REQUIRED;
         let (mut rp, rb) = resp.into_parts();
         remove_hop_by_hop(&mut rp.headers);
+        rp.headers.remove(header::TRAILER);
         rp.version = Version::HTTP_11;
         if upgrade_required {
             // The body stays the upstream's; this header tells whoever looks at the response
