@@ -149,7 +149,9 @@ pub struct Upstream {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     /// Time to wait for the response head (or the 101) after sending the request; past it the
-    /// client gets 504. Default 60 s. It does not limit bodies or tunnels.
+    /// client gets 504. Default 60 s. It does not limit bodies or tunnels. For plain HTTP it
+    /// counts from the moment the request is handed to the keep-alive pool, so it includes
+    /// connecting when no pooled connection is free.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Duration,
     /// Active health check: GET this path on every server each `health_interval`; a server

@@ -148,11 +148,10 @@ pub async fn forward(
             }
         }
         let active = up.begin(si);
-        let res = tokio::time::timeout(
-            up.connect_timeout + up.read_timeout,
-            proxy.clients[ui].request(out),
-        )
-        .await;
+        // The pool connects inside `request`, so read_timeout also covers connecting; the
+        // connector's own connect_timeout (5 s by default, below read_timeout's 60 s) still
+        // reports a hanging connect as such.
+        let res = tokio::time::timeout(up.read_timeout, proxy.clients[ui].request(out)).await;
         let err = match res {
             Ok(Ok(resp)) => {
                 up.succeeded(si);
