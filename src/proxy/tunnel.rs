@@ -397,10 +397,11 @@ pub async fn run(
         if let Some((code, reason)) = close_both {
             let to_client = frame::encode_close(code, reason);
             let to_upstream = masked_close(if code == 1014 { 1001 } else { code }, reason);
-            if u2c.at_boundary() && !u2c.dst_shut {
+            // A side that already got a Close (its peer's) must not get a second one.
+            if u2c.at_boundary() && !u2c.dst_shut && !u2c.close_passed {
                 u2c.queue(&to_client);
             }
-            if c2u.at_boundary() && !c2u.dst_shut {
+            if c2u.at_boundary() && !c2u.dst_shut && !c2u.close_passed {
                 c2u.queue(&to_upstream);
             }
             discard = true;
@@ -433,13 +434,23 @@ pub async fn run(
         let client_lost = (c.src_ended && !c2u.close_passed) || u.dst_failed;
         let upstream_lost = (u.src_ended && !u2c.close_passed) || c.dst_failed;
         if !discard && (client_lost || upstream_lost) {
-            if upstream_lost && !u.dst_failed && !u2c.dst_shut && u2c.at_boundary() {
+            if upstream_lost
+                && !u.dst_failed
+                && !u2c.dst_shut
+                && !u2c.close_passed
+                && u2c.at_boundary()
+            {
                 u2c.queue(&frame::encode_close(
                     CloseCode::BAD_GATEWAY.0,
                     "upstream closed the connection without a close frame",
                 ));
             }
-            if client_lost && !c.dst_failed && !c2u.dst_shut && c2u.at_boundary() {
+            if client_lost
+                && !c.dst_failed
+                && !c2u.dst_shut
+                && !c2u.close_passed
+                && c2u.at_boundary()
+            {
                 c2u.queue(&masked_close(1001, "client went away"));
             }
             discard = true;
