@@ -152,6 +152,7 @@ async fn an_upgrade_is_retried_on_the_next_server_when_connect_fails() {
 async fn injected_pings_keep_a_tunnel_open_past_the_upstream_idle_limit_and_no_one_sees_a_pong() {
     let (up, seen) = ws_echo(WsOptions {
         idle_limit: Some(Duration::from_millis(500)),
+        ..WsOptions::default()
     })
     .await;
     let srv = start(&story(
@@ -423,4 +424,54 @@ async fn tunnels_count_against_max_connections() {
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.body.contains("server.max_connections"), "{}", r.body);
     assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_answering_pings_gives_the_client_1014() {
+    let (up, seen) = ws_echo(WsOptions {
+        ignore_pings: true,
+        ..WsOptions::default()
+    })
+    .await;
+    let srv = start(&story(
+        up,
+        "[proxy]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n",
+    ))
+    .await;
+    let mut s = raw_ws(srv.addr, "/ws").await;
+    // A raw client that answers wsgate's pings, so only the upstream side goes quiet.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (code, reason) = 'outer: loop {
+        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let payload = buf[h.size..total].to_vec();
+            buf.drain(..total);
+            match h.opcode_raw {
+                0x9 => s.write_all(&client_frame(0xA, &payload)).await.unwrap(),
+                0x8 => {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    break 'outer (code, String::from_utf8_lossy(&payload[2..]).to_string());
+                }
+                op => panic!("unexpected opcode {op}"),
+            }
+        }
+        let n =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+                .await
+                .expect("a close within the wait limit")
+                .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(code, 1014);
+    assert!(
+        reason.contains("upstream stopped answering pings"),
+        "{reason}"
+    );
+    assert!(seen.pings.load(Ordering::Relaxed) >= 1);
 }

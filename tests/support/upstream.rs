@@ -31,6 +31,8 @@ pub struct WsOptions {
     /// Close the socket (no Close frame) when nothing arrives for this long, like a server or
     /// NAT with an idle limit.
     pub idle_limit: Option<Duration>,
+    /// Never answer a Ping (a hung upstream whose socket stays open).
+    pub ignore_pings: bool,
 }
 
 /// A port nobody listens on.
@@ -190,6 +192,9 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
             let reply = match h.opcode_raw {
                 0x9 => {
                     seen.pings.fetch_add(1, Ordering::Relaxed);
+                    if opts.ignore_pings {
+                        continue;
+                    }
                     frame::encode(OpCode::Pong, &payload).to_vec()
                 }
                 0xA => {
