@@ -14,6 +14,7 @@ Examples:
   WSGATE_WEBSOCKET__PING_INTERVAL=10s wsgate serve
                                            any config key from the environment
   wsgate check-config wsgate.toml          validate a config file and exit
+  wsgate bench echo --conns 100            measure a server on this machine (see bench --help)
 
 Then open http://127.0.0.1:8080/ and publish from any backend:
   curl -H 'Content-Type: text/plain' -d 'hello' http://127.0.0.1:8080/api/groups/room:lobby/messages";
@@ -40,6 +41,9 @@ pub enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Measure a WebSocket server on this machine (wsgate or a peer): echo, room, fanout, idle
+    /// or handshake. One JSON object on stdout; exit 1 on any loss or error.
+    Bench(crate::bench::Args),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::CheckConfig { file } => check_config(&file),
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 

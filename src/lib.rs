@@ -5,10 +5,11 @@
 //! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] reaching
 //! other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page; [`metrics`]
 //! counters and `/metrics`; [`proxy`] the reverse proxy; [`app`] start and stop order;
-//! [`cli`] the command line.
+//! [`cli`] the command line; [`bench`] the load generator behind `wsgate bench`.
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -160,3 +160,28 @@ async fn a_slow_consumer_is_closed_with_1013_while_others_keep_receiving() {
     let _ = slow.shutdown().await;
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_right_after_the_101_is_not_missed() {
+    let srv = start("").await;
+    for i in 0..20 {
+        let mut s = raw_ws(srv.addr, &format!("/room/early{i}")).await;
+        // No waiting: the member must already be in the group when the 101 arrives.
+        assert_eq!(srv.shared.hub.member_count(&format!("room:early{i}")), 1);
+        assert_eq!(
+            publish(srv.addr, &format!("room:early{i}"), "first").await,
+            1
+        );
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !buf.windows(5).any(|w| w == b"first") {
+            let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+                .await
+                .expect("the message arrives")
+                .unwrap();
+            assert!(n > 0, "closed before the message");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    srv.shutdown().await;
+}

@@ -122,3 +122,43 @@ async fn shutdown_sends_1001_to_every_client() {
         "every connection finished within the grace period"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_our_close_is_dropped_after_close_timeout() {
+    let srv =
+        start("[websocket]\nclose_timeout = \"300ms\"\n[server]\nshutdown_grace = \"5s\"\n").await;
+    let mut s = raw_ws(srv.addr, "/room/mute").await;
+    eventually("joined", || srv.shared.open_connections() == 1).await;
+    let started = Instant::now();
+    let closer = tokio::spawn(srv.shutdown());
+    assert_eq!(read_until_close(&mut s).await.expect("close").0, 1001);
+    // No answer from us: the server must give up on its own, well before the grace period.
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut rest))
+        .await
+        .expect("EOF in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected EOF");
+    assert!(closer.await.unwrap(), "drained within the grace period");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(4),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_after_the_grace_period() {
+    let srv =
+        start("[websocket]\nclose_timeout = \"10s\"\n[server]\nshutdown_grace = \"300ms\"\n").await;
+    let mut s = raw_ws(srv.addr, "/room/mute").await;
+    eventually("joined", || srv.shared.open_connections() == 1).await;
+    let started = Instant::now();
+    let closer = tokio::spawn(srv.shutdown());
+    assert_eq!(read_until_close(&mut s).await.expect("close").0, 1001);
+    assert!(
+        !closer.await.unwrap(),
+        "a silent client outlives a 300ms grace"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -115,12 +115,16 @@ impl Hub {
     pub fn deliver_local(&self, group: &str, message: &Bytes, except: Option<u64>) -> usize {
         let Some(g) = self.find(group) else { return 0 };
         let m = read(&g);
-        let mut n = 0;
-        for member in &m.list {
-            if Some(member.id()) != except && member.deliver(message) {
-                n += 1;
-            }
-        }
+        // Without `except` no member's id is read: that is a dynamic call and a cache miss per
+        // member, a measurable share of a 10,000-member fan-out.
+        let n = match except {
+            None => m.list.iter().filter(|mb| mb.deliver(message)).count(),
+            Some(ex) => m
+                .list
+                .iter()
+                .filter(|mb| mb.id() != ex && mb.deliver(message))
+                .count(),
+        };
         METRICS.deliveries.add(n as u64);
         n
     }

@@ -31,7 +31,7 @@ use crate::metrics::METRICS;
 use crate::ws::Heartbeat;
 use crate::ws::handshake::{self, Accept};
 use crate::ws::outbox::Outbox;
-use crate::ws::session::{self, Session, Settings};
+use crate::ws::session::{self, Env, Session};
 use head::HeadError;
 pub use head::Rewind;
 use route::Route;
@@ -53,11 +53,10 @@ pub struct Shared {
     pub routes: Vec<Route>,
     pub hub: Arc<Hub>,
     pub heartbeat: Arc<Heartbeat>,
+    session_env: Arc<Env>,
     /// Proxy routes, upstreams and tunnels.
     pub proxy: Arc<crate::proxy::Proxy>,
     next_id: AtomicU64,
-    /// WebSocket connections open or being upgraded.
-    ws_open: AtomicUsize,
     shutting_down: AtomicBool,
 }
 
@@ -72,22 +71,28 @@ impl Shared {
         if !config.websocket.echo_path.is_empty() {
             routes.push(Route::echo(&config.websocket.echo_path, max));
         }
+        let session_env = Arc::new(Env {
+            hub: hub.clone(),
+            heartbeat: heartbeat.clone(),
+            close_timeout: config.websocket.close_timeout.get(),
+            open: AtomicUsize::new(0),
+        });
         let proxy = Arc::new(crate::proxy::Proxy::new(&config));
         Shared {
             config,
             routes,
             hub,
             heartbeat,
+            session_env,
             proxy,
             next_id: AtomicU64::new(1),
-            ws_open: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
         }
     }
 
     /// WebSocket connections open now.
     pub fn open_connections(&self) -> usize {
-        self.ws_open.load(Ordering::Relaxed)
+        self.session_env.open.load(Ordering::Relaxed)
     }
 }
 
@@ -289,8 +294,8 @@ fn websocket(
         );
     }
     let max = shared.config.server.max_connections;
-    if shared.ws_open.fetch_add(1, Ordering::AcqRel) >= max {
-        shared.ws_open.fetch_sub(1, Ordering::AcqRel);
+    if shared.session_env.open.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.session_env.open.fetch_sub(1, Ordering::AcqRel);
         METRICS.connections_refused.inc();
         tracing::warn!(%peer, max, "connection refused: server.max_connections reached");
         let mut r = text(
@@ -304,11 +309,12 @@ fn websocket(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     }
+    // Join before the 101 goes out: a backend that publishes as soon as the browser's `onopen`
+    // fires must find the member there. Until the session runs, messages wait in its outbox.
+    let joined = Joined::new(shared, group);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let shared2 = shared.clone();
     let ctx = route.ctx.clone();
     tokio::spawn(async move {
-        let guard = OpenGuard(shared2.clone());
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -320,19 +326,17 @@ fn websocket(
             tracing::error!("upgraded connection has an unexpected type; this is a bug");
             return;
         };
-        // Copy the leftover bytes and drop the rest before the session runs: `unread` and
-        // `read_buf` point into the head reader's and hyper's read buffers (KiBs each), which
-        // would otherwise stay allocated for the whole life of the connection.
+        // Build the leftover in its own scope: `unread` and `read_buf` are views into the
+        // request buffers (KiBs each), which must not live as long as the session.
         let (stream, leftover) = {
+            let read_buf = parts.read_buf;
             let (stream, unread) = parts.io.into_inner().into_parts();
-            let mut leftover = bytes::BytesMut::with_capacity(unread.len() + parts.read_buf.len());
+            let mut leftover = bytes::BytesMut::with_capacity(unread.len() + read_buf.len());
             leftover.extend_from_slice(&unread);
-            leftover.extend_from_slice(&parts.read_buf);
+            leftover.extend_from_slice(&read_buf);
             (stream, leftover.freeze())
         };
-        drop(parts.read_buf);
-        run_session(stream, leftover, ctx, group, &shared2).await;
-        drop(guard);
+        joined.start(stream, leftover, ctx);
     });
     upgrade_response(&accept)
 }
@@ -344,59 +348,63 @@ fn upgrade_response(accept: &Accept) -> Response<Body> {
     r
 }
 
-/// Releases a WebSocket slot however the task ends.
-struct OpenGuard(Arc<Shared>);
+/// A member that joined its group at handshake time, before its session exists. Dropping it
+/// (the upgrade failed) leaves the group and frees the connection slot; `start` hands both over
+/// to the session, whose own drop does the same at the end.
+struct Joined {
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    group: Option<Arc<str>>,
+    armed: bool,
+}
 
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.ws_open.fetch_sub(1, Ordering::AcqRel);
+impl Joined {
+    fn new(shared: &Arc<Shared>, group: Option<String>) -> Self {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let limit = shared.config.websocket.send_queue_bytes;
+        let outbox = Arc::new(Outbox::new(id, limit, shared.heartbeat.now_ms()));
+        shared.heartbeat.register(&outbox);
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            // Shutdown walked the registry before we were in it.
+            outbox.request_close(session::SHUTDOWN);
+        }
+        let group: Option<Arc<str>> = group.map(Arc::from);
+        if let Some(g) = &group {
+            shared.hub.join(g, outbox.clone());
+        }
+        Joined {
+            shared: shared.clone(),
+            outbox,
+            group,
+            armed: true,
+        }
+    }
+
+    /// Starts the session task for the upgraded connection.
+    fn start(mut self, stream: TcpStream, leftover: Bytes, ctx: Arc<session::RouteCtx>) {
+        self.armed = false;
+        let env = self.shared.session_env.clone();
+        let session = Session::new(
+            stream,
+            leftover,
+            self.outbox.clone(),
+            ctx,
+            self.group.clone(),
+            env,
+        );
+        tokio::spawn(session);
     }
 }
 
-async fn run_session(
-    stream: TcpStream,
-    leftover: Bytes,
-    ctx: Arc<session::RouteCtx>,
-    group: Option<String>,
-    shared: &Arc<Shared>,
-) {
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let ws = &shared.config.websocket;
-    let outbox = Arc::new(Outbox::new(
-        id,
-        ws.send_queue_bytes,
-        shared.heartbeat.now_ms(),
-    ));
-    shared.heartbeat.register(&outbox);
-    if shared.shutting_down.load(Ordering::Relaxed) {
-        // Shutdown walked the registry before we were in it.
-        outbox.request_close(session::SHUTDOWN);
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(g) = &self.group {
+                self.shared.hub.leave(g, self.outbox.id);
+            }
+            self.shared.session_env.open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
-    let group: Option<Arc<str>> = group.map(Arc::from);
-    if let Some(g) = &group {
-        shared.hub.join(g, outbox.clone());
-    }
-    METRICS.connections.inc();
-    METRICS.connections_total.inc();
-    let settings = Settings {
-        close_timeout: ws.close_timeout.get(),
-    };
-    Session::new(
-        stream,
-        leftover,
-        outbox.clone(),
-        ctx,
-        group.clone(),
-        shared.hub.clone(),
-        shared.heartbeat.clone(),
-        settings,
-    )
-    .run()
-    .await;
-    if let Some(g) = &group {
-        shared.hub.leave(g, id);
-    }
-    METRICS.connections.dec();
 }
 
 /// Sends Close 1001 to every WebSocket client and waits until all are gone or `grace` passes.

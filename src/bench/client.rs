@@ -1,0 +1,446 @@
+//! The bench's own WebSocket client: loopback-only targets, the upgrade handshake (the accept key
+//! is checked), pre-masked stamped frames and a frame reader over one reusable buffer.
+//!
+//! It speaks just enough RFC 6455 for benchmarks: unfragmented data frames, Pings answered with
+//! Pongs, Close. A fragmented message from the server is reported as a protocol error.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::ws::frame::{OpCode, encode_masked, parse_header};
+
+/// The mask every frame of this client uses. RFC 6455 §5.3 asks for unpredictable masks to
+/// protect proxies from cache poisoning; that does not apply to a loopback benchmark, and a
+/// fixed mask lets frames be masked once and reused.
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// Payload bytes 0..8 send time (ns, [`super::stats::now_ns`]), 8..16 sequence number,
+/// 16..24 sender id, then a fixed pattern that receivers check.
+pub const STAMP_BYTES: usize = 24;
+
+/// A loopback address plus the path and Host header to request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+/// Parses `ws://host[:port]/path` (or `http://` when `scheme` is "http") and refuses anything
+/// that is not on this machine. The error is a sentence for the user.
+pub fn parse_target(url: &str, scheme: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| {
+            format!("{url:?} is not a {scheme}:// URL; expected e.g. {scheme}://127.0.0.1:8080/path (TLS is not supported)")
+        })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed '[' in the host"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port: u16 = match port {
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("{url:?}: port {p:?} is not a number from 1 to 65535"))?,
+        None => 80,
+    };
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| not_loopback(host))?
+    };
+    if !ip.is_loopback() {
+        return Err(not_loopback(host));
+    }
+    Ok(Target {
+        addr: SocketAddr::new(ip, port),
+        host: authority.to_string(),
+        path: path.to_string(),
+    })
+}
+
+fn not_loopback(host: &str) -> String {
+    format!(
+        "{host} is not a loopback address; wsgate bench only drives servers on this machine, so use 127.0.0.1, [::1] or localhost"
+    )
+}
+
+/// Why a connection attempt failed; `kind` names it in the report.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handshake: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("the server answered {status} instead of 101")]
+    Status { status: u16 },
+    #[error("bad handshake: {0}")]
+    BadHandshake(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+impl ConnectError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectError::Connect { .. } => "connect",
+            ConnectError::Io(_) => "handshake_io",
+            ConnectError::Status { .. } => "http_status",
+            ConnectError::BadHandshake(_) => "bad_handshake",
+            ConnectError::Timeout => "connect_timeout",
+        }
+    }
+}
+
+/// A 16-byte nonce in base64 for Sec-WebSocket-Key, from a per-process xorshift generator.
+fn new_key() -> String {
+    use base64::Engine;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        ^ super::stats::now_ns()
+        ^ 0xD1B5_4A32_D192_ED03;
+    let mut bytes = [0u8; 16];
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An open WebSocket with its read buffer.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Pings the server sent (each answered with a Pong).
+    pub pings: u64,
+}
+
+/// What the server did besides sending data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Open,
+    /// The server sent Close with this code (1005 when it had none).
+    Closed(u16),
+}
+
+impl Conn {
+    /// Connects and upgrades; `read_buf` is the read buffer size (it grows for larger frames).
+    pub async fn connect(t: &Target, read_buf: usize) -> Result<Conn, ConnectError> {
+        let stream = TcpStream::connect(t.addr)
+            .await
+            .map_err(|source| ConnectError::Connect {
+                addr: t.addr,
+                source,
+            })?;
+        Conn::upgrade(stream, t, read_buf).await
+    }
+
+    async fn upgrade(
+        mut stream: TcpStream,
+        t: &Target,
+        read_buf: usize,
+    ) -> Result<Conn, ConnectError> {
+        let _ = stream.set_nodelay(true);
+        let key = new_key();
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            t.path, t.host
+        );
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(ConnectError::Io)?;
+        let mut buf = vec![0u8; read_buf.max(1024)];
+        let mut end = 0;
+        loop {
+            if end == buf.len() {
+                return Err(ConnectError::BadHandshake(
+                    "response head larger than the read buffer".into(),
+                ));
+            }
+            let n = stream
+                .read(&mut buf[end..])
+                .await
+                .map_err(ConnectError::Io)?;
+            if n == 0 {
+                return Err(ConnectError::BadHandshake(
+                    "the server closed the connection during the handshake".into(),
+                ));
+            }
+            end += n;
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf[..end]) {
+                Ok(httparse::Status::Partial) => continue,
+                Err(e) => return Err(ConnectError::BadHandshake(format!("{e}"))),
+                Ok(httparse::Status::Complete(head)) => {
+                    let status = resp.code.unwrap_or(0);
+                    if status != 101 {
+                        return Err(ConnectError::Status { status });
+                    }
+                    let accept = resp
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+                        .map(|h| h.value);
+                    let want = crate::ws::accept_key(key.as_bytes());
+                    if accept != Some(want.as_bytes()) {
+                        return Err(ConnectError::BadHandshake(
+                            "Sec-WebSocket-Accept is missing or wrong".into(),
+                        ));
+                    }
+                    return Ok(Conn {
+                        stream,
+                        buf,
+                        start: head,
+                        end,
+                        pings: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads more bytes; Ok(0) is EOF.
+    pub async fn read(&mut self) -> std::io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let len = self.buf.len();
+                self.buf.resize(len * 2, 0);
+            }
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Handles every complete frame in the buffer: data payloads go to `on_data(payload, text)`,
+    /// Pings get a Pong appended to `out`, a Close ends processing.
+    pub fn frames(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut on_data: impl FnMut(&[u8], bool),
+    ) -> Result<Status, String> {
+        while let Some(h) = parse_header(&self.buf[self.start..self.end]) {
+            let total = h.size as u64 + h.len;
+            if ((self.end - self.start) as u64) < total {
+                break;
+            }
+            let total = total as usize;
+            let payload = &self.buf[self.start + h.size..self.start + total];
+            if h.mask.is_some() || h.rsv != 0 {
+                return Err("the server sent a masked frame or RSV bits".into());
+            }
+            match OpCode::from_u8(h.opcode_raw) {
+                Some(OpCode::Text | OpCode::Binary) if h.fin => on_data(payload, h.opcode_raw == 1),
+                Some(OpCode::Ping) => {
+                    self.pings += 1;
+                    out.extend_from_slice(&encode_masked(OpCode::Pong, true, payload, MASK));
+                }
+                Some(OpCode::Pong) => {}
+                Some(OpCode::Close) => {
+                    let code = if payload.len() >= 2 {
+                        u16::from_be_bytes([payload[0], payload[1]])
+                    } else {
+                        1005
+                    };
+                    self.start += total;
+                    return Ok(Status::Closed(code));
+                }
+                _ => return Err(format!("unsupported frame (opcode {})", h.opcode_raw)),
+            }
+            self.start += total;
+        }
+        Ok(Status::Open)
+    }
+
+    /// Sends Close 1000 and waits (at most `wait`) for the server's Close or EOF.
+    /// Returns whether the closing handshake completed.
+    pub async fn close(mut self, wait: std::time::Duration) -> bool {
+        let close = encode_masked(OpCode::Close, true, &1000u16.to_be_bytes(), MASK);
+        if self.stream.write_all(&close).await.is_err() {
+            return false;
+        }
+        let mut sink = Vec::new();
+        tokio::time::timeout(wait, async {
+            let mut got_close = false;
+            loop {
+                match self.frames(&mut sink, |_, _| {}) {
+                    Ok(Status::Closed(_)) => got_close = true,
+                    Ok(Status::Open) => {}
+                    Err(_) => return false,
+                }
+                match self.read().await {
+                    Ok(0) => return got_close,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// A masked binary frame of `size` payload bytes whose stamp is patched per message, so the
+/// payload is masked once and each message costs a copy plus 24 XORs.
+#[derive(Debug, Clone)]
+pub struct FrameTemplate {
+    frame: Vec<u8>,
+    header: usize,
+}
+
+impl FrameTemplate {
+    pub fn new(size: usize) -> Self {
+        let payload = pattern_payload(size);
+        let frame = encode_masked(OpCode::Binary, true, &payload, MASK);
+        FrameTemplate {
+            header: frame.len() - size,
+            frame,
+        }
+    }
+
+    /// Appends one frame stamped with the current time, `seq` and `sender` to `out`.
+    pub fn push(&self, out: &mut Vec<u8>, seq: u64, sender: u64) {
+        let at = out.len() + self.header;
+        out.extend_from_slice(&self.frame);
+        let stamp = stamp(super::stats::now_ns(), seq, sender);
+        for (i, b) in stamp.iter().enumerate() {
+            out[at + i] = b ^ MASK[i % 4];
+        }
+    }
+}
+
+/// The unmasked payload for a message: stamp then pattern.
+pub fn stamped_payload(size: usize, seq: u64, sender: u64) -> Vec<u8> {
+    let mut p = pattern_payload(size);
+    p[..STAMP_BYTES].copy_from_slice(&stamp(super::stats::now_ns(), seq, sender));
+    p
+}
+
+fn stamp(ts: u64, seq: u64, sender: u64) -> [u8; STAMP_BYTES] {
+    let mut s = [0u8; STAMP_BYTES];
+    s[..8].copy_from_slice(&ts.to_le_bytes());
+    s[8..16].copy_from_slice(&seq.to_le_bytes());
+    s[16..].copy_from_slice(&sender.to_le_bytes());
+    s
+}
+
+fn pattern_byte(i: usize) -> u8 {
+    (i as u8).wrapping_mul(31).wrapping_add(7)
+}
+
+fn pattern_payload(size: usize) -> Vec<u8> {
+    (0..size).map(pattern_byte).collect()
+}
+
+/// A received payload's stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub ts: u64,
+    pub seq: u64,
+    pub sender: u64,
+}
+
+/// Reads the stamp of a payload of the expected size; None when the length or the pattern is
+/// wrong (a corrupt message).
+pub fn read_stamp(payload: &[u8], size: usize) -> Option<Stamp> {
+    if payload.len() != size || size < STAMP_BYTES {
+        return None;
+    }
+    let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+    if !payload[STAMP_BYTES..]
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(i + STAMP_BYTES))
+    {
+        return None;
+    }
+    Some(Stamp {
+        ts: word(0),
+        seq: word(8),
+        sender: word(16),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_loopback_targets() {
+        let t = parse_target("ws://127.0.0.1:8080/ws/echo", "ws").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.path, "/ws/echo");
+        assert_eq!(t.host, "127.0.0.1:8080");
+        let t = parse_target("ws://localhost:9/", "ws").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9".parse().unwrap());
+        let t = parse_target("ws://[::1]:9", "ws").unwrap();
+        assert_eq!((t.addr, t.path.as_str()), ("[::1]:9".parse().unwrap(), "/"));
+        let t = parse_target("http://127.3.4.5/api", "http").unwrap();
+        assert_eq!(t.addr.port(), 80);
+    }
+
+    #[test]
+    fn refuses_targets_off_this_machine_with_a_sentence() {
+        for url in [
+            "ws://10.0.0.1:80/",
+            "ws://example.com/",
+            "ws://[2001:db8::1]:80/",
+        ] {
+            let e = parse_target(url, "ws").unwrap_err();
+            assert!(e.contains("is not a loopback address"), "{url}: {e}");
+        }
+        let e = parse_target("wss://127.0.0.1/", "ws").unwrap_err();
+        assert!(e.contains("not a ws:// URL"), "{e}");
+        let e = parse_target("ws://127.0.0.1:99999/", "ws").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn a_stamped_frame_unmasks_to_its_stamp_and_pattern() {
+        let t = FrameTemplate::new(64);
+        let mut out = vec![0xAA];
+        t.push(&mut out, 42, 7);
+        let h = parse_header(&out[1..]).unwrap();
+        assert_eq!((h.len, h.mask), (64, Some(MASK)));
+        let mut payload = out[1 + h.size..].to_vec();
+        crate::ws::frame::apply_mask(&mut payload, MASK, 0);
+        let s = read_stamp(&payload, 64).unwrap();
+        assert_eq!((s.seq, s.sender), (42, 7));
+        assert_eq!(read_stamp(&payload, 65), None);
+        payload[40] ^= 1;
+        assert_eq!(read_stamp(&payload, 64), None);
+    }
+}

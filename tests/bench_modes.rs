@@ -1,0 +1,196 @@
+//! `wsgate bench` against wsgate started in-process: every mode runs briefly with tiny counts,
+//! loses nothing and reports sane figures; bad targets are refused.
+
+mod support;
+
+use clap::Parser;
+use serde_json::Value;
+use support::start;
+use wsgate::bench::{Outcome, run_plan, validate};
+use wsgate::cli::{Cli, Command};
+
+/// Parses `wsgate bench ARGS` exactly as the binary would and runs it on this runtime.
+async fn bench(line: &str) -> Outcome {
+    let cli = Cli::try_parse_from(
+        ["wsgate", "bench"]
+            .into_iter()
+            .chain(line.split_whitespace())
+            .chain(["--progress", "0"]),
+    )
+    .expect("arguments parse");
+    let Some(Command::Bench(args)) = cli.command else {
+        panic!("not a bench command")
+    };
+    let plan = validate(&args).expect("arguments are valid");
+    run_plan(plan, 0).await
+}
+
+fn num(v: &Value, path: &str) -> f64 {
+    let mut cur = v;
+    for k in path.split('.') {
+        cur = &cur[k];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v}"))
+}
+
+fn pid() -> String {
+    std::process::id().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trips_every_message_in_order() {
+    let srv = start("").await;
+    let out = bench(&format!(
+        "echo --url ws://{}/ws/echo --conns 4 --inflight 3 --warmup 0.1 --duration 0.4 --pid {}",
+        srv.addr,
+        pid()
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(r["mode"], "echo");
+    assert_eq!(num(r, "connected"), 4.0);
+    assert!(num(r, "messages") > 0.0, "{r}");
+    assert!(num(r, "msgs_per_s") > 0.0, "{r}");
+    assert_eq!(
+        num(r, "lost") + num(r, "corrupt") + num(r, "unexpected"),
+        0.0
+    );
+    assert_eq!(num(r, "latency_us.count"), num(r, "messages"));
+    assert!(num(r, "latency_us.p50") <= num(r, "latency_us.p99"));
+    assert!(num(r, "latency_us.p99") <= num(r, "latency_us.max"));
+    assert!(num(r, "cpu.server_pct_of_core") >= 0.0);
+    assert!(num(r, "cpu.window_s") >= 0.4);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_delivers_every_message_to_every_member() {
+    let srv = start("").await;
+    let out = bench(&format!(
+        "room --url ws://{}/room/b/ --conns 5 --iterations 4 --warmup-iterations 1",
+        srv.addr
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "iterations"), 4.0);
+    assert_eq!(num(r, "deliveries"), 4.0 * 5.0 * 5.0);
+    assert_eq!(num(r, "extra_deliveries"), 0.0);
+    // Member 0's message is sampled at every member, every iteration (warm-up included).
+    assert_eq!(num(r, "delivery_latency_us.count"), 5.0 * 5.0);
+    assert!(r["failure"].is_null());
+    assert!(num(r, "deliveries_per_s") > 0.0);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_counts_every_publish_at_every_subscriber() {
+    let srv = start("").await;
+    let out = bench(&format!(
+        "fanout --url ws://{a}/room/f/ --publish-url http://{a}/api/groups/room:f/messages \
+         --conns 20 --msgs 30 --rate 300 --settle 1",
+        a = srv.addr
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "publish.ok"), 30.0);
+    assert_eq!(num(r, "expected_deliveries"), 600.0);
+    assert_eq!(num(r, "deliveries"), 600.0);
+    assert_eq!(num(r, "latency_us.count"), 600.0);
+    for k in [
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "corrupt",
+        "subs_disconnected",
+    ] {
+        assert_eq!(num(r, k), 0.0, "{k} in {r}");
+    }
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reports_failed_publishes_as_not_ok() {
+    let srv = start("").await;
+    // The group name is too long, so every publish is refused.
+    let group = "x".repeat(300);
+    let out = bench(&format!(
+        "fanout --url ws://{a}/room/f/ --publish-url http://{a}/api/groups/{group}/messages \
+         --conns 2 --msgs 3 --rate 100 --timeout 2",
+        a = srv.addr
+    ))
+    .await;
+    let r = &out.report;
+    assert!(!out.ok, "{r}");
+    assert_eq!(num(r, "publish.failed"), 3.0, "{r}");
+    assert!(
+        r["errors"]["publish_status"]["count"].as_u64() == Some(3),
+        "{r}"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_answers_pings_and_measures_the_server() {
+    let srv = start("[websocket]\nping_interval = \"100ms\"\npong_timeout = \"1s\"\n").await;
+    let out = bench(&format!(
+        "idle --url ws://{}/ws/echo --conns 10 --hold 0.6 --pid {}",
+        srv.addr,
+        pid()
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "connected"), 10.0);
+    assert_eq!(num(r, "hold.closed_by_server"), 0.0);
+    assert!(num(r, "hold.server_pings") >= 10.0, "{r}");
+    assert!(num(r, "server_rss.before") > 0.0, "{r}");
+    assert!(r["server_cpu_us_per_conn_s"].is_number(), "{r}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_cycles_close_cleanly() {
+    let srv = start("").await;
+    let out = bench(&format!(
+        "handshake --url ws://{}/ws/echo --total 40 --concurrency 4",
+        srv.addr
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "completed"), 40.0);
+    assert_eq!(num(r, "clean_closes"), 40.0);
+    assert_eq!(r["stopped_by"], "total");
+    assert!(num(r, "handshakes_per_s") > 0.0);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_gone_is_a_failed_run() {
+    let srv = start("").await;
+    let addr = srv.addr;
+    srv.shutdown().await;
+    let out = bench(&format!(
+        "echo --url ws://{addr}/ws/echo --conns 2 --duration 0.1 --warmup 0"
+    ))
+    .await;
+    assert!(!out.ok, "{}", out.report);
+    assert_eq!(num(&out.report, "connected"), 0.0);
+    assert_eq!(out.report["errors"]["connect"]["count"], 2);
+}
+
+#[test]
+fn the_binary_refuses_a_remote_target_with_exit_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["bench", "echo", "--url", "ws://10.1.2.3:80/"])
+        .output()
+        .expect("wsgate runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("10.1.2.3 is not a loopback address"), "{err}");
+}
