@@ -68,8 +68,17 @@ pub fn run(cli: Cli) -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match crate::config::load(Some(file), &crate::config::process_env()) {
         Ok(cfg) => {
+            let proxied = cfg.routes.iter().filter(|r| r.is_proxy()).count();
+            let proxy = if proxied > 0 {
+                format!(
+                    ", {proxied} proxy route(s) to {} upstream(s)",
+                    cfg.upstreams.len()
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{}: ok ({} route(s), listening on {})",
+                "{}: ok ({} route(s){proxy}, listening on {})",
                 file.display(),
                 cfg.effective_routes().len(),
                 cfg.server.listen

@@ -57,6 +57,11 @@ pub struct Metrics {
     pub pong_timeouts: Counter,
     pub protocol_errors: Counter,
     pub api_errors: Counter,
+    pub proxy_requests: Counter,
+    pub proxy_errors: Counter,
+    pub proxy_tunnels: Gauge,
+    pub proxy_tunnels_total: Counter,
+    pub proxy_pongs_swallowed: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -71,12 +76,17 @@ pub static METRICS: Metrics = Metrics {
     pong_timeouts: Counter::new(),
     protocol_errors: Counter::new(),
     api_errors: Counter::new(),
+    proxy_requests: Counter::new(),
+    proxy_errors: Counter::new(),
+    proxy_tunnels: Gauge::new(),
+    proxy_tunnels_total: Counter::new(),
+    proxy_pongs_swallowed: Counter::new(),
 };
 
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 16] = [
             (
                 "wsgate_ws_connections",
                 "gauge",
@@ -142,6 +152,36 @@ impl Metrics {
                 "counter",
                 "Publish API requests answered with an error",
                 self.api_errors.get(),
+            ),
+            (
+                "wsgate_proxy_requests_total",
+                "counter",
+                "Requests (plain and upgrades) sent to a proxy route",
+                self.proxy_requests.get(),
+            ),
+            (
+                "wsgate_proxy_errors_total",
+                "counter",
+                "Proxy requests answered with 502, 503 or 504",
+                self.proxy_errors.get(),
+            ),
+            (
+                "wsgate_proxy_tunnels",
+                "gauge",
+                "Proxied WebSocket tunnels open now",
+                self.proxy_tunnels.get(),
+            ),
+            (
+                "wsgate_proxy_tunnels_total",
+                "counter",
+                "Proxied WebSocket tunnels opened",
+                self.proxy_tunnels_total.get(),
+            ),
+            (
+                "wsgate_proxy_pongs_swallowed_total",
+                "counter",
+                "Pongs answering wsgate's own tunnel pings, not forwarded",
+                self.proxy_pongs_swallowed.get(),
             ),
         ];
         let mut out = String::with_capacity(2048);

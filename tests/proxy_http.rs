@@ -234,3 +234,166 @@ fn publish_via_hub(srv: &wsgate::app::Running, group: &str) -> usize {
         None,
     )
 }
+
+/// An upstream whose `/health` answers 200 or 500 as `healthy` says; other paths answer 200 and
+/// are counted.
+async fn health_toggled(
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served2 = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let healthy = healthy.clone();
+            let served = served2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let status = if head.starts_with("GET /health ") {
+                            if healthy.load(Ordering::Relaxed) {
+                                "200 OK"
+                            } else {
+                                "500 Internal Server Error"
+                            }
+                        } else {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            "200 OK"
+                        };
+                        let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_a_failing_server_out_and_bring_it_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let a_ok = Arc::new(AtomicBool::new(true));
+    let b_ok = Arc::new(AtomicBool::new(false));
+    let (a, served_a) = health_toggled(a_ok).await;
+    let (b, served_b) = health_toggled(b_ok.clone()).await;
+    let srv = start(&proxy_config(
+        &format!("[\"{a}\", \"{b}\"]"),
+        "health_path = \"/health\"\nhealth_interval = \"50ms\"",
+        "",
+    ))
+    .await;
+    let proxy = srv.shared.proxy.clone();
+    eventually("b is taken out", || !proxy.upstreams[0].is_up(1)).await;
+    for _ in 0..4 {
+        assert_eq!(get(srv.addr, "/", "").await.status, 200);
+    }
+    assert_eq!(served_a.load(Ordering::Relaxed), 4);
+    assert_eq!(served_b.load(Ordering::Relaxed), 0);
+    b_ok.store(true, Ordering::Relaxed);
+    eventually("b is back", || proxy.upstreams[0].is_up(1)).await;
+    for _ in 0..4 {
+        assert_eq!(get(srv.addr, "/", "").await.status, 200);
+    }
+    assert!(
+        served_b.load(Ordering::Relaxed) >= 1,
+        "b gets traffic again"
+    );
+}
+
+/// An upstream that reads a chunked request body to its end, then answers with a chunked body
+/// that carries a trailer: the raw chunked bytes it received, in two chunks.
+async fn chunked_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                let mut body = buf[end..].to_vec();
+                while !body.ends_with(b"0\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let half = body.len() / 2;
+                let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n".to_vec();
+                for part in [&body[..half], &body[half..]] {
+                    resp.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                    resp.extend_from_slice(part);
+                    resp.extend_from_slice(b"\r\n");
+                }
+                resp.extend_from_slice(b"0\r\nX-Checksum: abc\r\n\r\n");
+                let _ = s.write_all(&resp).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_stream_both_ways_and_trailers_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = chunked_upstream().await;
+    let srv = start(&proxy_config(&format!("[\"{up}\"]"), "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+5\r\nhello\r\n6\r\n world\r\n0\r\nX-Client-Trailer: 1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut raw_reply = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw_reply))
+        .await
+        .expect("reply within the wait limit")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw_reply).to_string();
+    let lower = text.to_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{text}");
+    assert!(lower.contains("transfer-encoding: chunked"), "{text}");
+    // The upstream got the client's bytes (re-chunked by wsgate, without the client's trailer)
+    // and sent them back; the response trailer and its announcement are gone.
+    assert!(text.contains("hello"), "{text}");
+    assert!(text.contains(" world"), "{text}");
+    assert!(
+        !lower.contains("x-client-trailer"),
+        "request trailer forwarded: {text}"
+    );
+    assert!(
+        !lower.contains("x-checksum"),
+        "response trailer forwarded: {text}"
+    );
+    assert!(
+        !lower.contains("\r\ntrailer:"),
+        "Trailer header kept: {text}"
+    );
+    assert!(text.ends_with("0\r\n\r\n"), "{text:?}");
+}

@@ -253,3 +253,45 @@ async fn a_thousand_concurrent_tunnels_work_and_stay_small_while_idle() {
         "{per} bytes per idle tunnel; the target is 4 KiB"
     );
 }
+
+/// CPU time (user + system) a process has used, in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // sysconf(_SC_CLK_TCK) is 100 on the Linux kernels this runs on.
+    ticks * 10_000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trips_through_the_proxy_cost_little_cpu_and_idle_tunnels_none() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let proxy = spawn_proxy(up, "");
+    let pid = proxy.child.id();
+    let mut s = raw_ws(proxy.addr, "/ws").await;
+    let n = 20_000u64;
+    let frame = client_frame(0x1, b"0123456789abcdef0123456789abcdef");
+    let mut back = [0u8; 34];
+    let cpu0 = cpu_us(pid);
+    tokio::time::timeout(WAIT * 3, async {
+        for _ in 0..n {
+            s.write_all(&frame).await.unwrap();
+            s.read_exact(&mut back).await.unwrap();
+        }
+    })
+    .await
+    .expect("round trips within the wait limit");
+    let per = (cpu_us(pid) - cpu0) as f64 / n as f64;
+    eprintln!("proxy CPU per echo round trip: {per:.1} µs (10 ms clock ticks, so rough)");
+    // A generous bound (2 shared cores; most of the cost is kernel context switching) that
+    // still catches busy loops and per-message work gone wild.
+    assert!(per < 100.0, "{per} µs of proxy CPU per round trip");
+
+    // An idle tunnel costs no CPU (no per-tunnel timers; the wheel ticks once a second).
+    let idle0 = cpu_us(pid);
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), s.read(&mut back)).await;
+    let idle = cpu_us(pid) - idle0;
+    assert!(idle <= 20_000, "{idle} µs of CPU in 0.5 s while idle");
+}

@@ -63,6 +63,57 @@ async fn an_upstream_426_is_relayed_as_it_is() {
     assert_eq!(r.body, "Upgrade Required");
 }
 
+/// A proxy like the story's nginx: forwards the request head without Upgrade and Connection,
+/// then pipes bytes both ways.
+async fn stripping_proxy(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    match tokio::io::AsyncReadExt::read(&mut c, &mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let kept: Vec<&str> = head
+                    .split("\r\n")
+                    .filter(|l| {
+                        let l = l.to_ascii_lowercase();
+                        !l.starts_with("upgrade:") && !l.starts_with("connection:")
+                    })
+                    .collect();
+                let mut u = tokio::net::TcpStream::connect(to).await.unwrap();
+                u.write_all(kept.join("\r\n").as_bytes()).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_upstream_behind_a_stripping_proxy_is_diagnosed_on_the_426() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let strip = stripping_proxy(up).await;
+    let srv = start(&story(strip, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 426, "{r:?}");
+    assert_eq!(
+        r.body, "Upgrade Required",
+        "the upstream's body is relayed as it is"
+    );
+    let why = r.header("x-wsgate-diagnosis").expect("a diagnosis header");
+    assert!(why.contains("strips them"), "{why}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_with_a_wrong_accept_is_a_502_that_says_so() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -101,6 +152,7 @@ async fn an_upgrade_is_retried_on_the_next_server_when_connect_fails() {
 async fn injected_pings_keep_a_tunnel_open_past_the_upstream_idle_limit_and_no_one_sees_a_pong() {
     let (up, seen) = ws_echo(WsOptions {
         idle_limit: Some(Duration::from_millis(500)),
+        ..WsOptions::default()
     })
     .await;
     let srv = start(&story(
@@ -201,4 +253,225 @@ async fn a_client_that_vanishes_gives_the_upstream_1001_and_shutdown_closes_both
     drop(ws);
     assert!(stop.await.unwrap(), "drain finished in time");
     assert_eq!(*seen.closes.lock().unwrap(), vec![1001, 1001]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_silent_tunnel_with_1001_even_while_pings_flow() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(
+        up,
+        "[proxy]\nping_interval = \"50ms\"\npong_timeout = \"50ms\"\nidle_timeout = \"400ms\"\n",
+    ))
+    .await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    let started = std::time::Instant::now();
+    // The client stays silent except for answering pings (tungstenite does that by itself):
+    // neither wsgate's pings nor the pongs it swallows count as activity.
+    let mut pings = 0;
+    let (code, reason) = loop {
+        match next_any(&mut ws).await {
+            Message::Ping(_) => pings += 1,
+            Message::Close(Some(f)) => break (f.code, f.reason.to_string()),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, TCode::Away);
+    assert!(reason.contains("idle_timeout"), "{reason}");
+    assert!(pings >= 2, "only {pings} pings before the idle close");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let s = ws;
+    let proxy = srv.shared.proxy.clone();
+    drop(s);
+    eventually("tunnel closed", || proxy.open_tunnels() == 0).await;
+    assert_eq!(*seen.closes.lock().unwrap(), vec![1001]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_lifetime_closes_a_busy_tunnel_with_1001() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "[proxy]\nmax_lifetime = \"300ms\"\n")).await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tunnel outlived max_lifetime"
+        );
+        send_text(&mut ws, "busy").await;
+        match next(&mut ws).await {
+            Message::Text(_) => {}
+            Message::Close(Some(f)) => {
+                assert_eq!(f.code, TCode::Away);
+                assert!(f.reason.contains("max_lifetime"), "{}", f.reason);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The next message of any kind, pings included.
+async fn next_any(ws: &mut Ws) -> Message {
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a message within the wait limit")
+        .expect("stream still open")
+        .expect("no protocol error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_tunnels_run_for_the_proxy_grace_then_closes_both_with_1001() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "[proxy]\nshutdown_grace = \"300ms\"\n")).await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    let started = std::time::Instant::now();
+    let stop = tokio::spawn(srv.shutdown());
+    // During the grace the tunnel still carries messages.
+    send_text(&mut ws, "during grace").await;
+    assert_eq!(next_text(&mut ws).await, "during grace");
+    match next(&mut ws).await {
+        Message::Close(Some(f)) => assert_eq!(f.code, TCode::Away),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed before the grace"
+    );
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+    drop(ws);
+    assert!(stop.await.unwrap(), "drain finished in time");
+    assert_eq!(*seen.closes.lock().unwrap(), vec![1001]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subprotocol_and_extensions_pass_through_and_bytes_sent_with_either_handshake_arrive() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    // A first frame pipelined right behind the client's handshake, and a first message that the
+    // upstream sends in the same write as its 101.
+    let mut req = upgrade_request(
+        "/greet",
+        "Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: x-test; a=1\r\n",
+    );
+    req.extend_from_slice(&client_frame(0x1, b"early"));
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(&req).await.unwrap();
+    // Read the head ourselves: the bytes after it are binary frames.
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+                .await
+                .expect("a head within the wait limit")
+                .unwrap();
+        assert!(n > 0, "closed before the head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("\r\nsec-websocket-protocol: chat\r\n"),
+        "{head}"
+    );
+    buf.drain(..end);
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while texts.len() < 2 {
+        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            texts.push(String::from_utf8_lossy(&buf[h.size..total]).to_string());
+            buf.drain(..total);
+        }
+        if texts.len() >= 2 {
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        let n =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+                .await
+                .expect("frames within the wait limit")
+                .unwrap();
+        assert!(n > 0, "closed early; got {texts:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(texts, vec!["hello", "early"]);
+    let head = seen.heads.lock().unwrap()[0].clone();
+    assert!(
+        head.contains("\r\nSec-WebSocket-Protocol: chat, superchat\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nSec-WebSocket-Extensions: x-test; a=1\r\n"),
+        "{head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_against_max_connections() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "[server]\nmax_connections = 2\n")).await;
+    let _a = connect(srv.addr, "/ws").await;
+    let _b = connect(srv.addr, "/ws").await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("server.max_connections"), "{}", r.body);
+    assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_answering_pings_gives_the_client_1014() {
+    let (up, seen) = ws_echo(WsOptions {
+        ignore_pings: true,
+        ..WsOptions::default()
+    })
+    .await;
+    let srv = start(&story(
+        up,
+        "[proxy]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n",
+    ))
+    .await;
+    let mut s = raw_ws(srv.addr, "/ws").await;
+    // A raw client that answers wsgate's pings, so only the upstream side goes quiet.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (code, reason) = 'outer: loop {
+        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            let payload = buf[h.size..total].to_vec();
+            buf.drain(..total);
+            match h.opcode_raw {
+                0x9 => s.write_all(&client_frame(0xA, &payload)).await.unwrap(),
+                0x8 => {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    break 'outer (code, String::from_utf8_lossy(&payload[2..]).to_string());
+                }
+                op => panic!("unexpected opcode {op}"),
+            }
+        }
+        let n =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+                .await
+                .expect("a close within the wait limit")
+                .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(code, 1014);
+    assert!(
+        reason.contains("upstream stopped answering pings"),
+        "{reason}"
+    );
+    assert!(seen.pings.load(Ordering::Relaxed) >= 1);
 }

@@ -149,7 +149,9 @@ pub struct Upstream {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     /// Time to wait for the response head (or the 101) after sending the request; past it the
-    /// client gets 504. Default 60 s. It does not limit bodies or tunnels.
+    /// client gets 504. Default 60 s. It does not limit bodies or tunnels. For plain HTTP it
+    /// counts from the moment the request is handed to the keep-alive pool, so it includes
+    /// connecting when no pooled connection is free.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Duration,
     /// Active health check: GET this path on every server each `health_interval`; a server
@@ -190,7 +192,8 @@ pub struct Server {
     pub listen: String,
     /// Worker threads; 0 means one per CPU core. Default 0.
     pub workers: usize,
-    /// Most WebSocket connections held at once; the next handshake gets 503. Default 10000.
+    /// Most WebSocket connections held at once; the next handshake gets 503. Hub connections and
+    /// proxy tunnels are limited separately, each by this number. Default 10000.
     pub max_connections: usize,
     /// Time a client has to send a complete request head. Default 10 s.
     pub handshake_timeout: Duration,

@@ -119,6 +119,7 @@ pub async fn forward(
         tried.push(si);
         let server = &up.servers[si];
         let mut headers = parts.headers.clone();
+        headers.remove(http::header::TRAILER);
         prepare_request(
             &mut headers,
             proxy.client(peer),
@@ -147,16 +148,17 @@ pub async fn forward(
             }
         }
         let active = up.begin(si);
-        let res = tokio::time::timeout(
-            up.connect_timeout + up.read_timeout,
-            proxy.clients[ui].request(out),
-        )
-        .await;
+        // The pool connects inside `request`, so read_timeout also covers connecting; the
+        // connector's own connect_timeout (5 s by default, below read_timeout's 60 s) still
+        // reports a hanging connect as such.
+        let res = tokio::time::timeout(up.read_timeout, proxy.clients[ui].request(out)).await;
         let err = match res {
             Ok(Ok(resp)) => {
                 up.succeeded(si);
                 let (mut rp, rb) = resp.into_parts();
                 remove_hop_by_hop(&mut rp.headers);
+                // Trailers are dropped, so announcing them would be a lie.
+                rp.headers.remove(http::header::TRAILER);
                 rp.version = Version::HTTP_11;
                 return Response::from_parts(rp, NoTrailers::new(rb, Some(active)).boxed());
             }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -96,6 +97,7 @@ impl Error {
     /// The short text response, logged as it is sent.
     pub fn into_response(self, path: &str) -> Response<Body> {
         let status = self.status();
+        crate::metrics::METRICS.proxy_errors.inc();
         tracing::warn!(status = status.as_u16(), %path, error = %self, "proxy error");
         let reason = status.canonical_reason().unwrap_or("");
         text(status, format!("{} {reason}: {self}\n", status.as_u16()))
@@ -125,6 +127,8 @@ pub struct Proxy {
     pub tunnel: TunnelSettings,
     /// Tunnels open now.
     open: AtomicUsize,
+    /// `server.max_connections`: tunnels count against it like hub connections.
+    max_tunnels: usize,
     pub(crate) shutting_down: AtomicBool,
 }
 
@@ -173,6 +177,7 @@ impl Proxy {
                 close_timeout: cfg.websocket.close_timeout.get(),
             },
             open: AtomicUsize::new(0),
+            max_tunnels: cfg.server.max_connections,
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -204,6 +209,7 @@ impl Proxy {
         upstream: usize,
         peer: SocketAddr,
     ) -> Response<Body> {
+        crate::metrics::METRICS.proxy_requests.inc();
         if upgrade::is_websocket_upgrade(&req) {
             upgrade::upgrade(self, upstream, req, peer).await
         } else {
@@ -266,5 +272,3 @@ impl Proxy {
         }
     }
 }
-
-use http_body_util::BodyExt;

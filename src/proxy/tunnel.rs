@@ -20,7 +20,7 @@
 //! wheel ([`crate::ws::Heartbeat`]) for all tunnels, not a timer per tunnel.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -211,7 +211,8 @@ struct Pumped {
     src_ended: bool,
     /// Writing to the destination failed.
     dst_failed: bool,
-    /// Frame bytes flowed (for `idle_timeout`).
+    /// Bytes were forwarded (for `idle_timeout`; wsgate's own Pings and the Pongs it swallows do
+    /// not count, or pings would keep every tunnel busy).
     active: bool,
 }
 
@@ -220,7 +221,8 @@ enum Step {
     Blocked,
     SrcEnded,
     DstFailed,
-    Moved,
+    /// Bytes were read; `true` when some were forwarded.
+    Moved(bool),
 }
 
 /// Moves bytes from `src` to `dst` until one of them would block.
@@ -284,18 +286,18 @@ fn pump(
                 }
                 touch();
                 if discard {
-                    return Step::Moved;
+                    return Step::Moved(false);
                 }
                 d.process(&scratch[..n], token, &mut out);
                 if out.is_empty() {
-                    return Step::Moved;
+                    return Step::Moved(false);
                 }
                 match write_now(dst, cx, &out) {
                     Ok(w) => {
                         if w < out.len() {
                             d.pending.extend_from_slice(&out[w..]);
                         }
-                        Step::Moved
+                        Step::Moved(true)
                     }
                     Err(_) => Step::DstFailed,
                 }
@@ -312,7 +314,7 @@ fn pump(
                 res.dst_failed = true;
                 return res;
             }
-            Step::Moved => res.active = true,
+            Step::Moved(forwarded) => res.active |= forwarded,
         }
     }
     // Read budget used up: let other tasks run, then continue.
@@ -395,10 +397,11 @@ pub async fn run(
         if let Some((code, reason)) = close_both {
             let to_client = frame::encode_close(code, reason);
             let to_upstream = masked_close(if code == 1014 { 1001 } else { code }, reason);
-            if u2c.at_boundary() && !u2c.dst_shut {
+            // A side that already got a Close (its peer's) must not get a second one.
+            if u2c.at_boundary() && !u2c.dst_shut && !u2c.close_passed {
                 u2c.queue(&to_client);
             }
-            if c2u.at_boundary() && !c2u.dst_shut {
+            if c2u.at_boundary() && !c2u.dst_shut && !c2u.close_passed {
                 c2u.queue(&to_upstream);
             }
             discard = true;
@@ -431,13 +434,23 @@ pub async fn run(
         let client_lost = (c.src_ended && !c2u.close_passed) || u.dst_failed;
         let upstream_lost = (u.src_ended && !u2c.close_passed) || c.dst_failed;
         if !discard && (client_lost || upstream_lost) {
-            if upstream_lost && !u.dst_failed && u2c.at_boundary() {
+            if upstream_lost
+                && !u.dst_failed
+                && !u2c.dst_shut
+                && !u2c.close_passed
+                && u2c.at_boundary()
+            {
                 u2c.queue(&frame::encode_close(
                     CloseCode::BAD_GATEWAY.0,
                     "upstream closed the connection without a close frame",
                 ));
             }
-            if client_lost && !c.dst_failed && c2u.at_boundary() {
+            if client_lost
+                && !c.dst_failed
+                && !c2u.dst_shut
+                && !c2u.close_passed
+                && c2u.at_boundary()
+            {
                 c2u.queue(&masked_close(1001, "client went away"));
             }
             discard = true;
@@ -493,14 +506,15 @@ pub async fn run(
         Poll::Pending
     })
     .await;
+    crate::metrics::METRICS
+        .proxy_pongs_swallowed
+        .add(c2u.swallowed + u2c.swallowed);
     tracing::debug!(
         ?end,
         pongs_swallowed = c2u.swallowed + u2c.swallowed,
         "tunnel closed"
     );
 }
-
-use std::future::Future;
 
 /// A masked Close frame toward the upstream.
 fn masked_close(code: u16, reason: &str) -> Vec<u8> {

@@ -26,6 +26,11 @@ use super::{Error, Proxy, ReqBody};
 use crate::server::{Body, Rewind, full};
 use crate::ws::handshake::{accept_key, has_token};
 
+/// What an upstream 426 to a forwarded upgrade means; logged and sent as `X-Wsgate-Diagnosis`.
+const DIAGNOSIS_426: &str = "the upstream answered 426 Upgrade Required although wsgate forwarded Upgrade: websocket and Connection: Upgrade; \
+something between wsgate and the upstream strips them (an nginx without proxy_set_header Upgrade/Connection?), \
+or the upstream expects another path, subprotocol or Sec-WebSocket-Version";
+
 /// Whether a request asks for a WebSocket: `GET` with `websocket` among the `Upgrade` tokens
 /// (case-insensitive).
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
@@ -115,6 +120,20 @@ pub async fn upgrade(
             "503 Service Unavailable: wsgate is shutting down; reconnect in a moment.\n",
         );
     }
+    let max = proxy.max_tunnels;
+    if proxy.open_tunnels() >= max {
+        tracing::warn!(%peer, max, "tunnel refused: server.max_connections reached");
+        let mut r = crate::server::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 Service Unavailable: this server holds its maximum of {max} proxied WebSocket tunnels \
+(server.max_connections). Retry with backoff, or raise the limit.\n"
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
     let client_upgrade = hyper::upgrade::on(&mut req);
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let (si, stream) = match connect(proxy, ui, peer).await {
@@ -191,13 +210,21 @@ pub async fn upgrade(
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         if resp.status() == StatusCode::UPGRADE_REQUIRED {
-            tracing::warn!(upstream = %up.name, %server, %path,
-                "upstream answered 426 Upgrade Required although wsgate forwarded Upgrade: websocket and Connection: Upgrade; \
-the upstream may expect another path, subprotocol or Sec-WebSocket-Version, or something between wsgate and it strips the upgrade headers");
+            tracing::warn!(upstream = %up.name, %server, %path, "{DIAGNOSIS_426}");
         }
+        let upgrade_required = resp.status() == StatusCode::UPGRADE_REQUIRED;
         let (mut rp, rb) = resp.into_parts();
         remove_hop_by_hop(&mut rp.headers);
+        rp.headers.remove(header::TRAILER);
         rp.version = Version::HTTP_11;
+        if upgrade_required {
+            // The body stays the upstream's; this header tells whoever looks at the response
+            // (curl -i, browser devtools) that wsgate did forward the upgrade.
+            rp.headers.insert(
+                http::HeaderName::from_static("x-wsgate-diagnosis"),
+                HeaderValue::from_static(DIAGNOSIS_426),
+            );
+        }
         return Response::from_parts(rp, NoTrailers::new(rb, Some(active)).boxed());
     }
     if let Err(what) = check_101(resp.headers(), key.as_ref()) {
@@ -220,6 +247,8 @@ the upstream may expect another path, subprotocol or Sec-WebSocket-Version, or s
 
     let proxy = proxy.clone();
     proxy.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    crate::metrics::METRICS.proxy_tunnels.inc();
+    crate::metrics::METRICS.proxy_tunnels_total.inc();
     tokio::spawn(async move {
         let _open = OpenTunnel(proxy.clone());
         let _active = active;

@@ -31,6 +31,8 @@ pub struct WsOptions {
     /// Close the socket (no Close frame) when nothing arrives for this long, like a server or
     /// NAT with an idle limit.
     pub idle_limit: Option<Duration>,
+    /// Never answer a Ping (a hung upstream whose socket stays open).
+    pub ignore_pings: bool,
 }
 
 /// A port nobody listens on.
@@ -158,11 +160,21 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
             .await;
         return;
     };
-    let resp = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+    // Selects the first offered subprotocol; on /greet, sends a first message in the same write
+    // as the 101 (so it arrives with the handshake).
+    let protocol = header(&head, "sec-websocket-protocol")
+        .and_then(|v| v.split(',').next())
+        .map(|p| format!("Sec-WebSocket-Protocol: {}\r\n", p.trim()))
+        .unwrap_or_default();
+    let mut resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{protocol}\r\n",
         wsgate::ws::accept_key(key.as_bytes())
-    );
-    if s.write_all(resp.as_bytes()).await.is_err() {
+    )
+    .into_bytes();
+    if head.starts_with("GET /greet ") {
+        resp.extend_from_slice(&frame::encode(OpCode::Text, b"hello"));
+    }
+    if s.write_all(&resp).await.is_err() {
         return;
     }
     let mut chunk = vec![0u8; 65536];
@@ -180,6 +192,9 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
             let reply = match h.opcode_raw {
                 0x9 => {
                     seen.pings.fetch_add(1, Ordering::Relaxed);
+                    if opts.ignore_pings {
+                        continue;
+                    }
                     frame::encode(OpCode::Pong, &payload).to_vec()
                 }
                 0xA => {
