@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::client::{Conn, FrameTemplate, Status, read_stamp};
 use super::stats::{CpuWindow, Percentiles, micros_between, now_ns, round2};
-use super::{Counters, Errors, Outcome, Plan, Progress, connect_many};
+use super::{Counters, Errors, Outcome, Plan, Run};
 
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
@@ -39,20 +39,9 @@ struct Shared {
 
 pub async fn run(plan: &Plan) -> Outcome {
     let a = &plan.args;
-    let counters = Arc::new(Counters::default());
-    let errors = Arc::new(Errors::default());
-    let timeout = Duration::from_secs_f64(a.timeout);
-    let _progress = Progress::start(a.mode, a.progress, counters.clone(), String::new);
-    let conns = connect_many(
-        &plan.target,
-        a.conns,
-        a.concurrency,
-        16 * 1024,
-        timeout,
-        &counters,
-        &errors,
-    )
-    .await;
+    let run = Run::start(plan, String::new);
+    let (counters, errors, timeout) = (run.counters.clone(), run.errors.clone(), run.timeout);
+    let conns = run.connect(plan, 16 * 1024).await;
     let connected = conns.len();
     let shared = Arc::new(Shared {
         size: a.size,

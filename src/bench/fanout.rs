@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::client::{Conn, Status, Target, read_stamp, stamped_payload};
 use super::stats::{CpuWindow, Percentiles, micros_between, now_ns, round2};
-use super::{Counters, Errors, Outcome, Plan, Progress, connect_many};
+use super::{Counters, Errors, Outcome, Plan, Run};
 
 const PUBLISHING: u8 = 0;
 const PUBLISHED: u8 = 1;
@@ -46,24 +46,13 @@ struct SubResult {
 pub async fn run(plan: &Plan) -> Outcome {
     let a = &plan.args;
     let publish = plan.publish.clone().expect("validate sets the publish URL");
-    let counters = Arc::new(Counters::default());
-    let errors = Arc::new(Errors::default());
-    let timeout = Duration::from_secs_f64(a.timeout);
     let published = Arc::new(AtomicU64::new(0));
     let p2 = published.clone();
-    let _progress = Progress::start(a.mode, a.progress, counters.clone(), move || {
+    let run = Run::start(plan, move || {
         format!(" published {}", p2.load(Ordering::Relaxed))
     });
-    let conns = connect_many(
-        &plan.target,
-        a.conns,
-        a.concurrency,
-        4096,
-        timeout,
-        &counters,
-        &errors,
-    )
-    .await;
+    let (counters, errors, timeout) = (run.counters.clone(), run.errors.clone(), run.timeout);
+    let conns = run.connect(plan, 4096).await;
     let connected = conns.len();
     let shared = Arc::new(Shared {
         size: a.size,

@@ -410,6 +410,45 @@ impl Drop for Progress {
     }
 }
 
+/// What every mode starts with: the shared counters, the error log, the per-step timeout and the
+/// progress line (which stops when this is dropped).
+#[derive(Debug)]
+pub struct Run {
+    pub counters: std::sync::Arc<Counters>,
+    pub errors: std::sync::Arc<Errors>,
+    pub timeout: Duration,
+    _progress: Progress,
+}
+
+impl Run {
+    /// Starts the progress line; `extra` adds mode-specific figures to it.
+    pub fn start(plan: &Plan, extra: impl Fn() -> String + Send + 'static) -> Self {
+        let a = &plan.args;
+        let counters = std::sync::Arc::new(Counters::default());
+        Run {
+            _progress: Progress::start(a.mode, a.progress, counters.clone(), extra),
+            counters,
+            errors: std::sync::Arc::new(Errors::default()),
+            timeout: Duration::from_secs_f64(a.timeout),
+        }
+    }
+
+    /// Connects `args.conns` clients to the plan's target (see [`connect_many`]).
+    pub async fn connect(&self, plan: &Plan, read_buf: usize) -> Vec<(usize, client::Conn)> {
+        let a = &plan.args;
+        connect_many(
+            &plan.target,
+            a.conns,
+            a.concurrency,
+            read_buf,
+            self.timeout,
+            &self.counters,
+            &self.errors,
+        )
+        .await
+    }
+}
+
 /// Connects `n` clients with at most `concurrency` handshakes in flight, each bounded by
 /// `timeout`; failures are recorded and skipped. Returns the connections with their index.
 pub async fn connect_many(

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 
 use super::client::{Conn, FrameTemplate, Status, read_stamp};
 use super::stats::{CpuWindow, Percentiles, micros_between, now_ns, round2};
-use super::{Counters, Errors, Outcome, Plan, Progress, connect_many};
+use super::{Counters, Errors, Outcome, Plan, Run};
 
 const STOP: u64 = u64::MAX;
 
@@ -37,24 +37,13 @@ struct Shared {
 
 pub async fn run(plan: &Plan) -> Outcome {
     let a = &plan.args;
-    let counters = Arc::new(Counters::default());
-    let errors = Arc::new(Errors::default());
-    let timeout = Duration::from_secs_f64(a.timeout);
     let iteration = Arc::new(AtomicU64::new(0));
     let it2 = iteration.clone();
-    let _progress = Progress::start(a.mode, a.progress, counters.clone(), move || {
+    let run = Run::start(plan, move || {
         format!(" iteration {}", it2.load(Ordering::Relaxed))
     });
-    let conns = connect_many(
-        &plan.target,
-        a.conns,
-        a.concurrency,
-        16 * 1024,
-        timeout,
-        &counters,
-        &errors,
-    )
-    .await;
+    let (counters, errors, timeout) = (run.counters.clone(), run.errors.clone(), run.timeout);
+    let conns = run.connect(plan, 16 * 1024).await;
     let connected = conns.len();
     let shared = Arc::new(Shared {
         size: a.size,
