@@ -227,6 +227,18 @@ async fn hub_routes_win_over_a_root_proxy_prefix_and_longest_prefix_wins() {
     assert_eq!(seen_a.heads.lock().unwrap().len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_echo_route_yields_to_a_configured_proxy_prefix() {
+    let (a, seen_a) = echo_http().await;
+    let cfg = format!(
+        "[[upstream]]\nname = \"a\"\nservers = [\"{a}\"]\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"a\"\n"
+    );
+    let srv = start(&cfg).await;
+    // Without the proxy this path is the built-in echo route (a plain GET would get 426).
+    assert_eq!(get(srv.addr, "/ws/echo", "").await.status, 200);
+    assert_eq!(seen_a.heads.lock().unwrap().len(), 1);
+}
+
 fn publish_via_hub(srv: &wsgate::app::Running, group: &str) -> usize {
     srv.shared.hub.publish(
         group,

@@ -50,7 +50,11 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 #[derive(Debug)]
 pub struct Shared {
     pub config: Arc<Config>,
+    /// Hub routes, matched before proxy prefixes.
     pub routes: Vec<Route>,
+    /// The built-in echo route: a convenience, so it yields to every configured route, proxy
+    /// prefixes included (a `path_prefix = "/"` proxy gets `/ws/echo` too).
+    pub echo: Option<Route>,
     pub hub: Arc<Hub>,
     pub heartbeat: Arc<Heartbeat>,
     session_env: Arc<Env>,
@@ -63,14 +67,13 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Arc<Config>, hub: Arc<Hub>, heartbeat: Arc<Heartbeat>) -> Self {
         let max = config.websocket.max_message_bytes;
-        let mut routes: Vec<Route> = config
+        let routes: Vec<Route> = config
             .effective_routes()
             .iter()
             .map(|r| Route::new(r, max))
             .collect();
-        if !config.websocket.echo_path.is_empty() {
-            routes.push(Route::echo(&config.websocket.echo_path, max));
-        }
+        let echo = (!config.websocket.echo_path.is_empty())
+            .then(|| Route::echo(&config.websocket.echo_path, max));
         let session_env = Arc::new(Env {
             hub: hub.clone(),
             heartbeat: heartbeat.clone(),
@@ -81,6 +84,7 @@ impl Shared {
         Shared {
             config,
             routes,
+            echo,
             hub,
             heartbeat,
             session_env,
@@ -212,6 +216,11 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
     if let Some(upstream) = shared.proxy.route(&path) {
         return shared.proxy.handle(req, upstream, peer).await;
     }
+    if let Some(r) = &shared.echo
+        && let Some(group) = r.matches(&path)
+    {
+        return websocket(req, r, group, &shared, peer);
+    }
     match path.as_str() {
         "/" => crate::web::demo_page(&req),
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -232,7 +241,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -
 
 fn not_found(path: &str, shared: &Shared) -> Response<Body> {
     let mut body = format!("404 Not Found: nothing is served at {path}.\n\nWebSocket routes:\n");
-    for r in &shared.routes {
+    for r in shared.routes.iter().chain(&shared.echo) {
         let what = match r.ctx.on_message {
             crate::config::OnMessage::Echo => "echo".to_string(),
             crate::config::OnMessage::Broadcast => "broadcast to its group".to_string(),
