@@ -8,7 +8,8 @@
 #
 # Settings (environment): ECHO_CONNS (100), ECHO_SECONDS (5), IDLE_CONNS (5000, keep <= 9000: a
 # proxy holds 2 fds per tunnel and open files are capped at 20,000), IDLE_HOLD (10), HS_TOTAL
-# (20000), HS_WORKERS (50), LONG_CONNS (10), LONG_HOLD (70), SIZE (64), OUT (results folder).
+# (20000), HS_WORKERS (50), LONG_CONNS (10), LONG_HOLD (70), HOLD_BACKEND_PING (0s), SIZE (64),
+# OUT (results folder; reuse one to redo some figures).
 # `profile` (not in the default list unless PROFILE=1) records `perf record -e cpu-clock -g` of
 # the wsgate proxy under the echo figure and keeps the top symbols.
 set -euo pipefail
@@ -79,10 +80,12 @@ wait_ws() {
   exit 1
 }
 
-# start_backend: the hub, defaults (2 workers here, 25 s pings), echo route /ws/echo. Sets BACK, BACK_PID.
+# start_backend [PING]: the hub, defaults (2 workers here, 25 s pings), echo route /ws/echo.
+# PING sets websocket.ping_interval ("0s": the backend never pings, like the story's app server).
+# Sets BACK, BACK_PID.
 start_backend() {
   BACK="$(free_port)"
-  WSGATE_SERVER__MAX_CONNECTIONS=19000 WSGATE_LOG=warn \
+  WSGATE_WEBSOCKET__PING_INTERVAL="${1:-25s}" WSGATE_SERVER__MAX_CONNECTIONS=19000 WSGATE_LOG=warn \
     "$BIN" serve --listen "127.0.0.1:$BACK" 2>>"$OUT/backend.log" &
   BACK_PID=$!
   PIDS+=("$BACK_PID")
@@ -233,8 +236,10 @@ for fig in "${FIGURES[@]}"; do
       done
       ;;
     hold)
-      # All four at once against one backend; progress every second to time any cut.
-      start_backend
+      # All four at once against one backend that does not ping (as the story's app server: with
+      # the hub's own 25 s pings flowing, no proxy ever sees a silent tunnel and none cuts it);
+      # progress every second to time any cut. HOLD_BACKEND_PING=25s shows that case.
+      start_backend "${HOLD_BACKEND_PING:-0s}"
       hold_pids=()
       for who in "${TARGETS[@]}"; do
         start_proxy "$who"
@@ -262,6 +267,10 @@ for fig in "${FIGURES[@]}"; do
         grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-top.txt" || true
       perf report -i "$OUT/perf.data" --stdio --children --sort symbol 2>/dev/null |
         grep -E '^ +[0-9.]+%' | head -40 >"$OUT/perf-top-children.txt" || true
+      perf report -i "$OUT/perf.data" --stdio --no-children --sort dso 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -10 >"$OUT/perf-dso.txt" || true
+      perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol --dsos wsgate 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -25 >"$OUT/perf-top-user.txt" || true
       rm -f "$OUT/perf.data"
       stop "$PROXY_PID" "$BACK_PID"
       echo "== profile: top symbols in $OUT/perf-top.txt" >&2
