@@ -112,6 +112,11 @@ listen = "127.0.0.1:$PORT"
 workers = 1
 max_connections = 19000
 
+[websocket]
+# The built-in echo route is a hub route, and hub routes win over path_prefix: without this the
+# "proxy" would answer /ws/echo itself instead of passing it to the backend.
+echo_path = ""
+
 [[upstream]]
 name = "websocket"
 servers = ["127.0.0.1:$BACK"]
