@@ -278,9 +278,64 @@ for fig in "${FIGURES[@]}"; do
         grep -E '^ +[0-9.]+%' | head -25 >"$OUT/perf-top-user.txt" || true
       rm -f "$OUT/perf.data"
       stop "$PROXY_PID" "$BACK_PID"
-      echo "== profile: top symbols in $OUT/perf-top.txt" >&2
+      # The same under the handshake figure.
+      start_backend
+      start_proxy wsgate
+      "$BIN" bench handshake --url "ws://127.0.0.1:$PORT/ws/echo" --total 60000 --concurrency "$HS_WORKERS" --duration 8 \
+        --size "$SIZE" --pid "$PROXY_PID" >"$OUT/profile-handshake.wsgate.json" 2>/dev/null &
+      bp=$!
+      sleep 1
+      perf record -q -e cpu-clock -g -p "$PROXY_PID" -o "$OUT/perf-hs.data" -- sleep 4 >/dev/null 2>&1 || true
+      wait "$bp" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort dso 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -10 >"$OUT/perf-hs-dso.txt" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort symbol 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-hs-top.txt" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --children --sort symbol --dsos wsgate 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -40 >"$OUT/perf-hs-top-user-children.txt" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort symbol --dsos wsgate,libc.so.6 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-hs-top-user.txt" || true
+      rm -f "$OUT/perf-hs.data"
+      stop "$PROXY_PID" "$BACK_PID"
+      echo "== profile: top symbols in $OUT/perf-top.txt and perf-hs-*.txt" >&2
       ;;
-    *) echo "unknown figure $fig (echo idle handshake hold profile)" >&2; exit 2 ;;
+    syscalls)
+      # Syscalls per echoed round trip in each proxy (perf stat over 3 s of the echo figure).
+      for who in wsgate nginx haproxy; do
+        start_backend
+        start_proxy "$who"
+        "$BIN" bench echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$ECHO_CONNS" --duration 5 --warmup 1 \
+          --size "$SIZE" --pid "$PROXY_PID" >"$OUT/syscalls-echo.$who.json" 2>/dev/null &
+        bp=$!
+        sleep 2
+        perf stat -x, -e 'raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_readv,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl' \
+          -p "$PROXY_PID" -o "$OUT/syscalls.$who.csv" -- sleep 3 >/dev/null 2>&1 || true
+        wait "$bp" || true
+        stop_proxy "$who"
+        stop "$BACK_PID"
+      done
+      python3 - "$OUT" <<'PY' | tee "$OUT/syscalls.md"
+import json, sys, os
+d = sys.argv[1]
+print("| proxy | syscalls per round trip | read/recv | write/writev/send | epoll_wait | epoll_ctl |")
+print("|---|---|---|---|---|---|")
+for who in ["wsgate", "nginx", "haproxy"]:
+    try:
+        c = {}
+        for line in open(os.path.join(d, f"syscalls.{who}.csv")):
+            f = line.strip().split(",")
+            if len(f) > 2 and f[0].replace(".", "").isdigit():
+                c[f[2].split(":")[-1]] = float(f[0])
+        mps = json.load(open(os.path.join(d, f"syscalls-echo.{who}.json")))["msgs_per_s"]
+        n = mps * 3
+        g = lambda *k: sum(c.get(x, 0) for x in k) / n
+        print(f"| {who} | {g('sys_enter'):.2f} | {g('sys_enter_read','sys_enter_recvfrom','sys_enter_readv'):.2f} | "
+              f"{g('sys_enter_write','sys_enter_writev','sys_enter_sendto'):.2f} | {g('sys_enter_epoll_wait'):.2f} | {g('sys_enter_epoll_ctl'):.2f} |")
+    except Exception as e:
+        print(f"| {who} | ({e}) | | | | |")
+PY
+      ;;
+    *) echo "unknown figure $fig (echo idle handshake hold profile syscalls)" >&2; exit 2 ;;
   esac
 done
 stop_system_services
