@@ -4,7 +4,7 @@
 # HAProxy, interleaved in one run. Every proxy runs one worker/thread. Loopback only, bounded.
 #
 #   bench/run-proxy.sh                      # all figures; tables into bench/results/proxy-<time>/tables.md
-#   bench/run-proxy.sh echo handshake       # only some (echo idle handshake hold profile)
+#   bench/run-proxy.sh echo handshake       # only some (echo idle handshake hold profile syscalls)
 #
 # Settings (environment): ECHO_CONNS (100), ECHO_SECONDS (5), IDLE_CONNS (5000, keep <= 9000: a
 # proxy holds 2 fds per tunnel and open files are capped at 20,000), IDLE_HOLD (10), HS_TOTAL
