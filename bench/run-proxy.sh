@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# The proxy figures of issues 4 and 5: one wsgate hub (echo route /ws/echo, defaults) reached
+# directly, through a second wsgate in proxy mode, through nginx (the story's config) and through
+# HAProxy, interleaved in one run. Every proxy runs one worker/thread. Loopback only, bounded.
+#
+#   bench/run-proxy.sh                      # all figures; tables into bench/results/proxy-<time>/tables.md
+#   bench/run-proxy.sh echo handshake       # only some (echo idle handshake hold profile syscalls)
+#
+# Settings (environment): ECHO_CONNS (100), ECHO_SECONDS (5), IDLE_CONNS (5000, keep <= 9000: a
+# proxy holds 2 fds per tunnel and open files are capped at 20,000), IDLE_HOLD (10), HS_TOTAL
+# (20000), HS_WORKERS (50), LONG_CONNS (10), LONG_HOLD (70), HOLD_BACKEND_PING (0s), SIZE (64),
+# OUT (results folder; reuse one to redo some figures).
+# `profile` (not in the default list unless PROFILE=1) records `perf record -e cpu-clock -g` of
+# the wsgate proxy under the echo figure and keeps the top symbols.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+SIZE="${SIZE:-64}"
+ECHO_CONNS="${ECHO_CONNS:-100}"
+ECHO_SECONDS="${ECHO_SECONDS:-5}"
+IDLE_CONNS="${IDLE_CONNS:-5000}"
+IDLE_HOLD="${IDLE_HOLD:-10}"
+HS_TOTAL="${HS_TOTAL:-20000}"
+HS_WORKERS="${HS_WORKERS:-50}"
+LONG_CONNS="${LONG_CONNS:-10}"
+LONG_HOLD="${LONG_HOLD:-70}"
+FIGURES=("$@")
+if [ ${#FIGURES[@]} -eq 0 ]; then
+  FIGURES=(echo idle handshake hold)
+  [ "${PROFILE:-0}" = 1 ] && FIGURES+=(profile)
+fi
+TARGETS=(direct wsgate nginx haproxy)
+
+OUT="${OUT:-$ROOT/bench/results/proxy-$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+echo "results in $OUT" >&2
+ulimit -n "$(ulimit -Hn)"
+
+# --- peers: Debian nginx and haproxy, installed once; their system services never left running.
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  echo "installing nginx and haproxy (Debian packages)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends nginx haproxy >"$OUT/apt.log" 2>&1 ||
+    { apt-get update >>"$OUT/apt.log" 2>&1 && apt-get install -y --no-install-recommends nginx haproxy >>"$OUT/apt.log" 2>&1; }
+fi
+stop_system_services() {
+  for s in nginx haproxy; do
+    service "$s" stop >/dev/null 2>&1 || true
+  done
+}
+stop_system_services
+nginx -v 2>"$OUT/versions.txt"
+haproxy -v | head -1 >>"$OUT/versions.txt"
+
+cargo build --release --quiet
+BIN="$ROOT/target/release/wsgate"
+"$BIN" --version >>"$OUT/versions.txt" 2>/dev/null || true
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_ws PORT PATH: ready when an upgrade through PORT answers 101.
+wait_ws() {
+  for _ in $(seq 200); do
+    # curl waits on the open tunnel until -m, so only the status it printed counts.
+    local code
+    code="$(curl -s -o /dev/null -m 0.5 -w '%{http_code}' --http1.1 \
+      -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
+      -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "http://127.0.0.1:$1$2" 2>/dev/null || true)"
+    [ "$code" = 101 ] && return 0
+    sleep 0.05
+  done
+  echo "nothing answers 101 on port $1$2; see $OUT/*.log" >&2
+  exit 1
+}
+
+# start_backend [PING]: the hub, defaults (2 workers here, 25 s pings), echo route /ws/echo.
+# PING sets websocket.ping_interval ("0s": the backend never pings, like the story's app server).
+# Sets BACK, BACK_PID.
+start_backend() {
+  BACK="$(free_port)"
+  WSGATE_WEBSOCKET__PING_INTERVAL="${1:-25s}" WSGATE_SERVER__MAX_CONNECTIONS=19000 WSGATE_LOG=warn \
+    "$BIN" serve --listen "127.0.0.1:$BACK" 2>>"$OUT/backend.log" &
+  BACK_PID=$!
+  PIDS+=("$BACK_PID")
+  wait_ws "$BACK" /ws/echo
+}
+
+# start_proxy WHO: WHO in direct|wsgate|nginx|haproxy in front of $BACK on a free port.
+# Sets PORT and PROXY_PID (the process doing the proxying: nginx's worker, not its master).
+start_proxy() {
+  local who="$1" dir
+  if [ "$who" = direct ]; then
+    PORT="$BACK"
+    PROXY_PID="$BACK_PID"
+    return 0
+  fi
+  PORT="$(free_port)"
+  dir="$OUT/$who.$PORT"
+  mkdir -p "$dir"
+  case "$who" in
+    wsgate)
+      cat >"$dir/wsgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+workers = 1
+max_connections = 19000
+
+[websocket]
+# The built-in echo route is a hub route, and hub routes win over path_prefix: without this the
+# "proxy" would answer /ws/echo itself instead of passing it to the backend.
+echo_path = ""
+
+[[upstream]]
+name = "websocket"
+servers = ["127.0.0.1:$BACK"]
+
+[[route]]
+path_prefix = "/"
+proxy_pass = "websocket"
+EOF
+      WSGATE_LOG=warn "$BIN" serve --config "$dir/wsgate.toml" 2>>"$OUT/wsgate-proxy.log" &
+      PROXY_PID=$!
+      PIDS+=("$PROXY_PID")
+      ;;
+    nginx)
+      # The story's config plus the map block; defaults otherwise (proxy_read_timeout 60 s),
+      # except room for the idle figure (worker_connections, nofile) and no access log.
+      cat >"$dir/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 19000; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    map \$http_upgrade \$connection_upgrade {
+        default upgrade;
+        ''      close;
+    }
+    upstream websocket {
+        server 127.0.0.1:$BACK;
+    }
+    server {
+        listen 127.0.0.1:$PORT;
+        location / {
+            proxy_pass http://websocket;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \$connection_upgrade;
+        }
+    }
+}
+EOF
+      nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" 2>>"$OUT/nginx.log" &
+      local master=$!
+      PIDS+=("$master")
+      PROXY_PID=""
+      for _ in $(seq 100); do
+        PROXY_PID="$(pgrep -P "$master" | head -1 || true)"
+        [ -n "$PROXY_PID" ] && break
+        sleep 0.05
+      done
+      NGINX_MASTER="$master"
+      ;;
+    haproxy)
+      cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 9500
+defaults
+    mode http
+    maxconn 9500
+    timeout client 30s
+    timeout server 30s
+    timeout connect 5s
+frontend fe
+    bind 127.0.0.1:$PORT
+    default_backend websocket
+backend websocket
+    server s1 127.0.0.1:$BACK
+EOF
+      haproxy -db -f "$dir/haproxy.cfg" 2>>"$OUT/haproxy.log" &
+      PROXY_PID=$!
+      PIDS+=("$PROXY_PID")
+      ;;
+  esac
+  wait_ws "$PORT" /ws/echo
+}
+
+# stop PID...: TERM, wait.
+stop() {
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+stop_proxy() {
+  local who="$1"
+  case "$who" in
+    direct) ;;
+    nginx) stop "$NGINX_MASTER" ;;
+    *) stop "$PROXY_PID" ;;
+  esac
+}
+
+# bench NAME ARGS...: one wsgate bench run through the current proxy, JSON kept as NAME.json.
+bench() {
+  local name="$1"
+  shift
+  echo "== $name: wsgate bench $*" >&2
+  "$BIN" bench "$@" --size "$SIZE" --pid "$PROXY_PID" --progress 2 >"$OUT/$name.json" 2>>"$OUT/progress.log" ||
+    echo "   (exit $?: not clean, see $OUT/$name.json)" >&2
+}
+
+for fig in "${FIGURES[@]}"; do
+  case "$fig" in
+    echo | idle | handshake)
+      for who in "${TARGETS[@]}"; do
+        start_backend
+        start_proxy "$who"
+        url="ws://127.0.0.1:$PORT/ws/echo"
+        case "$fig" in
+          echo) bench "echo.$who" echo --url "$url" --conns "$ECHO_CONNS" --duration "$ECHO_SECONDS" --warmup 1 ;;
+          idle) bench "idle.$who" idle --url "$url" --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --concurrency 200 --timeout 30 ;;
+          handshake) bench "handshake.$who" handshake --url "$url" --total "$HS_TOTAL" --concurrency "$HS_WORKERS" --duration 60 ;;
+        esac
+        stop_proxy "$who"
+        stop "$BACK_PID"
+      done
+      ;;
+    hold)
+      # All four at once against one backend that does not ping (as the story's app server: with
+      # the hub's own 25 s pings flowing, no proxy ever sees a silent tunnel and none cuts it);
+      # progress every second to time any cut. HOLD_BACKEND_PING=25s shows that case.
+      start_backend "${HOLD_BACKEND_PING:-0s}"
+      hold_pids=()
+      for who in "${TARGETS[@]}"; do
+        start_proxy "$who"
+        echo "== hold.$who: wsgate bench idle --conns $LONG_CONNS --hold $LONG_HOLD (concurrently)" >&2
+        "$BIN" bench idle --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$LONG_CONNS" --hold "$LONG_HOLD" \
+          --size "$SIZE" --pid "$PROXY_PID" --progress 1 >"$OUT/hold.$who.json" 2>"$OUT/hold.$who.progress" &
+        hold_pids+=($!)
+        eval "HOLD_PROXY_$who=$PROXY_PID"
+        [ "$who" = nginx ] && HOLD_NGINX_MASTER="$NGINX_MASTER"
+      done
+      for p in "${hold_pids[@]}"; do wait "$p" || true; done
+      stop "$HOLD_PROXY_wsgate" "$HOLD_PROXY_haproxy" "$HOLD_NGINX_MASTER" "$BACK_PID"
+      ;;
+    profile)
+      # perf of the wsgate proxy under the echo figure (not part of the tables).
+      start_backend
+      start_proxy wsgate
+      "$BIN" bench echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$ECHO_CONNS" --duration 8 --warmup 1 \
+        --size "$SIZE" --pid "$PROXY_PID" >"$OUT/profile-echo.wsgate.json" 2>/dev/null &
+      bp=$!
+      sleep 1.5
+      perf record -q -e cpu-clock -g -p "$PROXY_PID" -o "$OUT/perf.data" -- sleep 5 >/dev/null 2>&1 || true
+      wait "$bp" || true
+      perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-top.txt" || true
+      perf report -i "$OUT/perf.data" --stdio --children --sort symbol 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -40 >"$OUT/perf-top-children.txt" || true
+      perf report -i "$OUT/perf.data" --stdio --no-children --sort dso 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -10 >"$OUT/perf-dso.txt" || true
+      perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol --dsos wsgate 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -25 >"$OUT/perf-top-user.txt" || true
+      rm -f "$OUT/perf.data"
+      stop "$PROXY_PID" "$BACK_PID"
+      # The same under the handshake figure.
+      start_backend
+      start_proxy wsgate
+      "$BIN" bench handshake --url "ws://127.0.0.1:$PORT/ws/echo" --total 60000 --concurrency "$HS_WORKERS" --duration 8 \
+        --size "$SIZE" --pid "$PROXY_PID" >"$OUT/profile-handshake.wsgate.json" 2>/dev/null &
+      bp=$!
+      sleep 1
+      perf record -q -e cpu-clock -g -p "$PROXY_PID" -o "$OUT/perf-hs.data" -- sleep 4 >/dev/null 2>&1 || true
+      wait "$bp" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort dso 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -10 >"$OUT/perf-hs-dso.txt" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort symbol 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-hs-top.txt" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --children --sort symbol --dsos wsgate 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -40 >"$OUT/perf-hs-top-user-children.txt" || true
+      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort symbol --dsos wsgate,libc.so.6 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-hs-top-user.txt" || true
+      rm -f "$OUT/perf-hs.data"
+      stop "$PROXY_PID" "$BACK_PID"
+      echo "== profile: top symbols in $OUT/perf-top.txt and perf-hs-*.txt" >&2
+      ;;
+    syscalls)
+      # Syscalls per echoed round trip in each proxy (perf stat over 3 s of the echo figure).
+      for who in wsgate nginx haproxy; do
+        start_backend
+        start_proxy "$who"
+        "$BIN" bench echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$ECHO_CONNS" --duration 5 --warmup 1 \
+          --size "$SIZE" --pid "$PROXY_PID" >"$OUT/syscalls-echo.$who.json" 2>/dev/null &
+        bp=$!
+        sleep 2
+        perf stat -x, -e 'raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_readv,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl' \
+          -p "$PROXY_PID" -o "$OUT/syscalls.$who.csv" -- sleep 3 >/dev/null 2>&1 || true
+        wait "$bp" || true
+        stop_proxy "$who"
+        stop "$BACK_PID"
+      done
+      python3 - "$OUT" <<'PY' | tee "$OUT/syscalls.md"
+import json, sys, os
+d = sys.argv[1]
+print("| proxy | syscalls per round trip | read/recv | write/writev/send | epoll_wait | epoll_ctl |")
+print("|---|---|---|---|---|---|")
+for who in ["wsgate", "nginx", "haproxy"]:
+    try:
+        c = {}
+        for line in open(os.path.join(d, f"syscalls.{who}.csv")):
+            f = line.strip().split(",")
+            if len(f) > 2 and f[0].replace(".", "").isdigit():
+                c[f[2].split(":")[-1]] = float(f[0])
+        mps = json.load(open(os.path.join(d, f"syscalls-echo.{who}.json")))["msgs_per_s"]
+        n = mps * 3
+        g = lambda *k: sum(c.get(x, 0) for x in k) / n
+        print(f"| {who} | {g('sys_enter'):.2f} | {g('sys_enter_read','sys_enter_recvfrom','sys_enter_readv'):.2f} | "
+              f"{g('sys_enter_write','sys_enter_writev','sys_enter_sendto'):.2f} | {g('sys_enter_epoll_wait'):.2f} | {g('sys_enter_epoll_ctl'):.2f} |")
+    except Exception as e:
+        print(f"| {who} | ({e}) | | | | |")
+PY
+      ;;
+    *) echo "unknown figure $fig (echo idle handshake hold profile syscalls)" >&2; exit 2 ;;
+  esac
+done
+stop_system_services
+
+python3 "$ROOT/bench/proxy_tables.py" "$OUT" >"$OUT/tables.md"
+cat "$OUT/tables.md"
