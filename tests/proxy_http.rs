@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use support::upstream::{dead_addr, echo_http, silent};
+use support::upstream::{dead_addr, echo_http, read_head, silent};
 use support::*;
 
 fn proxy_config(servers: &str, extra_upstream: &str, extra: &str) -> String {
@@ -335,20 +335,13 @@ async fn chunked_upstream() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                let end = loop {
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                let mut body = Vec::new();
+                let Some(head) = read_head(&mut s, &mut body).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let head = head.to_lowercase();
                 assert!(head.contains("transfer-encoding: chunked"), "{head}");
-                let mut body = buf[end..].to_vec();
                 while !body.ends_with(b"0\r\n\r\n") {
                     match s.read(&mut chunk).await {
                         Ok(0) | Err(_) => return,

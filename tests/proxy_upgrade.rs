@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::upstream::{WsOptions, dead_addr, ws_echo};
+use support::upstream::{WsOptions, dead_addr, read_head, ws_echo};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -72,17 +72,9 @@ async fn stripping_proxy(to: std::net::SocketAddr) -> std::net::SocketAddr {
         while let Ok((mut c, _)) = l.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
-                    match tokio::io::AsyncReadExt::read(&mut c, &mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                let Some(head) = read_head(&mut c, &mut buf).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
                 let kept: Vec<&str> = head
                     .split("\r\n")
                     .filter(|l| {

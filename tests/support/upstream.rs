@@ -43,7 +43,8 @@ pub async fn dead_addr() -> SocketAddr {
     a
 }
 
-async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+/// Reads one request head (through the blank line) from `s`, keeping any bytes after it in `buf`.
+pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
