@@ -2,8 +2,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -83,27 +82,12 @@ fn help_shows_examples_and_version_prints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1001_and_exits_0() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("WSGATE_SERVER__SHUTDOWN_GRACE", "5s")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let listening = rx.recv_timeout(WAIT).expect("a log line");
-    assert!(
-        listening.contains(&format!("listening on http://127.0.0.1:{port}")),
-        "{listening}"
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = spawn_wsgate(
+        &["serve", "--listen", &listen],
+        &[("WSGATE_SERVER__SHUTDOWN_GRACE", "5s")],
+        port,
     );
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut socks = Vec::new();

@@ -3,16 +3,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use support::upstream::{WsOptions, ws_echo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsgate");
 const MB: usize = 1024 * 1024;
 
 /// A wsgate process proxying every path to `upstream`; killed on drop.
@@ -38,10 +36,7 @@ impl Drop for TempDir {
 }
 
 fn spawn_proxy(upstream: SocketAddr, extra: &str) -> ProxyProcess {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = std::env::temp_dir().join(format!("wsgate-proxy-load-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("proxy.toml");
@@ -53,20 +48,7 @@ fn spawn_proxy(upstream: SocketAddr, extra: &str) -> ProxyProcess {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx.recv_timeout(WAIT).expect("the proxy logs its address");
-    assert!(line.contains("listening on"), "{line}");
+    let child = spawn_wsgate(&["serve", "--config", cfg.to_str().unwrap()], &[], port);
     ProxyProcess {
         child,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),

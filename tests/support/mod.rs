@@ -246,3 +246,34 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let op = wsgate::ws::frame::OpCode::from_u8(opcode).expect("valid opcode");
     wsgate::ws::frame::encode_masked(op, true, payload, [1, 2, 3, 4])
 }
+
+/// A loopback port that was free a moment ago, for a `wsgate` process that binds it itself.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("bound address").port()
+}
+
+/// Starts the real binary with `args` and `env`, listening on `port`, and waits (bounded) for
+/// its "listening on" log line. Its stderr keeps being drained so the child never blocks on it.
+pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the wsgate binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(WAIT).expect("wsgate logs its address");
+    assert!(
+        line.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{line}"
+    );
+    child
+}
