@@ -15,6 +15,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=SCRIPTDIR/../scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 cd "$ROOT"
 SIZE="${SIZE:-64}"
 ECHO_CONNS="${ECHO_CONNS:-100}"
@@ -63,7 +65,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # wait_ws PORT PATH: ready when an upgrade through PORT answers 101.
 wait_ws() {

@@ -14,6 +14,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=SCRIPTDIR/../scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 cd "$ROOT"
 REPS="${REPS:-1}"
 SIZE="${SIZE:-64}"
@@ -51,7 +53,6 @@ PORT=""
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_wsgate [workers]: wsgate on a free port, ready when /healthz answers.
 start_wsgate() {

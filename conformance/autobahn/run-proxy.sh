@@ -14,6 +14,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
+source "$root/scripts/lib.sh"
 readonly here root
 
 say() { printf 'run-proxy.sh: %s\n' "$*" >&2; }
@@ -39,27 +41,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_for_tcp() { # port pid
-    local deadline=$((SECONDS + 20))
-    while ((SECONDS < deadline)); do
-        if python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
-            return 0
-        fi
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
 hub_port=$(free_port)
 say "starting the hub (echo backend) on 127.0.0.1:$hub_port (log: $outdir/hub.log)"
 "$wsgate_bin" serve --config "$here/wsgate.toml" --listen "127.0.0.1:$hub_port" >"$outdir/hub.log" 2>&1 &
 pids+=($!)
-wait_for_tcp "$hub_port" "${pids[0]}" || die "the hub did not start; see $outdir/hub.log"
+wait_for_tcp 127.0.0.1 "$hub_port" 20 "${pids[0]}" || die "the hub did not start; see $outdir/hub.log"
 
 proxy_port=$(free_port)
 cat >"$outdir/proxy.toml" <<TOML
@@ -80,7 +66,7 @@ TOML
 say "starting the proxy on 127.0.0.1:$proxy_port (config: $outdir/proxy.toml, log: $outdir/proxy.log)"
 "$wsgate_bin" serve --config "$outdir/proxy.toml" --listen "127.0.0.1:$proxy_port" >"$outdir/proxy.log" 2>&1 &
 pids+=($!)
-wait_for_tcp "$proxy_port" "${pids[1]}" || die "the proxy did not start; see $outdir/proxy.log"
+wait_for_tcp 127.0.0.1 "$proxy_port" 20 "${pids[1]}" || die "the proxy did not start; see $outdir/proxy.log"
 
 rc=0
 AUTOBAHN_OUTDIR=$outdir "$here/run.sh" --url "ws://127.0.0.1:$proxy_port/ws/echo" --agent wsgate-proxy || rc=$?

@@ -29,6 +29,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
+source "$root/scripts/lib.sh"
 readonly here root
 
 say() { printf 'run.sh: %s\n' "$*" >&2; }
@@ -100,24 +102,6 @@ print(u.port or (443 if u.scheme == "wss" else 80))
 EOF
 }
 
-# Waits until host:port accepts TCP, at most $3 seconds; fails early if the
-# optional process id $4 exits.
-wait_for_tcp() {
-    local host=$1 port=$2 limit=$3 pid=${4:-}
-    local deadline=$((SECONDS + limit))
-    while ((SECONDS < deadline)); do
-        if python3 -c 'import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()' \
-            "$host" "$port" 2>/dev/null; then
-            return 0
-        fi
-        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
-            return 1
-        fi
-        sleep 0.1
-    done
-    return 1
-}
-
 show_log() { # file, lines
     [[ -s "$1" ]] || return 0
     say "last lines of $1:"
@@ -134,7 +118,7 @@ say "installing or checking wstest"
 wstest=$("$here/install.sh")
 
 if [[ -z "$url" ]]; then
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    port=$(free_port)
     say "starting $wsgate_bin serve on 127.0.0.1:$port (log: $outdir/wsgate.log)"
     "$wsgate_bin" serve --config "$wsgate_config" --listen "127.0.0.1:$port" \
         >"$outdir/wsgate.log" 2>&1 &
