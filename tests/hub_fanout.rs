@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,4 +184,79 @@ async fn a_publish_right_after_the_101_is_not_missed() {
         }
     }
     srv.shutdown().await;
+}
+
+/// RFC 6455 §5.5.1: nothing may follow a Close. On shutdown the Close is queued behind messages
+/// still waiting in the member's queue (shutdown delivers them first), not ahead of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_queued_messages_go_out_before_the_close_and_nothing_after_it() {
+    let srv = start(
+        "[websocket]\nsend_queue_bytes = 67108864\n[api]\nmax_body_bytes = 65536\n[server]\nshutdown_grace = \"20s\"\n",
+    )
+    .await;
+    // A tiny receive window and no reading: the socket buffers fill and the rest of the
+    // messages wait in the member's queue when shutdown starts.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(srv.addr).await.unwrap();
+    s.write_all(&upgrade_request("/room/q", "")).await.unwrap();
+    assert_eq!(read_reply(&mut s).await.status, 101);
+    eventually("joined", || srv.shared.hub.member_count("room:q") == 1).await;
+    let payload = "y".repeat(60_000);
+    const N: usize = 150;
+    for i in 0..N {
+        assert_eq!(
+            publish(srv.addr, "room:q", &format!("{i:05}{payload}")).await,
+            1
+        );
+    }
+    let shared = srv.shared.clone();
+    let stopping = tokio::spawn(srv.shutdown());
+    eventually("shutdown started", || shared.open_connections() == 1).await;
+
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let mut texts = 0usize;
+    let mut close = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            assert!(
+                close.is_none(),
+                "a frame (opcode {:#x}) came after the Close",
+                h.opcode_raw
+            );
+            if h.opcode_raw == 0x8 {
+                let p = &buf[h.size..total];
+                close = Some(u16::from_be_bytes([p[0], p[1]]));
+                s.write_all(&client_frame(0x8, &1001u16.to_be_bytes()))
+                    .await
+                    .unwrap();
+            } else {
+                assert_eq!(h.opcode_raw, 0x1);
+                let n: usize = std::str::from_utf8(&buf[h.size..h.size + 5])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(n, texts, "messages in order, none lost");
+                texts += 1;
+            }
+            buf.drain(..total);
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("the server finishes within the wait")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(close, Some(1001), "a Close 1001 ends the stream");
+    assert_eq!(texts, N, "every queued message went out before the Close");
+    assert!(stopping.await.unwrap(), "shutdown finished cleanly");
 }

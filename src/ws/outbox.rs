@@ -31,6 +31,8 @@ struct State {
     waker: Option<Waker>,
     ping: bool,
     close: Option<CloseRequest>,
+    /// The session queued its Close: nothing may follow it on the wire.
+    sealed: bool,
 }
 
 /// Shared between a session and everyone who sends to it (hub, heartbeat, shutdown).
@@ -91,7 +93,7 @@ impl Outbox {
         }
         let waker = {
             let mut st = self.lock();
-            if st.close.is_some() {
+            if st.close.is_some() || st.sealed {
                 drop(st);
                 self.queued.fetch_sub(len, Ordering::Relaxed);
                 return false;
@@ -103,6 +105,19 @@ impl Outbox {
             w.wake();
         }
         true
+    }
+
+    /// The session is about to queue its Close: refuse everything from now on, and move what
+    /// is queued to `out` so it leaves before the Close (or drop it, with `discard`).
+    pub(crate) fn seal(&self, out: &mut VecDeque<Bytes>, discard: bool) {
+        let mut st = self.lock();
+        st.sealed = true;
+        if discard {
+            let dropped: usize = st.queue.drain(..).map(|b| b.len()).sum();
+            self.sent(dropped);
+        } else {
+            out.extend(st.queue.drain(..));
+        }
     }
 
     /// Asks the session to close; the first request wins.

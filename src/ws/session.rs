@@ -187,17 +187,27 @@ impl Session {
         self.ctrl_end = at + 1;
     }
 
-    fn send_close(&mut self, code: u16, reason: &str) {
+    /// Queues our Close behind everything already queued (nothing may follow a Close, RFC 6455
+    /// §5.5.1), or behind only the frame being written, with `discard`.
+    fn send_close(&mut self, code: u16, reason: &str, discard: bool) {
         if !self.close_sent {
             self.close_sent = true;
-            self.enqueue_control(frame::encode_close(code, reason));
+            if discard {
+                let keep = usize::from(self.offset > 0);
+                let dropped: usize = self.out.iter().skip(keep).map(Bytes::len).sum();
+                self.out.truncate(keep);
+                self.ctrl_end = self.ctrl_end.min(self.out.len());
+                self.outbox.sent(dropped);
+            }
+            self.outbox.seal(&mut self.out, discard);
+            self.enqueue_own(frame::encode_close(code, reason));
         }
     }
 
     fn fail(&mut self, e: ProtocolError) {
         METRICS.protocol_errors.inc();
         tracing::debug!(conn = self.outbox.id, code = e.code.0, reason = %e.reason, "protocol error");
-        self.send_close(e.code.0, &e.reason);
+        self.send_close(e.code.0, &e.reason, false);
         self.read_done = true;
         // RFC 6455 §7.1.7: after failing the connection there is nothing to wait for.
         self.close_received = true;
@@ -228,14 +238,14 @@ impl Session {
                 self.close_received = true;
                 self.read_done = true;
                 // Answer with the peer's code, or 1000 when it gave none.
-                self.send_close(code.unwrap_or(1000), "");
+                self.send_close(code.unwrap_or(1000), "", false);
             }
         }
     }
 
     fn take_signals(&mut self, cx: &mut Context<'_>) {
         let sig = self.outbox.take(&mut self.out, cx.waker());
-        if sig.ping {
+        if sig.ping && !self.close_sent {
             self.enqueue_control(frame::encode(OpCode::Ping, b""));
         }
         if let Some(req) = sig.close.filter(|_| !self.close_sent) {
@@ -244,13 +254,6 @@ impl Session {
     }
 
     fn close_for(&mut self, req: CloseRequest) {
-        if req.discard_queue {
-            let keep = usize::from(self.offset > 0);
-            let dropped: usize = self.out.iter().skip(keep).map(Bytes::len).sum();
-            self.out.truncate(keep);
-            self.ctrl_end = self.ctrl_end.min(self.out.len());
-            self.outbox.sent(dropped);
-        }
         if req.abort {
             self.abort = true;
             self.read_done = true;
@@ -261,7 +264,7 @@ impl Session {
             reason = req.reason,
             "closing"
         );
-        self.send_close(req.code.0, req.reason);
+        self.send_close(req.code.0, req.reason, req.discard_queue);
     }
 
     /// Writes queued frames until the socket would block or nothing is left.
