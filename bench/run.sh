@@ -3,12 +3,13 @@
 # each server started fresh on a free loopback port for each measurement, and writes the tables.
 #
 #   bench/run.sh                 # all figures; tables into bench/results/<time>/tables.md
-#   bench/run.sh echo room       # only these figures (echo room fanout idle handshake workers)
+#   bench/run.sh echo room       # only these figures (echo room fanout idle handshake workers scaling)
 #   WRITE=1 bench/run.sh         # also replace the results section of BENCHMARKS.md
 #
 # Settings (environment): REPS (1), ECHO_CONNS (100), ECHO_SECONDS (5), ROOM_CONNS (1000),
 # ROOM_ITERS (3: node ws needs ~15 s per iteration), FANOUT_SUBS (10000), FANOUT_MSGS (500), FANOUT_RATE (100), IDLE_CONNS (19000),
 # IDLE_HOLD (30; 60+ for a long hold), HS_TOTAL (20000), HS_WORKERS (50), SIZE (64),
+# CORE_CAP (0.3: cores each worker may use in the `scaling` figure),
 # OUT (results folder; reuse one to add figures to a run), WSLOAD (path to a built wsload for the cross-check; default ../shared/wsload/target/release/wsload
 # or /tmp/wsload/target/release/wsload when present).
 set -euo pipefail
@@ -30,8 +31,9 @@ IDLE_CONNS="${IDLE_CONNS:-19000}"
 IDLE_HOLD="${IDLE_HOLD:-30}"
 HS_TOTAL="${HS_TOTAL:-20000}"
 HS_WORKERS="${HS_WORKERS:-50}"
+CORE_CAP="${CORE_CAP:-0.3}"
 FIGURES=("$@")
-[ ${#FIGURES[@]} -eq 0 ] && FIGURES=(echo room fanout idle handshake workers)
+[ ${#FIGURES[@]} -eq 0 ] && FIGURES=(echo room fanout idle handshake workers scaling)
 
 if [ -z "${WSLOAD:-}" ]; then
   for w in "$ROOT/../shared/wsload/target/release/wsload" /tmp/wsload/target/release/wsload; do
@@ -49,8 +51,14 @@ BIN="$ROOT/target/release/wsgate"
 (cd bench/peers && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund --silent; })
 
 SERVER_PID=""
+CGROUP=""
 PORT=""
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; }
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
+  sleep 0.2
+  [ -n "$CGROUP" ] && rmdir "$CGROUP" 2>/dev/null
+  true
+}
 trap cleanup EXIT
 
 
@@ -80,6 +88,26 @@ start_node() {
   done
   echo "node peer did not start; see $OUT/node.log" >&2
   exit 1
+}
+
+# cap_cpu PID CORES: lets process PID (all its threads) use at most CORES cores, through a CPU
+# cgroup (v2 cpu.max, or v1 cfs quota) with a 10 ms period so the cap is smooth. On a 2-core
+# box this is how "the client is not the bottleneck" can be made true: the server gets a fixed
+# share per worker and the client the rest.
+cap_cpu() {
+  local pid="$1" quota
+  quota="$(python3 -c "print(int($2 * 10000))")"
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CGROUP=/sys/fs/cgroup/wsgate-bench
+    mkdir -p "$CGROUP"
+    echo "$quota 10000" >"$CGROUP/cpu.max"
+  else
+    CGROUP=/sys/fs/cgroup/cpu/wsgate-bench
+    mkdir -p "$CGROUP"
+    echo 10000 >"$CGROUP/cpu.cfs_period_us"
+    echo "$quota" >"$CGROUP/cpu.cfs_quota_us"
+  fi
+  echo "$pid" >"$CGROUP/cgroup.procs"
 }
 
 stop_server() {
@@ -170,7 +198,18 @@ for rep in $(seq "$REPS"); do
           stop_server
         done
         ;;
-      *) echo "unknown figure $fig (echo room fanout idle handshake workers)" >&2; exit 2 ;;
+      scaling)
+        # The same as `workers`, but with the server held to CORE_CAP cores per worker and a
+        # 2-thread client, so the client has spare CPU and cannot be what limits 2 workers.
+        for w in 1 2; do
+          start_wsgate "$w"
+          cap_cpu "$SERVER_PID" "$(python3 -c "print($w * $CORE_CAP)")"
+          bench "scaling-echo.w$w.$rep" echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$ECHO_CONNS" --duration "$ECHO_SECONDS" --warmup 1 --threads 2
+          bench "scaling-room.w$w.$rep" room --url "ws://127.0.0.1:$PORT/room/bench/" --conns "$ROOM_CONNS" --iterations 10 --warmup-iterations 1 --timeout 30 --concurrency 200 --threads 2
+          stop_server
+        done
+        ;;
+      *) echo "unknown figure $fig (echo room fanout idle handshake workers scaling)" >&2; exit 2 ;;
     esac
   done
 done

@@ -146,12 +146,14 @@ def main():
         parts.append("### handshakes (connect + upgrade + close), %s workers\n\n" % fmt(get(pair("handshake")[0][0], "concurrency") if pair("handshake")[0] else None)
                      + table(["server", "handshakes/s", "ratio", "handshake p50 / p99 µs", "server CPU µs per handshake", "clean closes"] + CPU_HEAD + ["clean"], rs))
         verdicts.append(("handshakes/s >= 2x node ws", w and n and w / n >= 2, ratio(w, n)))
-    wk = {k: v for k, v in runs.items() if k.startswith("workers-")}
-    if wk:
+    for prefix, title in (("workers", "### wsgate with 1 vs 2 workers (WSGATE_SERVER__WORKERS; client: 1 thread)"),
+                          ("scaling", "### wsgate with 1 vs 2 workers, each worker capped at the same CPU share (cgroup; client: 2 threads)")):
+        if not any(k.startswith(prefix + "-") for k in runs):
+            continue
         out = []
         scale = {}
-        for fig, path, label in (("workers-echo", "msgs_per_s", "echo messages/s"),
-                                 ("workers-room", "deliveries_per_s", "room deliveries/s")):
+        for fig, path, label in ((prefix + "-echo", "msgs_per_s", "echo messages/s"),
+                                 (prefix + "-room", "deliveries_per_s", "room deliveries/s")):
             f = runs.get(fig, {})
             for w in ("w1", "w2"):
                 for r in f.get(w, []):
@@ -159,10 +161,9 @@ def main():
             a, b = mean(f.get("w1", []), path), mean(f.get("w2", []), path)
             scale[label] = ratio(b, a)
             out.append([label, "2 vs 1", scale[label], "", "", "", ""])
-        parts.append("### wsgate with 1 vs 2 workers (WSGATE_SERVER__WORKERS; client: 1 thread)\n\n"
-                     + table(["figure", "workers", "value"] + CPU_HEAD + ["clean"], out))
+        parts.append(title + "\n\n" + table(["figure", "workers", "value"] + CPU_HEAD + ["clean"], out))
         best = max((float(v[:-1]) for v in scale.values() if v != "–"), default=0)
-        verdicts.append(("2 workers vs 1 >= 1.7x", best >= 1.7, ", ".join(f"{k} {v}" for k, v in scale.items())))
+        verdicts.append((f"2 workers vs 1 >= 1.7x ({prefix})", best >= 1.7, ", ".join(f"{k} {v}" for k, v in scale.items())))
     cross = [k for k in runs if k.startswith("wsload-")]
     if cross:
         out = []
