@@ -191,6 +191,60 @@ async fn an_upstream_that_never_answers_gets_504() {
     assert!(r.body.contains("read_timeout"), "{}", r.body);
 }
 
+/// A listener whose accept queue is full and never drained: the kernel drops further SYNs, so
+/// a connect to it hangs, as to a firewalled host. The returned sockets keep the queue full.
+async fn unanswering() -> (
+    SocketAddr,
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    // With a backlog of 0 the queue holds one connection; a second may complete while the first
+    // is being queued, so try a few and keep the ones that connected.
+    for _ in 0..3 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    (addr, listener, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_hangs_gets_504_naming_connect_timeout() {
+    let (up, _listener, _held) = unanswering().await;
+    let srv = start(&proxy_config(
+        &format!("[\"{up}\"]"),
+        "connect_timeout = \"300ms\"\nmax_fails = 10",
+        "",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let r = get(srv.addr, "/", "").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        r.body.contains("connect_timeout") && r.body.contains(&up.to_string()),
+        "{}",
+        r.body
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "answered after the connect timeout, not after the kernel's own"
+    );
+    // The same for a WebSocket upgrade: nothing was sent, so it is a 504 too.
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("connect_timeout"), "{}", r.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_is_retried_on_the_next_server_and_the_dead_one_is_left_out() {
     let dead = dead_addr().await;
