@@ -329,3 +329,46 @@ async fn the_demo_page_is_served_at_the_root() {
     assert!(r.body.contains("id=\"messages\""));
     srv.shutdown().await;
 }
+
+/// The group limits have config keys, and their 400s name them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_limits_are_configurable_and_named_in_the_400() {
+    let srv = start("[api]\nmax_groups_per_publish = 2\n[websocket]\nmax_group_bytes = 8\n").await;
+    let a = srv.addr;
+    let ok = post(
+        a,
+        "/api/publish",
+        Some("application/json"),
+        br#"{"groups":["a","b"],"data":1}"#,
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let r = post(
+        a,
+        "/api/publish",
+        Some("application/json"),
+        br#"{"groups":["a","b","c"],"data":1}"#,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("api.max_groups_per_publish"), "{}", r.body);
+    let r = post(
+        a,
+        "/api/groups/123456789/messages",
+        Some("text/plain"),
+        b"x",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("websocket.max_group_bytes"), "{}", r.body);
+    // The default route's group is "room:{room}": 5 + 3 bytes fit, 5 + 4 do not.
+    let r = raw(a, &upgrade_request("/room/abc/", "")).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let r = raw(a, &upgrade_request("/room/abcd/", "")).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("websocket.max_group_bytes"), "{}", r.body);
+    srv.shutdown().await;
+}

@@ -23,9 +23,6 @@ use crate::server::route::{check_group, percent_decode};
 use crate::server::{Body, Shared};
 use crate::ws::frame::{self, OpCode};
 
-/// Most groups one `/api/publish` request may name.
-pub const MAX_GROUPS_PER_PUBLISH: usize = 1000;
-
 /// An API failure: a status and a sentence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status}: {message}")]
@@ -120,7 +117,8 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>
     let body = read_body(req, limit).await?;
     match target {
         Some(group) => {
-            check_group(&group).map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
+            check_group(&group, shared.config.websocket.max_group_bytes)
+                .map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
             let opcode = match kind {
                 Kind::Text => {
                     std::str::from_utf8(&body).map_err(|e| {
@@ -295,9 +293,10 @@ fn publish_json(body: &[u8], shared: &Shared) -> Result<Response<Body>, ApiError
                     "\"groups\" is empty; name at least one group",
                 ));
             }
-            if out.len() > MAX_GROUPS_PER_PUBLISH {
+            let max = shared.config.api.max_groups_per_publish;
+            if out.len() > max {
                 return Err(ApiError::bad(format!(
-                    "\"groups\" names {} groups; the limit is {MAX_GROUPS_PER_PUBLISH} per request",
+                    "\"groups\" names {} groups; the limit is {max} per request (api.max_groups_per_publish); split it into several requests",
                     out.len()
                 )));
             }
@@ -317,7 +316,8 @@ fn publish_json(body: &[u8], shared: &Shared) -> Result<Response<Body>, ApiError
         }
     };
     for g in &groups {
-        check_group(g).map_err(|m| ApiError::bad(format!("{m} (group {g:?})")))?;
+        check_group(g, shared.config.websocket.max_group_bytes)
+            .map_err(|m| ApiError::bad(format!("{m} (group {g:?})")))?;
     }
     let message = match (obj.get("data"), obj.get("b64data")) {
         (Some(_), Some(_)) => {

@@ -222,6 +222,9 @@ pub struct WebSocket {
     /// Path of the built-in echo route used for conformance testing; "" disables it.
     /// Default "/ws/echo".
     pub echo_path: String,
+    /// Longest group name, in bytes, from a URL or the publish API; longer gets 400.
+    /// Default 255.
+    pub max_group_bytes: usize,
 }
 
 /// `[api]`: the HTTP publish API.
@@ -230,6 +233,8 @@ pub struct WebSocket {
 pub struct Api {
     /// Largest publish request body in bytes; larger gets 413. Default 1048576 (1 MiB).
     pub max_body_bytes: usize,
+    /// Most groups one `POST /api/publish` may name in `"groups"`; more gets 400. Default 1000.
+    pub max_groups_per_publish: usize,
     /// When set, publish requests need `Authorization: Bearer <token>`. Default: unset.
     pub token: Option<String>,
 }
@@ -307,6 +312,7 @@ impl Default for WebSocket {
             send_queue_bytes: 1024 * 1024,
             close_timeout: Duration::from_secs(5),
             echo_path: "/ws/echo".into(),
+            max_group_bytes: 255,
         }
     }
 }
@@ -315,6 +321,7 @@ impl Default for Api {
     fn default() -> Self {
         Api {
             max_body_bytes: 1024 * 1024,
+            max_groups_per_publish: 1000,
             token: None,
         }
     }

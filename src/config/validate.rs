@@ -377,8 +377,21 @@ pub(super) fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
         );
     }
 
+    if w.max_group_bytes == 0 {
+        report(
+            key(&["websocket", "max_group_bytes"]),
+            "must be at least 1".into(),
+        );
+    }
+
     if cfg.api.max_body_bytes == 0 {
         report(key(&["api", "max_body_bytes"]), "must be at least 1".into());
+    }
+    if cfg.api.max_groups_per_publish == 0 {
+        report(
+            key(&["api", "max_groups_per_publish"]),
+            "must be at least 1".into(),
+        );
     }
     if cfg.api.token.as_deref() == Some("") {
         report(

@@ -70,7 +70,7 @@ impl Shared {
         let routes: Vec<Route> = config
             .effective_routes()
             .iter()
-            .map(|r| Route::new(r, max))
+            .map(|r| Route::new(r, max, config.websocket.max_group_bytes))
             .collect();
         let echo = (!config.websocket.echo_path.is_empty())
             .then(|| Route::echo(&config.websocket.echo_path, max));

@@ -13,6 +13,7 @@ pub struct Route {
     segments: Vec<Segment>,
     group: Option<String>,
     pub subprotocols: Vec<String>,
+    max_group_bytes: usize,
     pub ctx: Arc<RouteCtx>,
 }
 
@@ -22,9 +23,6 @@ enum Segment {
     Param(String),
 }
 
-/// Longest group name accepted, in bytes.
-pub const MAX_GROUP_BYTES: usize = 255;
-
 fn split(path: &str) -> impl Iterator<Item = &str> {
     path.trim_start_matches('/')
         .trim_end_matches('/')
@@ -33,7 +31,7 @@ fn split(path: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Route {
-    pub fn new(r: &config::Route, default_max: usize) -> Self {
+    pub fn new(r: &config::Route, default_max: usize, max_group_bytes: usize) -> Self {
         let segments = split(&r.path)
             .map(
                 |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -47,6 +45,7 @@ impl Route {
             segments,
             group: r.group.clone(),
             subprotocols: r.subprotocols.clone(),
+            max_group_bytes,
             ctx: Arc::new(RouteCtx {
                 on_message: r.on_message,
                 echo_to_sender: r.echo_to_sender,
@@ -57,6 +56,7 @@ impl Route {
 
     /// The built-in echo route at `path`.
     pub fn echo(path: &str, max_message_bytes: usize) -> Self {
+        // The echo route has no group, so the group limit never applies.
         Route::new(
             &config::Route {
                 path: path.to_string(),
@@ -69,6 +69,7 @@ impl Route {
                 max_message_bytes: None,
             },
             max_message_bytes,
+            usize::MAX,
         )
     }
 
@@ -98,18 +99,18 @@ impl Route {
         for (name, value) in &params {
             group = group.replace(&format!("{{{name}}}"), value);
         }
-        Some(check_group(&group).map(|()| Some(group)))
+        Some(check_group(&group, self.max_group_bytes).map(|()| Some(group)))
     }
 }
 
 /// Checks a group name taken from a URL; the error says what is wrong with it.
-pub fn check_group(group: &str) -> Result<(), String> {
+pub fn check_group(group: &str, max_bytes: usize) -> Result<(), String> {
     if group.is_empty() {
         return Err("the group name is empty".into());
     }
-    if group.len() > MAX_GROUP_BYTES {
+    if group.len() > max_bytes {
         return Err(format!(
-            "the group name is {} bytes long; the limit is {MAX_GROUP_BYTES}",
+            "the group name is {} bytes long; the limit is {max_bytes} (websocket.max_group_bytes)",
             group.len()
         ));
     }
@@ -150,7 +151,18 @@ mod tests {
         Route::new(
             &crate::config::Config::default().effective_routes()[0],
             1024,
+            16,
         )
+    }
+
+    #[test]
+    fn a_group_over_max_group_bytes_is_refused_naming_the_key() {
+        assert_eq!(
+            room().matches("/room/0123456789"),
+            Some(Ok(Some("room:0123456789".into())))
+        );
+        let err = room().matches("/room/0123456789ab").unwrap().unwrap_err();
+        assert!(err.contains("websocket.max_group_bytes"), "{err}");
     }
 
     #[test]
