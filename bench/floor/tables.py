@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Tables of a bench/floor/run.sh results folder (markdown on stdout)."""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+d = sys.argv[1]
+ORDER = ["direct", "epoll", "uring-defer", "uring-coop", "uring-plain", "uring-sqpoll", "wsgate", "nginx"]
+LABEL = {
+    "direct": "direct (no relay; CPU is the hub's)",
+    "epoll": "relay_epoll",
+    "uring-defer": "relay_uring, DEFER_TASKRUN",
+    "uring-coop": "relay_uring, COOP_TASKRUN",
+    "uring-plain": "relay_uring, no flags",
+    "uring-sqpoll": "relay_uring, SQPOLL (burns a core)",
+    "wsgate": "wsgate proxy (1 worker)",
+    "nginx": "nginx (1 worker)",
+}
+
+
+def syscalls(who):
+    try:
+        c = {}
+        for line in open(os.path.join(d, f"sys.{who}.csv")):
+            f = line.strip().split(",")
+            if len(f) > 2 and f[0].isdigit():
+                c[f[2].split(":")[-1]] = float(f[0])
+        j = json.load(open(os.path.join(d, f"sys.{who}.json")))
+        n = j["msgs_per_s"] * j["cpu"]["window_s"]
+        g = lambda *k: sum(c.get(x, 0) for x in k) / n
+        return {
+            "all": g("sys_enter"),
+            "read": g("sys_enter_read", "sys_enter_recvfrom"),
+            "write": g("sys_enter_write", "sys_enter_writev", "sys_enter_sendto"),
+            "epoll_wait": g("sys_enter_epoll_wait"),
+            "enter": g("sys_enter_io_uring_enter"),
+            "rw": f"{g('sys_enter_read', 'sys_enter_recvfrom'):.2f} / {g('sys_enter_write', 'sys_enter_writev', 'sys_enter_sendto'):.2f}",
+            "wait": g("sys_enter_epoll_wait") + g("sys_enter_io_uring_enter"),
+            "cqe": g("io_uring_complete"),
+            "poll": g("io_uring_poll_arm"),
+            "async": g("io_uring_queue_async_work"),
+            "cs": g("context-switches"),
+        }
+    except (OSError, KeyError, ValueError, ZeroDivisionError):
+        return None
+
+
+def table(part, title):
+    runs = {}
+    for path in glob.glob(os.path.join(d, f"{part}.*.json")):
+        m = re.match(rf"{part}\.(.+)\.(\d+)\.json$", os.path.basename(path))
+        if not m:
+            continue
+        try:
+            j = json.load(open(path))
+        except ValueError:
+            continue
+        t = open(path[:-5] + ".ticks").read().split()
+        u0, s0, u1, s1 = map(int, t)
+        runs.setdefault(m.group(1), []).append((j, u1 - u0, s1 - s0))
+    if not runs:
+        return
+    nginx = None
+    rows = []
+    for who in ORDER:
+        if who not in runs:
+            continue
+        rs = runs[who]
+        mps = [j["msgs_per_s"] for j, _, _ in rs]
+        us = [j["cpu"]["server_cpu_s"] / (j["msgs_per_s"] * j["cpu"]["window_s"]) * 1e6 for j, _, _ in rs if j["msgs_per_s"]]
+        ut, st = sum(u for _, u, _ in rs), sum(s for _, _, s in rs)
+        med = statistics.median(us) if us else float("nan")
+        if who == "nginx":
+            nginx = med
+        rows.append((who, rs, mps, us, ut, st, med))
+    print(f"### {title}\n")
+    print("| relay | reps | msgs/s (median) | relay CPU µs per round trip: median (min–max) | vs 8 µs | vs nginx |"
+          " syscalls per round trip: all (read / write) [epoll_wait or io_uring_enter] |"
+          " user / sys % of relay CPU | relay CPU % of core | client CPU % | machine busy % | clean |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for who, rs, mps, us, ut, st, med in rows:
+        sc = syscalls(who) if part == "echo" else None
+        scs = f"{sc['all']:.2f} ({sc['rw']}) [{sc['wait']:.2f}]" if sc else "–"
+        avg = lambda k: statistics.mean(j["cpu"][k] for j, _, _ in rs)
+        vs_n = f"{med / nginx:.2f}x" if nginx and who != "direct" else "–"
+        print(f"| {LABEL[who]} | {len(rs)} | {statistics.median(mps):,.0f} | {med:.2f} ({min(us):.2f}–{max(us):.2f}) | "
+              f"{med - 8:+.2f} | {vs_n} | {scs} | {100 * ut / max(ut + st, 1):.0f} / {100 * st / max(ut + st, 1):.0f} | "
+              f"{avg('server_pct_of_core'):.0f} | {avg('client_pct_of_core'):.0f} | {avg('machine_busy_pct'):.0f} | "
+              f"{'yes' if all(j.get('ok') for j, _, _ in rs) else 'NO'} |")
+    print()
+
+
+print(f"_From `{os.path.relpath(d)}`._\n")
+table("echo", "echo, 100 connections, 1 message of 64 bytes in flight each")
+table("inflight4", "echo, 100 connections, 4 messages of 64 bytes in flight each (--inflight 4)")
+
+print("### syscalls per round trip (perf stat over a whole 3 s echo run, 1 in flight)\n")
+print("| relay | all syscalls | read/recv | write/send | epoll_wait | io_uring_enter | io_uring CQEs | recv/send parked on poll | io-wq punts | context switches |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for who in ORDER:
+    sc = syscalls(who)
+    if sc:
+        print(f"| {LABEL[who]} | {sc['all']:.2f} | {sc['read']:.2f} | {sc['write']:.2f} | {sc['epoll_wait']:.3f} | "
+              f"{sc['enter']:.3f} | {sc['cqe']:.2f} | {sc['poll']:.2f} | {sc['async']:.3f} | {sc['cs']:.3f} |")
+print()
