@@ -6,6 +6,7 @@
 #
 #   bench/floor/run.sh                 # everything; tables into bench/results/floor-<time>/tables.md
 #   bench/floor/run.sh echo            # only some parts: echo inflight4 sqpoll syscalls
+#   bench/floor/run.sh profile         # perf record of relay_epoll and relay_uring (not default)
 #
 # Settings (environment): REPS (3), SECONDS_ (5, seconds measured per run), TARGETS (the list
 # below), OUT. Each repetition (and the syscall pass) takes /tmp/wsgate-bench.lock by itself, so
@@ -224,7 +225,29 @@ for part in "${PARTS[@]}"; do
       flock 9
       for who in epoll uring-defer uring-coop uring-plain uring-sqpoll wsgate nginx; do syscalls "$who"; done
       flock -u 9 ;;
-    *) echo "unknown part $part (echo inflight4 sqpoll syscalls)" >&2; exit 2 ;;
+    profile)
+      # Not in the default list: where the relay's CPU goes (perf record, cpu-clock, 3 s inside a
+      # 5 s echo run), top symbols self and with children.
+      flock 9
+      for who in epoll uring-defer; do
+        start_backend
+        start_relay "$who"
+        "$BIN" bench echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns 100 --duration 5 --warmup 1 \
+          --size 64 --pid "$RELAY_PID" >"$OUT/profile.$who.json" 2>/dev/null &
+        bp=$!
+        sleep 2
+        perf record -q -e cpu-clock -g -p "$RELAY_PID" -o "$OUT/perf.$who.data" -- sleep 3 >/dev/null 2>&1 || true
+        wait "$bp" || true
+        [ -n "$STOP_PID" ] && stop "$STOP_PID"
+        stop "$BACK_PID"
+        perf report -i "$OUT/perf.$who.data" --stdio --no-children --sort symbol 2>/dev/null |
+          grep -E '^ +[0-9.]+%' | head -40 >"$OUT/perf-self.$who.txt" || true
+        perf report -i "$OUT/perf.$who.data" --stdio --children --sort symbol 2>/dev/null |
+          grep -E '^ +[0-9.]+%' | head -60 >"$OUT/perf-children.$who.txt" || true
+        rm -f "$OUT/perf.$who.data"
+      done
+      flock -u 9 ;;
+    *) echo "unknown part $part (echo inflight4 sqpoll syscalls profile)" >&2; exit 2 ;;
   esac
 done
 
