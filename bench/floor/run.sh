@@ -5,7 +5,7 @@
 # proxy and nginx. See bench/floor/README.md.
 #
 #   bench/floor/run.sh                 # everything; tables into bench/results/floor-<time>/tables.md
-#   bench/floor/run.sh echo            # only some parts: echo inflight4 sqpoll syscalls
+#   bench/floor/run.sh echo            # only some parts: echo inflight4 sqpoll syscalls syscalls4
 #   bench/floor/run.sh profile         # perf record of relay_epoll and relay_uring (not default)
 #
 # Settings (environment): REPS (3), SECONDS_ (5, seconds measured per run), TARGETS (the list
@@ -22,7 +22,7 @@ REPS="${REPS:-3}"
 SECS="${SECONDS_:-5}"
 LOCK=/tmp/wsgate-bench.lock
 PARTS=("$@")
-[ ${#PARTS[@]} -eq 0 ] && PARTS=(echo inflight4 sqpoll syscalls)
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(echo inflight4 sqpoll syscalls syscalls4)
 # uring-* are relay_uring's ring setups (see relay_uring.c); uring = uring-defer.
 read -r -a TARGETS <<<"${TARGETS:-direct epoll uring-defer uring-coop uring-plain wsgate nginx}"
 
@@ -186,15 +186,17 @@ one() {
 # syscalls WHO: perf stat of the relay's syscalls (and io_uring requests) for exactly the life of
 # a 3 s echo run without warm-up, so the count divides by that run's echoed messages (the 100
 # connects and upgrades add ~1,000 syscalls to ~100,000+ round trips: under 1 %).
+# syscalls WHO [PREFIX [bench args...]]: files PREFIX.WHO.{csv,json} (PREFIX: sys).
 syscalls() {
-  local who="$1"
+  local who="$1" pre="${2:-sys}"
+  shift 2 || shift $#
   start_backend
   start_relay "$who"
-  echo "== sys.$who: perf stat" >&2
-  perf stat -x, -o "$OUT/sys.$who.csv" -p "$RELAY_PID" \
+  echo "== $pre.$who: perf stat" >&2
+  perf stat -x, -o "$OUT/$pre.$who.csv" -p "$RELAY_PID" \
     -e 'raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_io_uring_enter,io_uring:io_uring_complete,io_uring:io_uring_poll_arm,io_uring:io_uring_queue_async_work,context-switches' \
     -- "$BIN" bench echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns 100 --duration 3 --warmup 0 \
-    --size 64 --pid "$RELAY_PID" >"$OUT/sys.$who.json" 2>/dev/null || true
+    --size 64 --pid "$RELAY_PID" "$@" >"$OUT/$pre.$who.json" 2>/dev/null || true
   [ -n "$STOP_PID" ] && stop "$STOP_PID"
   stop "$BACK_PID"
 }
@@ -223,7 +225,12 @@ for part in "${PARTS[@]}"; do
       flock -u 9 ;;
     syscalls)
       flock 9
-      for who in epoll uring-defer uring-coop uring-plain uring-sqpoll wsgate nginx; do syscalls "$who"; done
+      for who in epoll uring-defer uring-coop uring-plain uring-sqpoll wsgate nginx; do syscalls "$who" sys; done
+      flock -u 9 ;;
+    syscalls4)
+      # The same with 4 messages in flight per connection: how many messages each read carries.
+      flock 9
+      for who in epoll uring-defer wsgate nginx; do syscalls "$who" sys4 --inflight 4; done
       flock -u 9 ;;
     profile)
       # Not in the default list: where the relay's CPU goes (perf record, cpu-clock, 3 s inside a
@@ -247,7 +254,7 @@ for part in "${PARTS[@]}"; do
         rm -f "$OUT/perf.$who.data"
       done
       flock -u 9 ;;
-    *) echo "unknown part $part (echo inflight4 sqpoll syscalls profile)" >&2; exit 2 ;;
+    *) echo "unknown part $part (echo inflight4 sqpoll syscalls syscalls4 profile)" >&2; exit 2 ;;
   esac
 done
 

@@ -21,14 +21,14 @@ LABEL = {
 }
 
 
-def syscalls(who):
+def syscalls(who, pre="sys"):
     try:
         c = {}
-        for line in open(os.path.join(d, f"sys.{who}.csv")):
+        for line in open(os.path.join(d, f"{pre}.{who}.csv")):
             f = line.strip().split(",")
             if len(f) > 2 and f[0].isdigit():
                 c[f[2].split(":")[-1]] = float(f[0])
-        j = json.load(open(os.path.join(d, f"sys.{who}.json")))
+        j = json.load(open(os.path.join(d, f"{pre}.{who}.json")))
         n = j["msgs_per_s"] * j["cpu"]["window_s"]
         g = lambda *k: sum(c.get(x, 0) for x in k) / n
         return {
@@ -97,12 +97,15 @@ print(f"_From `{os.path.relpath(d)}`._\n")
 table("echo", "echo, 100 connections, 1 message of 64 bytes in flight each")
 table("inflight4", "echo, 100 connections, 4 messages of 64 bytes in flight each (--inflight 4)")
 
-print("### syscalls per round trip (perf stat over a whole 3 s echo run, 1 in flight)\n")
-print("| relay | all syscalls | read/recv | write/send | epoll_wait | io_uring_enter | io_uring CQEs | recv/send parked on poll | io-wq punts | context switches |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for who in ORDER:
-    sc = syscalls(who)
-    if sc:
+for pre, title in [("sys", "1 in flight"), ("sys4", "4 in flight (--inflight 4)")]:
+    rows = [(who, syscalls(who, pre)) for who in ORDER]
+    rows = [(w, sc) for w, sc in rows if sc]
+    if not rows:
+        continue
+    print(f"### syscalls per round trip (perf stat over a whole 3 s echo run, {title})\n")
+    print("| relay | all syscalls | read/recv | write/send | epoll_wait | io_uring_enter | io_uring CQEs | recv/send parked on poll | io-wq punts | context switches |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for who, sc in rows:
         print(f"| {LABEL[who]} | {sc['all']:.2f} | {sc['read']:.2f} | {sc['write']:.2f} | {sc['epoll_wait']:.3f} | "
               f"{sc['enter']:.3f} | {sc['cqe']:.2f} | {sc['poll']:.2f} | {sc['async']:.3f} | {sc['cs']:.3f} |")
-print()
+    print()
