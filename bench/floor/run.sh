@@ -31,14 +31,22 @@ mkdir -p "$OUT"
 echo "results in $OUT" >&2
 ulimit -n "$(ulimit -Hn)"
 
-gcc -O2 -Wall -o "$OUT/relay_epoll" "$FLOOR/relay_epoll.c"
-gcc -O2 -Wall -o "$OUT/relay_uring" "$FLOOR/relay_uring.c" -luring
+# liburing-dev (Debian: liburing 2.3) for relay_uring.
+[ -e /usr/include/liburing.h ] || apt-get install -y --no-install-recommends liburing-dev >"$OUT/apt.log" 2>&1
+command -v nginx >/dev/null || apt-get install -y --no-install-recommends nginx >>"$OUT/apt.log" 2>&1
+service nginx stop >/dev/null 2>&1 || true
+BUILD="$(mktemp -d)"
+gcc -O2 -Wall -o "$BUILD/relay_epoll" "$FLOOR/relay_epoll.c"
+gcc -O2 -Wall -o "$BUILD/relay_uring" "$FLOOR/relay_uring.c" -luring
 cargo build --release --quiet
 BIN="$ROOT/target/release/wsgate"
 { uname -r; gcc --version | head -1; nginx -v 2>&1; "$BIN" --version 2>/dev/null || true; } >"$OUT/versions.txt"
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$BUILD"
+}
 trap cleanup EXIT
 
 # wait_ws PORT: ready when an upgrade to /ws/echo through PORT answers 101.
@@ -79,10 +87,10 @@ start_relay() {
   PORT="$(free_port)"
   case "$who" in
     epoll)
-      "$OUT/relay_epoll" "$PORT" "127.0.0.1:$BACK" 2>>"$OUT/relay.log" &
+      "$BUILD/relay_epoll" "$PORT" "127.0.0.1:$BACK" 2>>"$OUT/relay.log" &
       RELAY_PID=$! ;;
     uring-*)
-      "$OUT/relay_uring" "$PORT" "127.0.0.1:$BACK" "${who#uring-}" 2>>"$OUT/relay.log" &
+      "$BUILD/relay_uring" "$PORT" "127.0.0.1:$BACK" "${who#uring-}" 2>>"$OUT/relay.log" &
       RELAY_PID=$! ;;
     wsgate)
       dir="$OUT/wsgate.$PORT"

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Tables of a bench/floor/run.sh results folder (markdown on stdout)."""
+"""Tables of bench/floor/run.sh results (markdown on stdout).
+
+    bench/floor/tables.py DIR [DIR...]   # several folders: repetitions pooled; syscalls from the
+                                         # last folder that has them
+"""
 import glob
 import json
 import os
@@ -7,13 +11,15 @@ import re
 import statistics
 import sys
 
-d = sys.argv[1]
-ORDER = ["direct", "epoll", "uring-defer", "uring-coop", "uring-plain", "uring-sqpoll", "wsgate", "nginx"]
+DIRS = sys.argv[1:]
+ORDER = ["direct", "epoll", "uring-defer", "uring-defer+fixed", "uring-coop", "uring-coop+fixed", "uring-plain", "uring-sqpoll", "wsgate", "nginx"]
 LABEL = {
     "direct": "direct (no relay; CPU is the hub's)",
     "epoll": "relay_epoll",
     "uring-defer": "relay_uring, DEFER_TASKRUN",
+    "uring-defer+fixed": "relay_uring, DEFER_TASKRUN, fixed files",
     "uring-coop": "relay_uring, COOP_TASKRUN",
+    "uring-coop+fixed": "relay_uring, COOP_TASKRUN, fixed files",
     "uring-plain": "relay_uring, no flags",
     "uring-sqpoll": "relay_uring, SQPOLL (burns a core)",
     "wsgate": "wsgate proxy (1 worker)",
@@ -22,6 +28,9 @@ LABEL = {
 
 
 def syscalls(who, pre="sys"):
+    for d in reversed(DIRS):
+        if os.path.exists(os.path.join(d, f"{pre}.{who}.csv")):
+            break
     try:
         c = {}
         for line in open(os.path.join(d, f"{pre}.{who}.csv")):
@@ -50,7 +59,7 @@ def syscalls(who, pre="sys"):
 
 def table(part, title):
     runs = {}
-    for path in glob.glob(os.path.join(d, f"{part}.*.json")):
+    for path in [p for d in DIRS for p in glob.glob(os.path.join(d, f"{part}.*.json"))]:
         m = re.match(rf"{part}\.(.+)\.(\d+)\.json$", os.path.basename(path))
         if not m:
             continue
@@ -82,7 +91,7 @@ def table(part, title):
           " user / sys % of relay CPU | relay CPU % of core | client CPU % | machine busy % | clean |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for who, rs, mps, us, ut, st, med in rows:
-        sc = syscalls(who) if part == "echo" else None
+        sc = syscalls(who, "sys" if part == "echo" else "sys4")
         scs = f"{sc['all']:.2f} ({sc['rw']}) [{sc['wait']:.2f}]" if sc else "–"
         avg = lambda k: statistics.mean(j["cpu"][k] for j, _, _ in rs)
         vs_n = f"{med / nginx:.2f}x" if nginx and who != "direct" else "–"
@@ -93,7 +102,7 @@ def table(part, title):
     print()
 
 
-print(f"_From `{os.path.relpath(d)}`._\n")
+print(f"_From {', '.join('`' + os.path.relpath(d) + '`' for d in DIRS)}._\n")
 table("echo", "echo, 100 connections, 1 message of 64 bytes in flight each")
 table("inflight4", "echo, 100 connections, 4 messages of 64 bytes in flight each (--inflight 4)")
 
