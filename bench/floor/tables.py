@@ -59,6 +59,7 @@ def syscalls(who, pre="sys"):
 
 def table(part, title):
     runs = {}
+    per_rep = {}  # (folder, repetition, who) -> µs per round trip
     for path in [p for d in DIRS for p in glob.glob(os.path.join(d, f"{part}.*.json"))]:
         m = re.match(rf"{part}\.(.+)\.(\d+)\.json$", os.path.basename(path))
         if not m:
@@ -70,6 +71,9 @@ def table(part, title):
         t = open(path[:-5] + ".ticks").read().split()
         u0, s0, u1, s1 = map(int, t)
         runs.setdefault(m.group(1), []).append((j, u1 - u0, s1 - s0))
+        if j["msgs_per_s"]:
+            per_rep[(os.path.dirname(path), m.group(2), m.group(1))] = (
+                j["cpu"]["server_cpu_s"] / (j["msgs_per_s"] * j["cpu"]["window_s"]) * 1e6)
     if not runs:
         return
     nginx = None
@@ -86,7 +90,7 @@ def table(part, title):
             nginx = med
         rows.append((who, rs, mps, us, ut, st, med))
     print(f"### {title}\n")
-    print("| relay | reps | msgs/s (median) | relay CPU µs per round trip: median (min–max) | vs 8 µs | vs nginx |"
+    print("| relay | reps | msgs/s (median) | relay CPU µs per round trip: median (min–max) | vs 8 µs | vs nginx (median of same-repetition ratios) |"
           " syscalls per round trip: all (read / write) [epoll_wait or io_uring_enter] |"
           " user / sys % of relay CPU | relay CPU % of core | client CPU % | machine busy % | clean |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -95,6 +99,11 @@ def table(part, title):
         scs = f"{sc['all']:.2f} ({sc['rw']}) [{sc['wait']:.2f}]" if sc else "–"
         avg = lambda k: statistics.mean(j["cpu"][k] for j, _, _ in rs)
         vs_n = f"{med / nginx:.2f}x" if nginx and who != "direct" else "–"
+        # The same, repetition by repetition (each repetition runs every path back to back, so
+        # this ratio is less sensitive to how busy the machine was at the time).
+        ratios = [v / per_rep[(f, r, "nginx")] for (f, r, w), v in per_rep.items() if w == who and (f, r, "nginx") in per_rep]
+        if ratios and who not in ("direct", "nginx"):
+            vs_n += f" ({statistics.median(ratios):.2f}x)"
         print(f"| {LABEL[who]} | {len(rs)} | {statistics.median(mps):,.0f} | {med:.2f} ({min(us):.2f}–{max(us):.2f}) | "
               f"{med - 8:+.2f} | {vs_n} | {scs} | {100 * ut / max(ut + st, 1):.0f} / {100 * st / max(ut + st, 1):.0f} | "
               f"{avg('server_pct_of_core'):.0f} | {avg('client_pct_of_core'):.0f} | {avg('machine_busy_pct'):.0f} | "
