@@ -233,3 +233,52 @@ async fn bad_group_from_the_path_gets_400() {
     assert!(r.body.contains("the limit is 255"), "{}", r.body);
     srv.shutdown().await;
 }
+
+/// Cross-site WebSocket hijacking: another site's page must not join a room with the visitor's
+/// cookies. Pages from listed origins connect, others get 403 naming the key; clients that send
+/// no Origin (servers, CLI tools) are not browsers and pass; a route's own list wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_outside_allowed_origins_get_403_naming_the_key() {
+    let srv = start(
+        "[websocket]\nallowed_origins = [\"https://app.example.com\"]\n\n\
+[[route]]\npath = \"/room/{room}/\"\ngroup = \"room:{room}\"\n\n\
+[[route]]\npath = \"/embed/{room}\"\ngroup = \"room:{room}\"\nallowed_origins = [\"https://*.partner.net\"]\n",
+    )
+    .await;
+    let a = srv.addr;
+    let r = raw(
+        a,
+        &upgrade_request("/room/1/", "Origin: https://app.example.com\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let r = raw(
+        a,
+        &upgrade_request("/room/1/", "Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body.contains("https://evil.example") && r.body.contains("allowed_origins"),
+        "{}",
+        r.body
+    );
+    let r = raw(a, &upgrade_request("/room/1/", "")).await;
+    assert_eq!(r.status, 101, "no Origin: not a browser page: {r:?}");
+    let r = raw(
+        a,
+        &upgrade_request("/embed/1", "Origin: https://shop.partner.net\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let r = raw(
+        a,
+        &upgrade_request("/embed/1", "Origin: https://app.example.com\r\n"),
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "the route's list replaces the default: {r:?}"
+    );
+    srv.shutdown().await;
+}

@@ -225,6 +225,10 @@ pub struct WebSocket {
     /// Longest group name, in bytes, from a URL or the publish API; longer gets 400.
     /// Default 255.
     pub max_group_bytes: usize,
+    /// Browser origins allowed to open WebSockets on hub routes, e.g. `https://example.com` or
+    /// `https://*.example.com`; others get 403, which stops cross-site WebSocket hijacking.
+    /// Clients that send no `Origin` (not browsers) are not affected. Default: any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[api]`: the HTTP publish API.
@@ -280,6 +284,8 @@ pub struct Route {
     pub subprotocols: Vec<String>,
     /// Overrides `websocket.max_message_bytes` for this route.
     pub max_message_bytes: Option<usize>,
+    /// Overrides `websocket.allowed_origins` for this route.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 fn default_on_message() -> OnMessage {
@@ -313,6 +319,7 @@ impl Default for WebSocket {
             close_timeout: Duration::from_secs(5),
             echo_path: "/ws/echo".into(),
             max_group_bytes: 255,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -348,6 +355,7 @@ impl Config {
             echo_to_sender: true,
             subprotocols: Vec::new(),
             max_message_bytes: None,
+            allowed_origins: None,
         }]
     }
 }

@@ -367,6 +367,11 @@ pub(super) fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
             "must be more than 0s, e.g. \"5s\"".into(),
         );
     }
+    for o in &w.allowed_origins {
+        if let Err(m) = check_origin(o) {
+            report(key(&["websocket", "allowed_origins"]), m);
+        }
+    }
     if !w.echo_path.is_empty() && !w.echo_path.starts_with('/') {
         report(
             key(&["websocket", "echo_path"]),
@@ -492,8 +497,36 @@ pub(super) fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
         if r.max_message_bytes == Some(0) {
             report(at("max_message_bytes"), "must be at least 1".into());
         }
+        for o in r.allowed_origins.iter().flatten() {
+            if let Err(m) = check_origin(o) {
+                report(at("allowed_origins"), m);
+            }
+        }
     }
     problems
+}
+
+/// An allowed origin is what a browser sends in `Origin`: `scheme://host[:port]`, no path; the
+/// host may start with `*.` for every subdomain.
+fn check_origin(o: &str) -> Result<(), String> {
+    let Some((scheme, authority)) = o.split_once("://") else {
+        return Err(format!(
+            "{o:?} is not an origin; write it as a browser sends it, e.g. \"https://example.com\""
+        ));
+    };
+    if scheme.is_empty() || authority.is_empty() || authority.contains('/') {
+        return Err(format!(
+            "{o:?} is not an origin: scheme://host[:port] with no path, e.g. \"https://example.com:8443\""
+        ));
+    }
+    if authority.contains('*')
+        && !(authority.starts_with("*.") && authority[2..].find('*').is_none())
+    {
+        return Err(format!(
+            "{o:?}: a wildcard may only stand for subdomains, as in \"https://*.example.com\""
+        ));
+    }
+    Ok(())
 }
 
 fn upstream_names(cfg: &Config) -> String {
@@ -561,6 +594,7 @@ fn check_proxy_route(
         );
     }
     let hub_only = r.group.is_some()
+        || r.allowed_origins.is_some()
         || !r.subprotocols.is_empty()
         || r.max_message_bytes.is_some()
         || r.on_message != OnMessage::Broadcast
@@ -568,7 +602,7 @@ fn check_proxy_route(
     if hub_only {
         report(
             at("proxy_pass"),
-            "group, on_message, echo_to_sender, subprotocols and max_message_bytes apply to hub routes only; the upstream decides these for a proxy route".into(),
+            "group, on_message, echo_to_sender, subprotocols, max_message_bytes and allowed_origins apply to hub routes only; the upstream decides these for a proxy route".into(),
         );
     }
 }

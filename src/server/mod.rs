@@ -66,14 +66,13 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Arc<Config>, hub: Arc<Hub>, heartbeat: Arc<Heartbeat>) -> Self {
-        let max = config.websocket.max_message_bytes;
         let routes: Vec<Route> = config
             .effective_routes()
             .iter()
-            .map(|r| Route::new(r, max, config.websocket.max_group_bytes))
+            .map(|r| Route::new(r, &config.websocket))
             .collect();
         let echo = (!config.websocket.echo_path.is_empty())
-            .then(|| Route::echo(&config.websocket.echo_path, max));
+            .then(|| Route::echo(&config.websocket.echo_path, &config.websocket));
         let session_env = Arc::new(Env {
             hub: hub.clone(),
             heartbeat: heartbeat.clone(),
@@ -286,6 +285,19 @@ fn websocket(
             return r;
         }
     };
+    let origin = req.headers().get(header::ORIGIN);
+    if !route.allows_origin(origin.map(HeaderValue::as_bytes)) {
+        METRICS.handshake_failures.inc();
+        let origin = String::from_utf8_lossy(origin.map_or(&[][..], HeaderValue::as_bytes));
+        tracing::info!(%peer, %path, %origin, "handshake refused: origin not allowed");
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "403 Forbidden: pages from {origin} may not open WebSockets on {path}. \
+If they should, add {origin:?} to allowed_origins of this route (or websocket.allowed_origins).\n"
+            ),
+        );
+    }
     let group = match group {
         Ok(g) => g,
         Err(why) => {

@@ -14,6 +14,8 @@ pub struct Route {
     group: Option<String>,
     pub subprotocols: Vec<String>,
     max_group_bytes: usize,
+    /// Lowercased; empty: any origin.
+    origins: Vec<String>,
     pub ctx: Arc<RouteCtx>,
 }
 
@@ -31,7 +33,8 @@ fn split(path: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Route {
-    pub fn new(r: &config::Route, default_max: usize, max_group_bytes: usize) -> Self {
+    /// A hub route; `ws` gives the defaults the route does not override.
+    pub fn new(r: &config::Route, ws: &config::WebSocket) -> Self {
         let segments = split(&r.path)
             .map(
                 |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -45,18 +48,24 @@ impl Route {
             segments,
             group: r.group.clone(),
             subprotocols: r.subprotocols.clone(),
-            max_group_bytes,
+            max_group_bytes: ws.max_group_bytes,
+            origins: r
+                .allowed_origins
+                .as_ref()
+                .unwrap_or(&ws.allowed_origins)
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect(),
             ctx: Arc::new(RouteCtx {
                 on_message: r.on_message,
                 echo_to_sender: r.echo_to_sender,
-                max_message_bytes: r.max_message_bytes.unwrap_or(default_max),
+                max_message_bytes: r.max_message_bytes.unwrap_or(ws.max_message_bytes),
             }),
         }
     }
 
     /// The built-in echo route at `path`.
-    pub fn echo(path: &str, max_message_bytes: usize) -> Self {
-        // The echo route has no group, so the group limit never applies.
+    pub fn echo(path: &str, ws: &config::WebSocket) -> Self {
         Route::new(
             &config::Route {
                 path: path.to_string(),
@@ -67,10 +76,31 @@ impl Route {
                 echo_to_sender: true,
                 subprotocols: Vec::new(),
                 max_message_bytes: None,
+                allowed_origins: None,
             },
-            max_message_bytes,
-            usize::MAX,
+            ws,
         )
+    }
+
+    /// Whether a browser from `origin` may connect. A request without `Origin` is not from a
+    /// browser page (CLI tools and servers do not send it), so the check does not apply: what
+    /// it prevents is another site's page using a visitor's cookies (RFC 6455 §10.2).
+    pub fn allows_origin(&self, origin: Option<&[u8]>) -> bool {
+        let Some(origin) = origin else { return true };
+        if self.origins.is_empty() {
+            return true;
+        }
+        let origin = String::from_utf8_lossy(origin).to_ascii_lowercase();
+        self.origins
+            .iter()
+            .any(|allowed| match allowed.split_once("://*.") {
+                Some((scheme, domain)) => origin
+                    .strip_prefix(scheme)
+                    .and_then(|o| o.strip_prefix("://"))
+                    .and_then(|host| host.strip_suffix(domain))
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => origin == *allowed,
+            })
     }
 
     /// Matches a request path (already without its query); a trailing slash is optional.
@@ -150,9 +180,40 @@ mod tests {
     fn room() -> Route {
         Route::new(
             &crate::config::Config::default().effective_routes()[0],
-            1024,
-            16,
+            &crate::config::WebSocket {
+                max_message_bytes: 1024,
+                max_group_bytes: 16,
+                allowed_origins: vec![
+                    "https://Example.com".into(),
+                    "https://*.example.org:8443".into(),
+                ],
+                ..Default::default()
+            },
         )
+    }
+
+    #[test]
+    fn origins_match_exactly_or_as_subdomains_and_a_missing_origin_passes() {
+        let r = room();
+        let ok = |o: &str| r.allows_origin(Some(o.as_bytes()));
+        assert!(ok("https://example.com"));
+        assert!(ok("HTTPS://EXAMPLE.COM"));
+        assert!(
+            !ok("http://example.com"),
+            "another scheme is another origin"
+        );
+        assert!(!ok("https://example.com:8443"));
+        assert!(!ok("https://evil-example.com"));
+        assert!(ok("https://a.example.org:8443"));
+        assert!(ok("https://a.b.example.org:8443"));
+        assert!(!ok("https://example.org:8443"), "*. covers subdomains only");
+        assert!(
+            !ok("https://a.example.org"),
+            "the port is part of the origin"
+        );
+        assert!(!ok("https://aexample.org:8443"));
+        assert!(!ok("null"));
+        assert!(r.allows_origin(None));
     }
 
     #[test]
