@@ -33,11 +33,14 @@ use crate::ws::handshake::{self, Accept};
 use crate::ws::outbox::Outbox;
 use crate::ws::session::{self, Env, Session};
 use head::HeadError;
-pub use head::Rewind;
+pub use head::{Rewind, reply_and_close};
 use route::Route;
 
 /// Response body type: bodies the server writes itself ([`full`]) and streamed proxy bodies.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The error of a streamed body: hyper's, or an upstream socket's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A complete in-memory body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -168,7 +171,13 @@ async fn serve_conn(
 (server.max_header_bytes). Send fewer or smaller headers (large cookies are the usual cause), or raise the limit.\n",
                 cfg.max_header_bytes
             );
-            head::reply_and_close(&mut stream, "431 Request Header Fields Too Large", &body).await;
+            reply_and_close(
+                &mut stream,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &[],
+                &body,
+            )
+            .await;
             return;
         }
         Err(HeadError::Timeout) => {
@@ -176,11 +185,12 @@ async fn serve_conn(
                 "408 Request Timeout: the request head did not arrive within {} (server.handshake_timeout).\n",
                 cfg.handshake_timeout
             );
-            head::reply_and_close(&mut stream, "408 Request Timeout", &body).await;
+            reply_and_close(&mut stream, StatusCode::REQUEST_TIMEOUT, &[], &body).await;
             return;
         }
     };
-    let io = TokioIo::new(Rewind::new(first.freeze(), stream));
+    let first = first.freeze();
+    let io = TokioIo::new(Rewind::new(first, stream));
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
