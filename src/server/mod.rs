@@ -189,7 +189,18 @@ async fn serve_conn(
             return;
         }
     };
-    let first = first.freeze();
+    // The usual WebSocket through the proxy (a fresh connection whose first request is the
+    // upgrade) skips hyper on both sides; everything else is hyper's.
+    let proxy = shared.proxy.clone();
+    let (stream, first) =
+        match crate::proxy::upgrade::serve_first(&proxy, stream, first.freeze(), peer, |path| {
+            shared.proxy_upstream(path)
+        })
+        .await
+        {
+            Ok(()) => return,
+            Err(back) => back,
+        };
     let io = TokioIo::new(Rewind::new(first, stream));
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
@@ -214,6 +225,17 @@ async fn serve_conn(
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+impl Shared {
+    /// The proxy upstream serving `path`, with the precedence of [`handle`]: a hub route
+    /// matching `path` wins over every proxy prefix.
+    fn proxy_upstream(&self, path: &str) -> Option<usize> {
+        if self.routes.iter().any(|r| r.matches(path).is_some()) {
+            return None;
+        }
+        self.proxy.route(path)
+    }
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
