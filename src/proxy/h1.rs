@@ -522,7 +522,13 @@ Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
         };
         assert_eq!(f(&[("content-length", "5")], 200), Ok(Framing::Length(5)));
         assert_eq!(
-            f(&[("transfer-encoding", "gzip, chunked"), ("content-length", "5")], 200),
+            f(
+                &[
+                    ("transfer-encoding", "gzip, chunked"),
+                    ("content-length", "5")
+                ],
+                200
+            ),
             Ok(Framing::Chunked)
         );
         assert_eq!(f(&[("transfer-encoding", "gzip")], 200), Ok(Framing::Eof));
@@ -544,7 +550,10 @@ Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
                     Some(Some(b)) => got.extend_from_slice(&b),
                     Some(None) => break,
                     None => {
-                        assert!(fed < wire.len(), "wants more than the body at split {split}");
+                        assert!(
+                            fed < wire.len(),
+                            "wants more than the body at split {split}"
+                        );
                         r.buf.extend_from_slice(&wire[fed..fed + 1]);
                         fed += 1;
                     }

@@ -42,8 +42,7 @@ const DIAGNOSIS_426: &str = "the upstream answered 426 Upgrade Required although
 something between wsgate and the upstream strips them (an nginx without proxy_set_header Upgrade/Connection?), \
 or the upstream expects another path, subprotocol or Sec-WebSocket-Version";
 
-static DIAGNOSIS_FIELD: [Field<'static>; 1] =
-    [(b"X-Wsgate-Diagnosis", DIAGNOSIS_426.as_bytes())];
+static DIAGNOSIS_FIELD: [Field<'static>; 1] = [(b"X-Wsgate-Diagnosis", DIAGNOSIS_426.as_bytes())];
 
 /// Whether a request asks for a WebSocket: `GET` with `websocket` among the `Upgrade` tokens
 /// (case-insensitive).
@@ -111,8 +110,7 @@ impl Refusal {
     fn into_response(self) -> Response<Body> {
         let mut r = crate::server::text(StatusCode::SERVICE_UNAVAILABLE, self.body());
         for (n, v) in self.extra() {
-            r.headers_mut()
-                .insert(*n, HeaderValue::from_static(v));
+            r.headers_mut().insert(*n, HeaderValue::from_static(v));
         }
         r
     }
@@ -176,7 +174,8 @@ thread_local! {
 
 /// A cleared head buffer from this thread's pool.
 fn pooled() -> Vec<u8> {
-    BUFS.with_borrow_mut(Vec::pop).unwrap_or_else(|| Vec::with_capacity(2048))
+    BUFS.with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(2048))
 }
 
 /// Gives a buffer back to the pool, unless it grew large (a huge head must not stay resident).
@@ -480,7 +479,17 @@ pub async fn serve_first(
     let Some(ui) = fast.then(|| route(path)).flatten() else {
         return Err((client, first.clone()));
     };
-    upgrade_raw(proxy, ui, client, &first[head_len..], target, fields, path, peer).await;
+    upgrade_raw(
+        proxy,
+        ui,
+        client,
+        &first[head_len..],
+        target,
+        fields,
+        path,
+        peer,
+    )
+    .await;
     Ok(())
 }
 
