@@ -447,22 +447,22 @@ fn spawn_tunnel(
     });
 }
 
-/// Takes a connection whose first request head is `first[..]` (read by the server, with any
+/// Takes a connection whose first request head starts `first` (read by the server, with any
 /// pipelined bytes after it) when that request is a WebSocket upgrade that `route` sends to a
-/// proxy upstream, and proxies it without hyper on either side. Anything else comes back
-/// untouched for hyper to serve.
+/// proxy upstream, and proxies it without hyper on either side. Anything else gives the
+/// connection back untouched for hyper to serve.
 pub async fn serve_first(
     proxy: &Arc<Proxy>,
     client: TcpStream,
-    first: Bytes,
+    first: &[u8],
     peer: SocketAddr,
     route: impl FnOnce(&str) -> Option<usize>,
-) -> Result<(), (TcpStream, Bytes)> {
+) -> Result<(), TcpStream> {
     let mut hs = [const { MaybeUninit::uninit() }; h1::MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
-    let Ok(httparse::Status::Complete(head_len)) = req.parse_with_uninit_headers(&first, &mut hs)
+    let Ok(httparse::Status::Complete(head_len)) = req.parse_with_uninit_headers(first, &mut hs)
     else {
-        return Err((client, first.clone()));
+        return Err(client);
     };
     let fields = h1::fields(req.headers);
     let target = req.path.unwrap_or_default();
@@ -477,7 +477,7 @@ pub async fn serve_first(
         && h1::get(fields.clone(), "content-length").is_none_or(|v| v.trim_ascii() == b"0");
     let path = target.split('?').next().unwrap_or_default();
     let Some(ui) = fast.then(|| route(path)).flatten() else {
-        return Err((client, first.clone()));
+        return Err(client);
     };
     upgrade_raw(
         proxy,

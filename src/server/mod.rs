@@ -192,16 +192,13 @@ async fn serve_conn(
     // The usual WebSocket through the proxy (a fresh connection whose first request is the
     // upgrade) skips hyper on both sides; everything else is hyper's.
     let proxy = shared.proxy.clone();
-    let (stream, first) =
-        match crate::proxy::upgrade::serve_first(&proxy, stream, first.freeze(), peer, |path| {
-            shared.proxy_upstream(path)
-        })
-        .await
-        {
-            Ok(()) => return,
-            Err(back) => back,
-        };
-    let io = TokioIo::new(Rewind::new(first, stream));
+    let route = |path: &str| shared.proxy_upstream(path);
+    let stream = match crate::proxy::upgrade::serve_first(&proxy, stream, &first, peer, route).await
+    {
+        Ok(()) => return,
+        Err(back) => back,
+    };
+    let io = TokioIo::new(Rewind::new(first.freeze(), stream));
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
