@@ -428,21 +428,35 @@ fn note_refusal(proxy: &Proxy, ui: usize, a: &Answer, path: &str) {
     }
 }
 
-/// Starts the tunnel over both sockets.
+/// Starts the tunnel over both sockets; `head`, when given, is the 101 to write to the client
+/// first.
+#[allow(clippy::too_many_arguments)]
 fn spawn_tunnel(
     proxy: &Arc<Proxy>,
     mut slot: TunnelSlot,
     active: Active,
-    client: TcpStream,
+    mut client: TcpStream,
     c_pre: Bytes,
     upstream: TcpStream,
     u_pre: Bytes,
+    head: Option<Vec<u8>>,
 ) {
     slot.open();
     let proxy = proxy.clone();
     tokio::spawn(async move {
         let _slot = slot;
         let _active = active;
+        // The 101 goes out from this task, right before the tunnel registers itself: a tunnel
+        // registered after shutdown began closes at once, so a client that got its 101 just
+        // before a shutdown must not wait for a task switch first (it would lose the grace).
+        if let Some(head) = head {
+            let sent = client.write_all(&head).await;
+            unpool(head);
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "client went away before its 101");
+                return;
+            }
+        }
         super::tunnel::run(client, c_pre, upstream, u_pre, &proxy).await;
     });
 }
@@ -536,12 +550,6 @@ async fn upgrade_raw<'a>(
         }
         out.extend_from_slice(b"\r\n");
     }
-    let sent = client.write_all(&out).await;
-    unpool(out);
-    if let Err(e) = sent {
-        tracing::debug!(%peer, error = %e, "client went away before its 101");
-        return;
-    }
     let u_pre = answer.rest();
     let c_pre = Bytes::copy_from_slice(after);
     let Answer {
@@ -551,7 +559,7 @@ async fn upgrade_raw<'a>(
         ..
     } = answer;
     unpool(buf);
-    spawn_tunnel(proxy, slot, active, client, c_pre, stream, u_pre);
+    spawn_tunnel(proxy, slot, active, client, c_pre, stream, u_pre, Some(out));
 }
 
 /// Relays a non-101 answer to the client on the fast path, then closes: the status and
@@ -722,7 +730,7 @@ pub async fn upgrade(
             (cs, pre.freeze())
         };
         drop(c.read_buf);
-        spawn_tunnel(&proxy, slot, active, cs, c_pre, upstream, u_pre);
+        spawn_tunnel(&proxy, slot, active, cs, c_pre, upstream, u_pre, None);
     });
     resp
 }
