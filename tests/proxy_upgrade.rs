@@ -903,3 +903,20 @@ async fn a_426_to_a_second_request_upgrade_is_relayed_by_hyper_with_its_body() {
     assert_hyper(&r);
     assert_eq!(dechunk(&r.body), "abcde");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_with_more_fields_than_the_fast_path_takes_goes_through_hyper() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    let extra: String = (0..60).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    let r = raw(srv.addr, &upgrade_request("/ws", &extra)).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_hyper(&r);
+    let head = seen.heads.lock().unwrap()[0].clone();
+    for i in 0..60 {
+        assert!(
+            head.contains(&format!("\r\nX-Field-{i}: {i}\r\n")),
+            "{head}"
+        );
+    }
+}

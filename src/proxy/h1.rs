@@ -20,6 +20,12 @@ use super::headers::{Forwarding, is_fixed_hop_by_hop};
 /// take is taken here too.
 pub const MAX_HEADERS: usize = 100;
 
+/// The most header fields of a client request the fast path takes (browsers send about 15 with
+/// an upgrade). The parsed fields live in the connection task across the whole exchange, and
+/// that task's size is paid by every connection; a head with more goes to hyper, which takes
+/// up to [`MAX_HEADERS`].
+pub const MAX_FAST_HEADERS: usize = 40;
+
 /// The largest upstream response head read before giving up on the upstream.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 

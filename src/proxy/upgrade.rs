@@ -472,7 +472,7 @@ pub async fn serve_first(
     peer: SocketAddr,
     route: impl FnOnce(&str) -> Option<usize>,
 ) -> Result<(), TcpStream> {
-    let mut hs = [const { MaybeUninit::uninit() }; h1::MAX_HEADERS];
+    let mut hs = [const { MaybeUninit::uninit() }; h1::MAX_FAST_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let Ok(httparse::Status::Complete(head_len)) = req.parse_with_uninit_headers(first, &mut hs)
     else {
