@@ -533,6 +533,8 @@ async fn upgrade_raw<'a>(
         }
     };
     if answer.status != 101 {
+        // No tunnel: the answer's body does not count against the tunnel limit.
+        drop(slot);
         note_refusal(proxy, ui, &answer, path);
         return relay_raw(client, answer).await;
     }
