@@ -11,8 +11,9 @@ import os
 import re
 import sys
 
-TARGETS = ["direct", "wsgate", "nginx", "haproxy"]
-LABEL = {"direct": "direct (no proxy)", "wsgate": "wsgate proxy", "nginx": "nginx", "haproxy": "HAProxy"}
+TARGETS = ["direct", "wsgate-base", "wsgate", "nginx", "haproxy"]
+LABEL = {"direct": "direct (no proxy)", "wsgate-base": "wsgate proxy (BASE_BIN)", "wsgate": "wsgate proxy",
+         "nginx": "nginx", "haproxy": "HAProxy"}
 
 
 def load(d, name):

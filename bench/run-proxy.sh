@@ -9,7 +9,9 @@
 # Settings (environment): ECHO_CONNS (100), ECHO_SECONDS (5), IDLE_CONNS (5000, keep <= 9000: a
 # proxy holds 2 fds per tunnel and open files are capped at 20,000), IDLE_HOLD (10), HS_TOTAL
 # (20000), HS_WORKERS (50), LONG_CONNS (10), LONG_HOLD (70), HOLD_BACKEND_PING (0s), SIZE (64),
-# OUT (results folder; reuse one to redo some figures).
+# OUT (results folder; reuse one to redo some figures), BASE_BIN (another wsgate binary, e.g. a
+# build of main: adds the target wsgate-base, that binary as the proxy, for before/after in one
+# run).
 # `profile` (not in the default list unless PROFILE=1) records `perf record -e cpu-clock -g` of
 # the wsgate proxy under the echo figure and keeps the top symbols.
 set -euo pipefail
@@ -33,6 +35,7 @@ if [ ${#FIGURES[@]} -eq 0 ]; then
   [ "${PROFILE:-0}" = 1 ] && FIGURES+=(profile)
 fi
 TARGETS=(direct wsgate nginx haproxy)
+[ -n "${BASE_BIN:-}" ] && TARGETS=(direct wsgate-base wsgate nginx haproxy)
 
 OUT="${OUT:-$ROOT/bench/results/proxy-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
@@ -106,7 +109,9 @@ start_proxy() {
   dir="$OUT/$who.$PORT"
   mkdir -p "$dir"
   case "$who" in
-    wsgate)
+    wsgate | wsgate-base)
+      local bin="$BIN"
+      [ "$who" = wsgate-base ] && bin="$BASE_BIN"
       cat >"$dir/wsgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$PORT"
@@ -126,7 +131,7 @@ servers = ["127.0.0.1:$BACK"]
 path_prefix = "/"
 proxy_pass = "websocket"
 EOF
-      WSGATE_LOG=warn "$BIN" serve --config "$dir/wsgate.toml" 2>>"$OUT/wsgate-proxy.log" &
+      WSGATE_LOG=warn "$bin" serve --config "$dir/wsgate.toml" 2>>"$OUT/$who-proxy.log" &
       PROXY_PID=$!
       PIDS+=("$PROXY_PID")
       ;;
@@ -253,11 +258,11 @@ for fig in "${FIGURES[@]}"; do
         "$BIN" bench idle --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$LONG_CONNS" --hold "$LONG_HOLD" \
           --size "$SIZE" --pid "$PROXY_PID" --progress 1 >"$OUT/hold.$who.json" 2>"$OUT/hold.$who.progress" &
         hold_pids+=($!)
-        eval "HOLD_PROXY_$who=$PROXY_PID"
+        eval "HOLD_PROXY_${who//-/_}=$PROXY_PID"
         [ "$who" = nginx ] && HOLD_NGINX_MASTER="$NGINX_MASTER"
       done
       for p in "${hold_pids[@]}"; do wait "$p" || true; done
-      stop "$HOLD_PROXY_wsgate" "$HOLD_PROXY_haproxy" "$HOLD_NGINX_MASTER" "$BACK_PID"
+      stop "$HOLD_PROXY_wsgate" ${HOLD_PROXY_wsgate_base:+"$HOLD_PROXY_wsgate_base"} "$HOLD_PROXY_haproxy" "$HOLD_NGINX_MASTER" "$BACK_PID"
       ;;
     profile)
       # perf of the wsgate proxy under the echo figure (not part of the tables).

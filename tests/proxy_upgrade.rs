@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::upstream::{WsOptions, dead_addr, read_head, ws_echo};
+use support::upstream::{WsOptions, dead_addr, read_head, scripted, ws_echo};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -466,4 +466,457 @@ async fn an_upstream_that_stops_answering_pings_gives_the_client_1014() {
         "{reason}"
     );
     assert!(seen.pings.load(Ordering::Relaxed) >= 1);
+}
+
+// --- The fast path: a first-request upgrade handled without hyper on either side. Its answers
+// are written by wsgate itself, so they carry no `date` field (hyper adds one to every response)
+// and keep the upstream's spelling of field names (hyper writes them lower-case); the tests tell
+// the two paths apart by that.
+
+fn assert_fast(r: &Reply) {
+    assert!(
+        r.header("date").is_none(),
+        "answered by hyper, not the fast path:\n{}",
+        r.head
+    );
+}
+
+fn assert_hyper(r: &Reply) {
+    assert!(
+        r.header("date").is_some(),
+        "answered by the fast path, not hyper:\n{}",
+        r.head
+    );
+}
+
+fn answer_101(head: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extra}\r\n",
+        support::upstream::accept_for(head)
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_sends_canonical_names_and_the_101_as_the_upstream_spelled_it() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws?room=1 HTTP/1.1\r\nhost: example.com\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\n\
+sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nSEC-WEBSOCKET-PROTOCOL: chat\r\n\
+x-custom-thing: Value Case Kept\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = read_reply(&mut s).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_fast(&r);
+    assert!(
+        r.head
+            .contains("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{}",
+        r.head
+    );
+    let head = seen.heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("GET /ws?room=1 HTTP/1.1\r\n"), "{head}");
+    for want in [
+        "\r\nHost: example.com\r\n",
+        "\r\nSec-WebSocket-Version: 13\r\n",
+        "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "\r\nSec-WebSocket-Protocol: chat\r\n",
+        "\r\nX-Custom-Thing: Value Case Kept\r\n",
+        "\r\nConnection: Upgrade\r\n",
+        "\r\nUpgrade: websocket\r\n",
+    ] {
+        assert!(head.contains(want), "{want:?} missing in:\n{head}");
+    }
+    // The tunnel works.
+    s.write_all(&client_frame(0x1, b"fast")).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], &[0x81, 4, b'f', b'a', b's', b't']);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_removes_hop_by_hop_fields_both_ways() {
+    let (up, seen) = scripted(
+        |head| {
+            answer_101(
+                head,
+                "Connection: X-Resp-Hop\r\nX-Resp-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End-To-End: kept\r\n",
+            )
+        },
+        false,
+    )
+    .await;
+    let srv = start(&story(up, "")).await;
+    let r = raw(
+        srv.addr,
+        &upgrade_request(
+            "/ws",
+            "Connection: X-Foo, x-bar\r\nX-Foo: drop-me\r\nX-Bar: drop-me-too\r\nKeep-Alive: timeout=5\r\n\
+Proxy-Connection: keep-alive\r\nTE: trailers\r\nProxy-Authorization: Basic eDp5\r\nCookie: a=b\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_fast(&r);
+    let head = seen.heads.lock().unwrap()[0].clone();
+    let lower = head.to_ascii_lowercase();
+    for gone in [
+        "x-foo:",
+        "x-bar:",
+        "keep-alive:",
+        "proxy-connection:",
+        "te:",
+        "proxy-authorization:",
+    ] {
+        assert!(
+            !lower.contains(&format!("\r\n{gone}")),
+            "{gone} reached the upstream:\n{head}"
+        );
+    }
+    assert_eq!(lower.matches("\r\nconnection:").count(), 1, "{head}");
+    assert_eq!(lower.matches("\r\nupgrade:").count(), 1, "{head}");
+    assert!(head.contains("\r\nConnection: Upgrade\r\n"), "{head}");
+    assert!(head.contains("\r\nCookie: a=b\r\n"), "{head}");
+    // The 101 lost the upstream's hop-by-hop fields and says Upgrade itself.
+    assert_eq!(r.header("x-end-to-end").as_deref(), Some("kept"));
+    assert!(r.header("x-resp-hop").is_none(), "{}", r.head);
+    assert!(r.header("keep-alive").is_none(), "{}", r.head);
+    assert_eq!(r.header("connection").as_deref(), Some("Upgrade"));
+    assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_replaces_forwarding_fields_from_an_untrusted_client() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    let r = raw(
+        srv.addr,
+        &upgrade_request(
+            "/ws",
+            "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_fast(&r);
+    let head = seen.heads.lock().unwrap()[0].clone();
+    for want in [
+        "\r\nHost: test\r\n",
+        "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+        "\r\nX-Forwarded-Proto: http\r\n",
+        "\r\nX-Forwarded-Host: test\r\n",
+        "\r\nForwarded: for=127.0.0.1;host=test;proto=http\r\n",
+    ] {
+        assert!(head.contains(want), "{want:?} missing in:\n{head}");
+    }
+    assert!(
+        !head.contains("6.6.6.6") && !head.contains("evil"),
+        "{head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_appends_to_forwarding_fields_from_a_trusted_proxy() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(
+        up,
+        "[proxy]\ntrusted_proxies = [\"127.0.0.0/8\"]\npreserve_host = false\n",
+    ))
+    .await;
+    let r = raw(
+        srv.addr,
+        &upgrade_request(
+            "/ws",
+            "X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\nForwarded: for=198.51.100.1;proto=https\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_fast(&r);
+    let head = seen.heads.lock().unwrap()[0].clone();
+    for want in [
+        format!("\r\nHost: {up}\r\n"),
+        "\r\nX-Forwarded-For: 198.51.100.1, 127.0.0.1\r\n".into(),
+        "\r\nX-Forwarded-Proto: https\r\n".into(),
+        "\r\nX-Forwarded-Host: test\r\n".into(),
+        "\r\nForwarded: for=198.51.100.1;proto=https, for=127.0.0.1;host=test;proto=http\r\n"
+            .into(),
+    ] {
+        assert!(head.contains(&want), "{want:?} missing in:\n{head}");
+    }
+    assert_eq!(head.matches("X-Forwarded-Proto").count(), 1, "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_relays_a_426_with_its_body_and_the_diagnosis() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let strip = stripping_proxy(up).await;
+    let srv = start(&story(strip, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 426, "{r:?}");
+    assert_fast(&r);
+    assert_eq!(r.body, "Upgrade Required");
+    assert_eq!(r.header("content-length").as_deref(), Some("16"));
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    let why = r.header("x-wsgate-diagnosis").expect("a diagnosis header");
+    assert!(why.contains("strips them"), "{why}");
+}
+
+/// Decodes a chunked body (the test side of re-framing).
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").expect("a chunk-size line");
+        let n = usize::from_str_radix(size, 16).expect("hex size");
+        if n == 0 {
+            assert_eq!(rest, "\r\n", "the body ends with the last chunk");
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        assert_eq!(&rest[n..n + 2], "\r\n");
+        s = &rest[n + 2..];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_relays_chunked_and_close_delimited_bodies() {
+    let (up, _) = scripted(
+        |_| {
+            b"HTTP/1.1 404 Not Here\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n\
+4\r\nno s\r\n9;ext=1\r\nuch route\r\n0\r\nX-Trailer: t\r\n\r\n"
+                .to_vec()
+        },
+        false,
+    )
+    .await;
+    let srv = start(&story(up, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_fast(&r);
+    assert!(
+        r.head.starts_with("HTTP/1.1 404 Not Here\r\n"),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+    assert_eq!(dechunk(&r.body), "no such route");
+
+    let (up, _) = scripted(
+        |_| b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end".to_vec(),
+        true,
+    )
+    .await;
+    let srv = start(&story(up, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_fast(&r);
+    assert!(r.header("content-length").is_none(), "{}", r.head);
+    assert_eq!(r.body, "until the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_answers_a_wrong_accept_with_a_502_that_says_so() {
+    let (up, _) = scripted(
+        |_| b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n".to_vec(),
+        false,
+    )
+    .await;
+    let srv = start(&story(up, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_fast(&r);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(
+        r.body
+            .starts_with("502 Bad Gateway: upstream \"websocket\" server "),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("\"wrong\" does not match the key"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string()),
+        "a complete response"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_answers_a_refused_connect_with_a_502_naming_the_server() {
+    let dead = dead_addr().await;
+    let srv = start(&story(dead, "")).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_fast(&r);
+    assert!(
+        r.body.contains(&format!(
+            "cannot connect to upstream \"websocket\" server {dead}"
+        )),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("refused"), "the OS error: {}", r.body);
+    assert!(r.body.contains("is the server running"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_answers_a_silent_upstream_with_a_504() {
+    let up = support::upstream::silent().await;
+    let cfg = format!(
+        "[[upstream]]\nname = \"websocket\"\nservers = [\"{up}\"]\nread_timeout = \"200ms\"\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"websocket\"\n"
+    );
+    let srv = start(&cfg).await;
+    let r = raw(srv.addr, &upgrade_request("/ws", "")).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_fast(&r);
+    assert!(r.body.contains("read_timeout"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_passes_a_pipelined_frame_and_one_sent_with_the_101() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    let mut req = upgrade_request("/greet", "");
+    req.extend_from_slice(&client_frame(0x1, b"early"));
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(&req).await.unwrap();
+    let (r, mut buf) = read_head_and_rest(&mut s).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_fast(&r);
+    let mut texts = Vec::new();
+    while texts.len() < 2 {
+        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            texts.push(String::from_utf8_lossy(&buf[h.size..total]).to_string());
+            buf.drain(..total);
+        }
+        if texts.len() >= 2 {
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+            .await
+            .expect("frames within the wait limit")
+            .unwrap();
+        assert!(n > 0, "closed early; got {texts:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(texts, vec!["hello", "early"]);
+    assert_eq!(seen.heads.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_as_the_second_request_of_a_connection_goes_through_hyper_and_works() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let cfg = format!(
+        "[[upstream]]\nname = \"websocket\"\nservers = [\"{up}\"]\n[[route]]\npath_prefix = \"/ws\"\nproxy_pass = \"websocket\"\n"
+    );
+    let srv = start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_reply(&mut s).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "{r:?}");
+    let mut req = upgrade_request("/ws", "x-custom-thing: 1\r\n");
+    req.extend_from_slice(&client_frame(0x1, b"second"));
+    s.write_all(&req).await.unwrap();
+    let (r, mut buf) = read_head_and_rest(&mut s).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_hyper(&r);
+    assert_eq!(
+        r.header("sec-websocket-accept").as_deref(),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    while buf.len() < 8 {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(&buf[..8], b"\x81\x06second");
+    // The hyper path writes the same upstream head as the fast path.
+    let head = seen.heads.lock().unwrap()[0].clone();
+    for want in [
+        "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "\r\nX-Custom-Thing: 1\r\n",
+        "\r\nConnection: Upgrade\r\n",
+        "\r\nUpgrade: websocket\r\n",
+        "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+    ] {
+        assert!(head.contains(want), "{want:?} missing in:\n{head}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_426_to_a_second_request_upgrade_is_relayed_by_hyper_with_its_body() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let strip = stripping_proxy(up).await;
+    let (chunky, _) = scripted(
+        |_| b"HTTP/1.1 426 Upgrade Required\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".to_vec(),
+        false,
+    )
+    .await;
+    let cfg = format!(
+        "[[upstream]]\nname = \"strip\"\nservers = [\"{strip}\"]\n[[upstream]]\nname = \"chunky\"\nservers = [\"{chunky}\"]\n\
+[[route]]\npath_prefix = \"/ws\"\nproxy_pass = \"strip\"\n[[route]]\npath_prefix = \"/chunky\"\nproxy_pass = \"chunky\"\n"
+    );
+    let srv = start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut s).await.status, 200);
+    s.write_all(&upgrade_request("/ws", "")).await.unwrap();
+    let r = read_reply(&mut s).await;
+    assert_eq!(r.status, 426, "{r:?}");
+    assert_hyper(&r);
+    assert_eq!(r.body, "Upgrade Required");
+    assert!(
+        r.header("x-wsgate-diagnosis")
+            .is_some_and(|d| d.contains("strips them")),
+        "{}",
+        r.head
+    );
+    // The same connection still serves requests, and a chunked body comes through whole.
+    s.write_all(&upgrade_request("/chunky", "Connection: close\r\n"))
+        .await
+        .unwrap();
+    let r = read_reply(&mut s).await;
+    assert_eq!(r.status, 426, "{r:?}");
+    assert_hyper(&r);
+    assert_eq!(dechunk(&r.body), "abcde");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_with_more_fields_than_the_fast_path_takes_goes_through_hyper() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(up, "")).await;
+    let extra: String = (0..60).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    let r = raw(srv.addr, &upgrade_request("/ws", &extra)).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_hyper(&r);
+    let head = seen.heads.lock().unwrap()[0].clone();
+    for i in 0..60 {
+        assert!(
+            head.contains(&format!("\r\nX-Field-{i}: {i}\r\n")),
+            "{head}"
+        );
+    }
 }

@@ -160,7 +160,12 @@ pub async fn forward(
                 // Trailers are dropped, so announcing them would be a lie.
                 rp.headers.remove(http::header::TRAILER);
                 rp.version = Version::HTTP_11;
-                return Response::from_parts(rp, NoTrailers::new(rb, Some(active)).boxed());
+                return Response::from_parts(
+                    rp,
+                    NoTrailers::new(rb, Some(active))
+                        .map_err(crate::server::BoxError::from)
+                        .boxed(),
+                );
             }
             Ok(Err(e)) if e.is_connect() => {
                 let timed_out =

@@ -94,55 +94,147 @@ fn in_range(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// A `Forwarded` node (RFC 7239 §6): IPv6 addresses are bracketed and the whole value quoted.
-fn forwarded_node(ip: IpAddr) -> String {
+/// Whether a field value is visible ASCII (what `HeaderValue::to_str` accepts): forwarding
+/// values that are not are dropped rather than forwarded half-understood.
+pub(super) fn is_visible(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Whether `name` is one of the fields that are hop-by-hop whatever `Connection` says.
+pub(super) fn is_fixed_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
+/// Writes an address in decimal without going through `fmt` (this runs for every proxied
+/// request, twice).
+pub(super) fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match canonical(ip) {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if o >= 100 {
+                    out.push(b'0' + o / 100);
+                }
+                if o >= 10 {
+                    out.push(b'0' + o / 10 % 10);
+                }
+                out.push(b'0' + o % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A `Forwarded` node (RFC 7239 §6): IPv6 addresses are bracketed and the whole value quoted.
+fn put_forwarded_node(out: &mut Vec<u8>, ip: IpAddr) {
+    match canonical(ip) {
+        v4 @ IpAddr::V4(_) => put_ip(out, v4),
+        v6 => {
+            out.extend_from_slice(b"\"[");
+            put_ip(out, v6);
+            out.extend_from_slice(b"]\"");
+        }
     }
 }
 
 /// A `Forwarded` value: a token as it is, anything else as a quoted-string (RFC 7239 §4).
-fn forwarded_value(v: &str) -> String {
+fn put_forwarded_value(out: &mut Vec<u8>, v: &[u8]) {
     let token = !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
     if token {
-        v.to_string()
+        out.extend_from_slice(v);
     } else {
-        let escaped: String = v
-            .chars()
-            .flat_map(|c| match c {
-                '"' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        format!("\"{escaped}\"")
+        out.push(b'"');
+        for &b in v {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
     }
 }
 
-/// Joins what came in (when trusted) with what this hop adds, as `, `-separated lists.
-fn append(h: &mut HeaderMap, name: HeaderName, ours: &str, keep: bool) {
-    let mut parts: Vec<String> = Vec::new();
+/// Joins what came in (when trusted and visible ASCII) with what this hop adds, as a
+/// `, `-separated list.
+fn put_appended<'a>(
+    out: &mut Vec<u8>,
+    incoming: impl Iterator<Item = &'a [u8]>,
+    keep: bool,
+    ours: impl FnOnce(&mut Vec<u8>),
+) {
     if keep {
-        parts.extend(
-            h.get_all(&name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_string),
-        );
+        for v in incoming.filter(|v| is_visible(v)) {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
     }
-    parts.push(ours.to_string());
-    match HeaderValue::from_str(&parts.join(", ")) {
-        Ok(v) => {
-            h.insert(name, v);
+    ours(out);
+}
+
+/// What the upstream should learn about the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The TCP peer of this connection.
+    pub peer: SocketAddr,
+    /// The scheme the client used to reach wsgate ("http"; "https" once TLS exists).
+    pub proto: &'static str,
+    /// The proxies whose forwarding headers are kept and appended to.
+    pub trusted: &'a Trusted,
+}
+
+/// The forwarding fields for one request, decided once: the rules of [`prepare_request`],
+/// written by both the `HeaderMap` path and the raw upgrade head writer.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding {
+    /// The peer, IPv4-mapped addresses as IPv4.
+    pub peer: IpAddr,
+    pub proto: &'static str,
+    /// From a trusted peer the incoming forwarding fields are kept and this hop appended; from
+    /// anyone else they are replaced, so a client cannot forge its address.
+    pub trusted: bool,
+}
+
+impl Forwarding {
+    pub fn new(client: Client<'_>) -> Self {
+        let peer = client.peer.ip();
+        Forwarding {
+            peer: canonical(peer),
+            proto: client.proto,
+            trusted: client.trusted.contains(peer),
         }
-        Err(_) => {
-            // What came in was not visible ASCII; drop it rather than forward half of it.
-            if let Ok(v) = HeaderValue::from_str(ours) {
-                h.insert(name, v);
+    }
+
+    /// The `X-Forwarded-For` value.
+    pub fn put_xff<'a>(&self, out: &mut Vec<u8>, incoming: impl Iterator<Item = &'a [u8]>) {
+        put_appended(out, incoming, self.trusted, |o| put_ip(o, self.peer));
+    }
+
+    /// The `Forwarded` value; `host` is the client's `Host`, left out when not visible ASCII.
+    pub fn put_forwarded<'a>(
+        &self,
+        out: &mut Vec<u8>,
+        incoming: impl Iterator<Item = &'a [u8]>,
+        host: Option<&[u8]>,
+    ) {
+        put_appended(out, incoming, self.trusted, |o| {
+            o.extend_from_slice(b"for=");
+            put_forwarded_node(o, self.peer);
+            if let Some(host) = host.filter(|h| is_visible(h)) {
+                o.extend_from_slice(b";host=");
+                put_forwarded_value(o, host);
             }
-        }
+            o.extend_from_slice(b";proto=");
+            o.extend_from_slice(self.proto.as_bytes());
+        });
     }
 }
 
@@ -157,22 +249,18 @@ fn keep_or_set(h: &mut HeaderMap, name: HeaderName, ours: Option<&HeaderValue>, 
     }
 }
 
-/// What the upstream should learn about the client.
-#[derive(Debug, Clone, Copy)]
-pub struct Client<'a> {
-    /// The TCP peer of this connection.
-    pub peer: SocketAddr,
-    /// The scheme the client used to reach wsgate ("http"; "https" once TLS exists).
-    pub proto: &'static str,
-    /// The proxies whose forwarding headers are kept and appended to.
-    pub trusted: &'a Trusted,
+/// Replaces field `name` with the value `put` writes.
+fn set_built(h: &mut HeaderMap, name: HeaderName, put: impl FnOnce(&HeaderMap, &mut Vec<u8>)) {
+    let mut v = Vec::with_capacity(64);
+    put(h, &mut v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
+        h.insert(name, v);
+    }
 }
 
 /// Prepares request headers for the upstream: removes hop-by-hop fields, sets `Host` (kept as
 /// the client sent it when `preserve_host`, else `upstream_host`), and adds `X-Forwarded-For`,
-/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`. From a trusted peer the incoming
-/// forwarding fields are kept and this hop is appended; from anyone else they are replaced, so a
-/// client cannot forge its address.
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` following [`Forwarding`].
 pub fn prepare_request(
     h: &mut HeaderMap,
     client: Client<'_>,
@@ -180,36 +268,33 @@ pub fn prepare_request(
     upstream_host: &str,
 ) {
     remove_hop_by_hop(h);
-    let trusted = client.trusted.contains(client.peer.ip());
+    let fwd = Forwarding::new(client);
     let host = h.get(header::HOST).cloned();
-    let peer = canonical(client.peer.ip());
-
-    append(
-        h,
-        HeaderName::from_static("x-forwarded-for"),
-        &peer.to_string(),
-        trusted,
-    );
+    let xff = HeaderName::from_static("x-forwarded-for");
+    set_built(h, xff.clone(), |h, v| {
+        fwd.put_xff(v, h.get_all(&xff).iter().map(HeaderValue::as_bytes))
+    });
     keep_or_set(
         h,
         HeaderName::from_static("x-forwarded-proto"),
         Some(&HeaderValue::from_static(client.proto)),
-        trusted,
+        fwd.trusted,
     );
     keep_or_set(
         h,
         HeaderName::from_static("x-forwarded-host"),
         host.as_ref(),
-        trusted,
+        fwd.trusted,
     );
-
-    let mut element = format!("for={}", forwarded_node(peer));
-    if let Some(host) = host.as_ref().and_then(|v| v.to_str().ok()) {
-        element.push_str(&format!(";host={}", forwarded_value(host)));
-    }
-    element.push_str(&format!(";proto={}", client.proto));
-    append(h, header::FORWARDED, &element, trusted);
-
+    set_built(h, header::FORWARDED, |h, v| {
+        fwd.put_forwarded(
+            v,
+            h.get_all(header::FORWARDED)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            host.as_ref().map(HeaderValue::as_bytes),
+        )
+    });
     if (!preserve_host || host.is_none())
         && let Ok(v) = HeaderValue::from_str(upstream_host)
     {

@@ -5,8 +5,8 @@
 //! a request that matched a proxy route and gets a response back.
 
 pub mod balance;
-mod case;
 pub mod forward;
+mod h1;
 pub mod headers;
 pub mod tunnel;
 pub mod upgrade;
@@ -94,13 +94,19 @@ impl Error {
         }
     }
 
-    /// The short text response, logged as it is sent.
-    pub fn into_response(self, path: &str) -> Response<Body> {
+    /// Counts and logs the error, and gives the status and short text body the client gets.
+    pub fn report(&self, path: &str) -> (StatusCode, String) {
         let status = self.status();
         crate::metrics::METRICS.proxy_errors.inc();
         tracing::warn!(status = status.as_u16(), %path, error = %self, "proxy error");
         let reason = status.canonical_reason().unwrap_or("");
-        text(status, format!("{} {reason}: {self}\n", status.as_u16()))
+        (status, format!("{} {reason}: {self}\n", status.as_u16()))
+    }
+
+    /// The short text response, logged as it is sent.
+    pub fn into_response(self, path: &str) -> Response<Body> {
+        let (status, body) = self.report(path);
+        text(status, body)
     }
 }
 

@@ -3,48 +3,64 @@
 //! nginx drops them unless configured), check the upstream's 101, and hand both sockets to the
 //! [`super::tunnel`].
 //!
+//! Two entries share one exchange with the upstream ([`exchange`], raw HTTP/1.1 from
+//! [`super::h1`]): [`serve_first`] takes an upgrade that is the first request of a connection
+//! without hyper on either side (the common case: browsers open a fresh connection per
+//! WebSocket), and [`upgrade`] takes one that hyper parsed (a later request on a keep-alive
+//! connection).
+//!
 //! `Sec-WebSocket-Key`, `-Version`, `-Protocol` and `-Extensions` pass through untouched, in both
 //! directions. Passing `Sec-WebSocket-Extensions` (e.g. permessage-deflate) is safe although the
 //! tunnel parses frames: it never re-frames, never changes fragmentation and relays payload bytes
 //! and RSV bits as they are (RFC 6455 §5.4 only forbids changing what it does not understand);
 //! the frames it injects itself are unfragmented control frames, which extensions leave alone.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::case::CaseIo;
-use super::forward::NoTrailers;
-use super::headers::{prepare_request, remove_hop_by_hop};
-use super::{Error, Proxy, ReqBody};
-use crate::server::{Body, Rewind, full};
-use crate::ws::handshake::{accept_key, has_token};
+use super::balance::Active;
+use super::h1::{self, Field, Framing};
+use super::headers::Forwarding;
+use super::{Error, Proxy};
+use crate::metrics::METRICS;
+use crate::server::{Body, Rewind, reply_and_close};
+use crate::ws::handshake::accept_key;
 
 /// What an upstream 426 to a forwarded upgrade means; logged and sent as `X-Wsgate-Diagnosis`.
 const DIAGNOSIS_426: &str = "the upstream answered 426 Upgrade Required although wsgate forwarded Upgrade: websocket and Connection: Upgrade; \
 something between wsgate and the upstream strips them (an nginx without proxy_set_header Upgrade/Connection?), \
 or the upstream expects another path, subprotocol or Sec-WebSocket-Version";
 
+static DIAGNOSIS_FIELD: [Field<'static>; 1] = [(b"X-Wsgate-Diagnosis", DIAGNOSIS_426.as_bytes())];
+
 /// Whether a request asks for a WebSocket: `GET` with `websocket` among the `Upgrade` tokens
 /// (case-insensitive).
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    req.method() == Method::GET && has_token(req.headers(), header::UPGRADE, "websocket")
+    req.method() == http::Method::GET
+        && crate::ws::handshake::has_token(req.headers(), header::UPGRADE, "websocket")
 }
 
-/// Checks the upstream's 101 against the request; the error says what the upstream got wrong.
-pub fn check_101(resp: &http::HeaderMap, key: Option<&HeaderValue>) -> Result<(), String> {
-    if !has_token(resp, header::UPGRADE, "websocket") {
-        let got = resp
-            .get(header::UPGRADE)
-            .map_or("no Upgrade header".to_string(), |v| {
-                format!("Upgrade: {}", String::from_utf8_lossy(v.as_bytes()))
-            });
+/// Checks the upstream's 101 against the request's key; the error says what the upstream got
+/// wrong.
+pub fn check_101<'a>(
+    resp: impl Iterator<Item = Field<'a>> + Clone,
+    key: Option<&[u8]>,
+) -> Result<(), String> {
+    if !h1::has_token(resp.clone(), "upgrade", "websocket") {
+        let got = h1::get(resp, "upgrade").map_or("no Upgrade header".to_string(), |v| {
+            format!("Upgrade: {}", String::from_utf8_lossy(v))
+        });
         return Err(format!(
             "it answered 101 Switching Protocols with {got} instead of Upgrade: websocket"
         ));
@@ -52,14 +68,125 @@ pub fn check_101(resp: &http::HeaderMap, key: Option<&HeaderValue>) -> Result<()
     let Some(key) = key else {
         return Err("the client sent no Sec-WebSocket-Key, so the 101 cannot be checked".into());
     };
-    let want = accept_key(key.as_bytes());
-    match resp.get(header::SEC_WEBSOCKET_ACCEPT) {
+    let want = accept_key(key);
+    match h1::get(resp, "sec-websocket-accept") {
         None => Err("its 101 has no Sec-WebSocket-Accept header".into()),
-        Some(v) if v.as_bytes() == want.as_bytes() => Ok(()),
+        Some(v) if v == want.as_bytes() => Ok(()),
         Some(v) => Err(format!(
             "its Sec-WebSocket-Accept {:?} does not match the key (expected {want:?}); is something between wsgate and the upstream rewriting Sec-WebSocket-Key?",
-            String::from_utf8_lossy(v.as_bytes())
+            String::from_utf8_lossy(v)
         )),
+    }
+}
+
+/// Why an upgrade is refused before any upstream is asked.
+#[derive(Debug)]
+enum Refusal {
+    ShuttingDown,
+    Full { max: usize },
+}
+
+impl Refusal {
+    fn body(&self) -> String {
+        match self {
+            Refusal::ShuttingDown => {
+                "503 Service Unavailable: wsgate is shutting down; reconnect in a moment.\n".into()
+            }
+            Refusal::Full { max } => format!(
+                "503 Service Unavailable: this server holds its maximum of {max} proxied WebSocket tunnels \
+(server.max_connections). Retry with backoff, or raise the limit.\n"
+            ),
+        }
+    }
+
+    /// `Retry-After` for a full server: a moment is enough for tunnels to end.
+    fn extra(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Refusal::ShuttingDown => &[],
+            Refusal::Full { .. } => &[("Retry-After", "5")],
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut r = crate::server::text(StatusCode::SERVICE_UNAVAILABLE, self.body());
+        for (n, v) in self.extra() {
+            r.headers_mut().insert(*n, HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    async fn reply(self, client: &mut TcpStream) {
+        reply_and_close(
+            client,
+            StatusCode::SERVICE_UNAVAILABLE,
+            self.extra(),
+            &self.body(),
+        )
+        .await;
+    }
+}
+
+/// A place among `server.max_connections` tunnels, taken before the upstream is asked (so
+/// concurrent handshakes cannot overshoot the limit) and given back when dropped.
+struct TunnelSlot {
+    proxy: Arc<Proxy>,
+    /// Whether the tunnel opened (and so counts in the tunnel gauge).
+    opened: bool,
+}
+
+impl TunnelSlot {
+    fn take(proxy: &Arc<Proxy>, peer: SocketAddr) -> Result<TunnelSlot, Refusal> {
+        if proxy.shutting_down.load(Ordering::Relaxed) {
+            return Err(Refusal::ShuttingDown);
+        }
+        let max = proxy.max_tunnels;
+        if proxy.open.fetch_add(1, Ordering::AcqRel) >= max {
+            proxy.open.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(%peer, max, "tunnel refused: server.max_connections reached");
+            return Err(Refusal::Full { max });
+        }
+        Ok(TunnelSlot {
+            proxy: proxy.clone(),
+            opened: false,
+        })
+    }
+
+    fn open(&mut self) {
+        self.opened = true;
+        METRICS.proxy_tunnels.inc();
+        METRICS.proxy_tunnels_total.inc();
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.proxy.open.fetch_sub(1, Ordering::AcqRel);
+        if self.opened {
+            METRICS.proxy_tunnels.dec();
+        }
+    }
+}
+
+thread_local! {
+    /// Head buffers, reused across handshakes on a worker thread.
+    static BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A cleared head buffer from this thread's pool.
+fn pooled() -> Vec<u8> {
+    BUFS.with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(2048))
+}
+
+/// Gives a buffer back to the pool, unless it grew large (a huge head must not stay resident).
+fn unpool(mut buf: Vec<u8>) {
+    if buf.capacity() <= 16 * 1024 {
+        buf.clear();
+        BUFS.with_borrow_mut(|b| {
+            if b.len() < 8 {
+                b.push(buf);
+            }
+        });
     }
 }
 
@@ -101,161 +228,492 @@ async fn connect(proxy: &Proxy, ui: usize, peer: SocketAddr) -> Result<(usize, T
     }
 }
 
-/// Proxies a WebSocket handshake to upstream `ui`; on a valid 101 the tunnel starts once hyper
-/// has sent our 101 to the client.
+/// What the upstream answered: a checked 101 or another final response. Its head is
+/// `buf[..head_len]`; the rest of `buf` came after it (tunnel bytes or the start of a body).
+struct Answer {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    head_len: usize,
+    status: u16,
+    si: usize,
+    active: Active,
+}
+
+impl Answer {
+    /// The bytes after the head, copied: the head buffer goes back to the pool and must not
+    /// live as long as the tunnel.
+    fn rest(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.buf[self.head_len..])
+    }
+}
+
+/// The upstream's response head, read so far.
+enum Head {
+    /// A final response of `len` bytes with `status`; for a 101, whether it checked out.
+    Final {
+        len: usize,
+        status: u16,
+        check: Result<(), String>,
+    },
+    /// An interim 1xx (other than 101) of `len` bytes, which is skipped as hyper does.
+    Interim(usize),
+}
+
+/// Parses what `buf` holds of a response head; `None` when more is needed.
+fn parse_head(buf: &[u8], key: Option<&[u8]>) -> Result<Option<Head>, String> {
+    let mut hs = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut hs);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("its response head is malformed ({e})")),
+    };
+    let status = r.code.unwrap_or(0);
+    if (100..200).contains(&status) && status != 101 {
+        return Ok(Some(Head::Interim(len)));
+    }
+    let check = if status == 101 {
+        check_101(h1::fields(r.headers), key)
+    } else {
+        Ok(())
+    };
+    Ok(Some(Head::Final { len, status, check }))
+}
+
+/// Reads the upstream's final response head into `buf`.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    key: Option<&[u8]>,
+) -> Result<(usize, u16, Result<(), String>), String> {
+    loop {
+        match parse_head(buf, key)? {
+            Some(Head::Final { len, status, check }) => return Ok((len, status, check)),
+            Some(Head::Interim(n)) => {
+                buf.drain(..n);
+                continue;
+            }
+            None => {}
+        }
+        if buf.len() >= h1::MAX_RESPONSE_HEAD {
+            return Err(format!(
+                "its response head is larger than {} KiB",
+                h1::MAX_RESPONSE_HEAD / 1024
+            ));
+        }
+        buf.reserve(4096);
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err("it closed the connection before sending a response".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading its response failed: {e}")),
+        }
+    }
+}
+
+/// Sends the upgrade to a server of upstream `ui` and reads its answer; a 101 is checked
+/// against `key`. Passive health is updated as for plain HTTP.
+async fn exchange<'a, I>(
+    proxy: &Proxy,
+    ui: usize,
+    peer: SocketAddr,
+    target: &[u8],
+    fields: I,
+    key: Option<&[u8]>,
+) -> Result<Answer, Error>
+where
+    I: Iterator<Item = Field<'a>> + Clone,
+{
+    let up = &proxy.upstreams[ui];
+    let (si, mut stream) = connect(proxy, ui, peer).await?;
+    let server = &up.servers[si].addr;
+    let mut buf = pooled();
+    h1::put_upgrade_request(
+        &mut buf,
+        target,
+        fields,
+        &Forwarding::new(proxy.client(peer)),
+        h1::HostRule {
+            preserve: proxy.preserve_host,
+            upstream: server,
+        },
+    );
+    let active = up.begin(si);
+    let res = tokio::time::timeout(up.read_timeout, async {
+        if let Err(e) = stream.write_all(&buf).await {
+            return Err(format!("sending the request failed: {e}"));
+        }
+        buf.clear();
+        read_head(&mut stream, &mut buf, key).await
+    })
+    .await;
+    let fail = |e: Error, buf: Vec<u8>| {
+        up.failed(si);
+        unpool(buf);
+        Err(e)
+    };
+    let (head_len, status, check) = match res {
+        Ok(Ok(x)) => x,
+        Ok(Err(reason)) => {
+            return fail(
+                Error::Exchange {
+                    upstream: up.name.clone(),
+                    server: server.clone(),
+                    reason,
+                },
+                buf,
+            );
+        }
+        Err(_) => {
+            return fail(
+                Error::ResponseTimeout {
+                    upstream: up.name.clone(),
+                    server: server.clone(),
+                    after: up.read_timeout,
+                },
+                buf,
+            );
+        }
+    };
+    up.succeeded(si);
+    if let Err(what) = check {
+        unpool(buf);
+        return Err(Error::BadUpgrade {
+            upstream: up.name.clone(),
+            server: server.clone(),
+            what,
+        });
+    }
+    Ok(Answer {
+        stream,
+        buf,
+        head_len,
+        status,
+        si,
+        active,
+    })
+}
+
+/// The fields the client gets from an upstream response: its end-to-end fields (hop-by-hop and
+/// `Trailer` removed; `Content-Length` too when the body is not length-delimited, since the
+/// hop toward the client frames it anew), then the ones wsgate adds.
+fn client_fields<'a>(
+    status: u16,
+    fields: impl Iterator<Item = Field<'a>> + Clone,
+    framing: Framing,
+) -> impl Iterator<Item = Field<'a>> {
+    let all = fields.clone();
+    let keep_length = !matches!(framing, Framing::Chunked | Framing::Eof);
+    let added: &'static [Field<'static>] = match status {
+        101 => &[(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")],
+        // The body stays the upstream's; this header tells whoever looks at the response
+        // (curl -i, browser devtools) that wsgate did forward the upgrade.
+        426 => &DIAGNOSIS_FIELD,
+        _ => &[],
+    };
+    fields
+        .filter(move |(n, _)| {
+            !h1::is_hop_by_hop(n, all.clone())
+                && !n.eq_ignore_ascii_case(b"trailer")
+                && (keep_length || !n.eq_ignore_ascii_case(b"content-length"))
+        })
+        .chain(added.iter().copied())
+}
+
+/// Logs what a non-101 answer to an upgrade means.
+fn note_refusal(proxy: &Proxy, ui: usize, a: &Answer, path: &str) {
+    if a.status == 426 {
+        let up = &proxy.upstreams[ui];
+        let server = &up.servers[a.si].addr;
+        tracing::warn!(upstream = %up.name, %server, %path, "{DIAGNOSIS_426}");
+    }
+}
+
+/// Starts the tunnel over both sockets; `head`, when given, is the 101 to write to the client
+/// first.
+#[allow(clippy::too_many_arguments)]
+fn spawn_tunnel(
+    proxy: &Arc<Proxy>,
+    mut slot: TunnelSlot,
+    active: Active,
+    mut client: TcpStream,
+    c_pre: Bytes,
+    upstream: TcpStream,
+    u_pre: Bytes,
+    head: Option<Vec<u8>>,
+) {
+    slot.open();
+    let proxy = proxy.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let _active = active;
+        // The 101 goes out from this task, right before the tunnel registers itself: a tunnel
+        // registered after shutdown began closes at once, so a client that got its 101 just
+        // before a shutdown must not wait for a task switch first (it would lose the grace).
+        if let Some(head) = head {
+            let sent = client.write_all(&head).await;
+            unpool(head);
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "client went away before its 101");
+                return;
+            }
+        }
+        super::tunnel::run(client, c_pre, upstream, u_pre, &proxy).await;
+    });
+}
+
+/// Takes a connection whose first request head starts `first` (read by the server, with any
+/// pipelined bytes after it) when that request is a WebSocket upgrade that `route` sends to a
+/// proxy upstream, and proxies it without hyper on either side. Anything else gives the
+/// connection back untouched for hyper to serve.
+pub async fn serve_first(
+    proxy: &Arc<Proxy>,
+    client: TcpStream,
+    first: &[u8],
+    peer: SocketAddr,
+    route: impl FnOnce(&str) -> Option<usize>,
+) -> Result<(), TcpStream> {
+    let mut hs = [const { MaybeUninit::uninit() }; h1::MAX_FAST_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let Ok(httparse::Status::Complete(head_len)) = req.parse_with_uninit_headers(first, &mut hs)
+    else {
+        return Err(client);
+    };
+    let fields = h1::fields(req.headers);
+    let target = req.path.unwrap_or_default();
+    // Only what the fast path answers exactly as hyper would: an HTTP/1.1 GET in origin form,
+    // asking this hop for the upgrade, with no body to deal with.
+    let fast = req.method == Some("GET")
+        && req.version == Some(1)
+        && target.starts_with('/')
+        && h1::has_token(fields.clone(), "upgrade", "websocket")
+        && h1::has_token(fields.clone(), "connection", "upgrade")
+        && h1::get(fields.clone(), "transfer-encoding").is_none()
+        && h1::get(fields.clone(), "content-length").is_none_or(|v| v.trim_ascii() == b"0");
+    let path = target.split('?').next().unwrap_or_default();
+    let Some(ui) = fast.then(|| route(path)).flatten() else {
+        return Err(client);
+    };
+    upgrade_raw(
+        proxy,
+        ui,
+        client,
+        &first[head_len..],
+        target,
+        fields,
+        path,
+        peer,
+    )
+    .await;
+    Ok(())
+}
+
+/// The fast path: the client's head is parsed (`fields`); `after` is what came behind it.
+#[allow(clippy::too_many_arguments)]
+async fn upgrade_raw<'a>(
+    proxy: &Arc<Proxy>,
+    ui: usize,
+    mut client: TcpStream,
+    after: &[u8],
+    target: &str,
+    fields: impl Iterator<Item = Field<'a>> + Clone,
+    path: &str,
+    peer: SocketAddr,
+) {
+    METRICS.proxy_requests.inc();
+    let slot = match TunnelSlot::take(proxy, peer) {
+        Ok(s) => s,
+        Err(r) => return r.reply(&mut client).await,
+    };
+    let key = h1::get(fields.clone(), "sec-websocket-key");
+    let answer = match exchange(proxy, ui, peer, target.as_bytes(), fields, key).await {
+        Ok(a) => a,
+        Err(e) => {
+            let (status, body) = e.report(path);
+            return reply_and_close(&mut client, status, &[], &body).await;
+        }
+    };
+    if answer.status != 101 {
+        // No tunnel: the answer's body does not count against the tunnel limit.
+        drop(slot);
+        note_refusal(proxy, ui, &answer, path);
+        return relay_raw(client, answer).await;
+    }
+    let mut out = pooled();
+    {
+        let mut hs = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut hs);
+        let _ = r.parse(&answer.buf[..answer.head_len]);
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (n, v) in client_fields(101, h1::fields(r.headers), Framing::Empty) {
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let u_pre = answer.rest();
+    let c_pre = Bytes::copy_from_slice(after);
+    let Answer {
+        stream,
+        buf,
+        active,
+        ..
+    } = answer;
+    unpool(buf);
+    spawn_tunnel(proxy, slot, active, client, c_pre, stream, u_pre, Some(out));
+}
+
+/// Relays a non-101 answer to the client on the fast path, then closes: the status and
+/// end-to-end fields as they are, the body re-framed for this hop (chunked stays chunked).
+async fn relay_raw(mut client: TcpStream, answer: Answer) {
+    let mut out = pooled();
+    let framing = {
+        let mut hs = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut hs);
+        let _ = r.parse(&answer.buf[..answer.head_len]);
+        let status = r.code.unwrap_or(0);
+        let framing = match h1::response_framing(status, h1::fields(r.headers)) {
+            Ok(f) => f,
+            Err(_) => Framing::Eof,
+        };
+        out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+        let reason = r.reason.filter(|r| !r.is_empty()).or_else(|| {
+            StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+        });
+        out.extend_from_slice(reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (n, v) in client_fields(status, h1::fields(r.headers), framing) {
+            out.extend_from_slice(n);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+        framing
+    };
+    let Answer {
+        stream,
+        buf,
+        head_len,
+        active,
+        ..
+    } = answer;
+    let _active = active;
+    let mut reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]));
+    unpool(buf);
+    let res: std::io::Result<()> = async {
+        client.write_all(&out).await?;
+        loop {
+            let chunk = std::future::poll_fn(|cx| reader.poll_chunk(cx, &stream)).await?;
+            let Some(chunk) = chunk else { break };
+            if framing == Framing::Chunked {
+                client
+                    .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .await?;
+                client.write_all(&chunk).await?;
+                client.write_all(b"\r\n").await?;
+            } else {
+                client.write_all(&chunk).await?;
+            }
+        }
+        if framing == Framing::Chunked {
+            client.write_all(b"0\r\n\r\n").await?;
+        }
+        client.shutdown().await
+    }
+    .await;
+    unpool(out);
+    if let Err(e) = res {
+        // The client sees the connection end early: a short or unterminated body.
+        tracing::debug!(error = %e, "relaying the upstream's answer to an upgrade failed");
+    }
+}
+
+/// Proxies a WebSocket handshake that hyper parsed to upstream `ui`; on a valid 101 the tunnel
+/// starts once hyper has sent our 101 to the client.
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
     ui: usize,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let up = proxy.upstreams[ui].clone();
-    let path = req.uri().path().to_string();
-    if proxy
-        .shutting_down
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        return crate::server::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "503 Service Unavailable: wsgate is shutting down; reconnect in a moment.\n",
-        );
-    }
-    let max = proxy.max_tunnels;
-    if proxy.open_tunnels() >= max {
-        tracing::warn!(%peer, max, "tunnel refused: server.max_connections reached");
-        let mut r = crate::server::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "503 Service Unavailable: this server holds its maximum of {max} proxied WebSocket tunnels \
-(server.max_connections). Retry with backoff, or raise the limit.\n"
-            ),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
-    }
+    let slot = match TunnelSlot::take(proxy, peer) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let (si, stream) = match connect(proxy, ui, peer).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(&path),
+    let path = req.uri().path();
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let fields: Vec<Field<'_>> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .collect();
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(HeaderValue::as_bytes);
+    let answer = match exchange(proxy, ui, peer, target.as_bytes(), fields.into_iter(), key).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(path),
     };
-    let server = up.servers[si].addr.clone();
-    let exchange = |reason: String| Error::Exchange {
-        upstream: up.name.clone(),
-        server: server.clone(),
-        reason,
+    let mut hs = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut hs);
+    let _ = r.parse(&answer.buf[..answer.head_len]);
+    let framing = if answer.status == 101 {
+        Framing::Empty
+    } else {
+        h1::response_framing(answer.status, h1::fields(r.headers)).unwrap_or(Framing::Eof)
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
-        .handshake::<_, ReqBody>(TokioIo::new(CaseIo::new(stream)))
-        .await
-    {
-        Ok(x) => x,
-        Err(e) => return exchange(e.to_string()).into_response(&path),
-    };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+    let mut resp = Response::new(crate::server::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (n, v) in client_fields(answer.status, h1::fields(r.headers), framing) {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+            resp.headers_mut().append(n, v);
         }
-    });
-
-    let (parts, _body) = req.into_parts();
-    let mut headers = parts.headers;
-    prepare_request(
-        &mut headers,
-        proxy.client(peer),
-        proxy.preserve_host,
-        &server,
-    );
-    // Hop-by-hop fields are gone; put back the two that ask this hop for the upgrade.
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let mut out = Request::new(
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *out.method_mut() = Method::GET;
-    *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = headers;
-    *out.uri_mut() = match parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()
-    {
-        Ok(u) => u,
-        Err(e) => {
-            return exchange(format!("cannot build the upstream URI: {e}")).into_response(&path);
-        }
-    };
-    let active = up.begin(si);
-    let mut resp = match tokio::time::timeout(up.read_timeout, sender.send_request(out)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            up.failed(si);
-            return exchange(e.to_string()).into_response(&path);
-        }
-        Err(_) => {
-            up.failed(si);
-            return Error::ResponseTimeout {
-                upstream: up.name.clone(),
-                server,
-                after: up.read_timeout,
-            }
-            .into_response(&path);
-        }
-    };
-    up.succeeded(si);
-
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        if resp.status() == StatusCode::UPGRADE_REQUIRED {
-            tracing::warn!(upstream = %up.name, %server, %path, "{DIAGNOSIS_426}");
-        }
-        let upgrade_required = resp.status() == StatusCode::UPGRADE_REQUIRED;
-        let (mut rp, rb) = resp.into_parts();
-        remove_hop_by_hop(&mut rp.headers);
-        rp.headers.remove(header::TRAILER);
-        rp.version = Version::HTTP_11;
-        if upgrade_required {
-            // The body stays the upstream's; this header tells whoever looks at the response
-            // (curl -i, browser devtools) that wsgate did forward the upgrade.
-            rp.headers.insert(
-                http::HeaderName::from_static("x-wsgate-diagnosis"),
-                HeaderValue::from_static(DIAGNOSIS_426),
-            );
-        }
-        return Response::from_parts(rp, NoTrailers::new(rb, Some(active)).boxed());
     }
-    if let Err(what) = check_101(resp.headers(), key.as_ref()) {
-        return Error::BadUpgrade {
-            upstream: up.name.clone(),
-            server,
-            what,
-        }
-        .into_response(&path);
+    if let Some(reason) = r.reason
+        && Some(reason) != resp.status().canonical_reason()
+        && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes())
+    {
+        resp.extensions_mut().insert(reason);
     }
-
-    let upstream_upgrade = hyper::upgrade::on(&mut resp);
-    let mut answer = Response::new(full(Bytes::new()));
-    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let mut h = resp.headers().clone();
-    remove_hop_by_hop(&mut h);
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    *answer.headers_mut() = h;
-
+    if answer.status != 101 {
+        note_refusal(proxy, ui, &answer, path);
+        let Answer {
+            stream,
+            buf,
+            head_len,
+            active,
+            ..
+        } = answer;
+        let reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]));
+        unpool(buf);
+        *resp.body_mut() = h1::UpstreamBody::new(stream, reader, active)
+            .map_err(Into::into)
+            .boxed();
+        return resp;
+    }
+    let u_pre = answer.rest();
+    let Answer {
+        stream: upstream,
+        buf,
+        active,
+        ..
+    } = answer;
+    unpool(buf);
     let proxy = proxy.clone();
-    proxy.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    crate::metrics::METRICS.proxy_tunnels.inc();
-    crate::metrics::METRICS.proxy_tunnels_total.inc();
     tokio::spawn(async move {
-        let _open = OpenTunnel(proxy.clone());
-        let _active = active;
-        let (client, upstream) = match tokio::join!(client_upgrade, upstream_upgrade) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(client = ?c.err(), upstream = ?u.err(), "upgrade did not complete");
+        let client = match client_upgrade.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "client upgrade did not complete");
                 return;
             }
         };
@@ -263,11 +721,7 @@ pub async fn upgrade(
             tracing::error!("client connection has an unexpected type; this is a bug");
             return;
         };
-        let Ok(u) = upstream.downcast::<TokioIo<CaseIo>>() else {
-            tracing::error!("upstream connection has an unexpected type; this is a bug");
-            return;
-        };
-        // Copy the bytes that came with the handshakes and let go of everything else now: the
+        // Copy the bytes that came with the handshake and let go of everything else now: the
         // `Bytes` handed back point into hyper's and the head reader's read buffers (several
         // KiB each), which would otherwise live as long as the tunnel.
         let (cs, c_pre) = {
@@ -277,70 +731,48 @@ pub async fn upgrade(
             pre.extend_from_slice(&c.read_buf);
             (cs, pre.freeze())
         };
-        let us = u.io.into_inner().inner;
-        let u_pre = Bytes::copy_from_slice(&u.read_buf);
-        drop(u.read_buf);
         drop(c.read_buf);
-        super::tunnel::run(cs, c_pre, us, u_pre, &proxy).await;
+        spawn_tunnel(&proxy, slot, active, cs, c_pre, upstream, u_pre, None);
     });
-    answer
-}
-
-/// Counts an open tunnel until dropped.
-struct OpenTunnel(Arc<Proxy>);
-
-impl Drop for OpenTunnel {
-    fn drop(&mut self) {
-        self.0
-            .open
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
+    resp
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
+    fn fields<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = Field<'a>> + Clone {
+        pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))
     }
 
-    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
 
     #[test]
     fn a_correct_101_passes() {
-        let h = headers(&[
+        let h = [
             ("upgrade", "WebSocket"),
-            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-        ]);
-        assert_eq!(check_101(&h, Some(&HeaderValue::from_static(KEY))), Ok(()));
+            ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ];
+        assert_eq!(check_101(fields(&h), Some(KEY)), Ok(()));
     }
 
     #[test]
     fn a_101_with_a_wrong_accept_or_upgrade_is_explained() {
-        let key = HeaderValue::from_static(KEY);
-        let h = headers(&[("upgrade", "websocket"), ("sec-websocket-accept", "nope")]);
+        let h = [("upgrade", "websocket"), ("sec-websocket-accept", "nope")];
         assert!(
-            check_101(&h, Some(&key))
+            check_101(fields(&h), Some(KEY))
                 .unwrap_err()
                 .contains("does not match the key")
         );
-        let h = headers(&[("upgrade", "h2c")]);
+        let h = [("upgrade", "h2c")];
         assert!(
-            check_101(&h, Some(&key))
+            check_101(fields(&h), Some(KEY))
                 .unwrap_err()
                 .contains("Upgrade: h2c")
         );
-        let h = headers(&[("upgrade", "websocket")]);
+        let h = [("upgrade", "websocket")];
         assert!(
-            check_101(&h, Some(&key))
+            check_101(fields(&h), Some(KEY))
                 .unwrap_err()
                 .contains("no Sec-WebSocket-Accept")
         );
@@ -360,5 +792,35 @@ mod tests {
         assert!(!is_websocket_upgrade(&r));
         let r = Request::get("/").header("upgrade", "h2c").body(()).unwrap();
         assert!(!is_websocket_upgrade(&r));
+    }
+
+    #[test]
+    fn client_fields_drop_hop_by_hop_and_add_this_hops_own() {
+        let h = [
+            ("Connection", "Upgrade, X-Hop"),
+            ("Upgrade", "WebSocket"),
+            ("X-Hop", "1"),
+            ("Keep-Alive", "5"),
+            ("Sec-WebSocket-Accept", "a"),
+            ("Content-Length", "3"),
+            ("Trailer", "X-T"),
+        ];
+        let got: Vec<_> = client_fields(101, fields(&h), Framing::Empty)
+            .map(|(n, v)| (String::from_utf8_lossy(n), String::from_utf8_lossy(v)))
+            .collect();
+        let got: Vec<(&str, &str)> = got.iter().map(|(n, v)| (&**n, &**v)).collect();
+        assert_eq!(
+            got,
+            [
+                ("Sec-WebSocket-Accept", "a"),
+                ("Content-Length", "3"),
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+            ]
+        );
+        let n = client_fields(426, fields(&h), Framing::Chunked)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"))
+            .count();
+        assert_eq!(n, 0, "a re-framed body loses its Content-Length");
     }
 }

@@ -63,10 +63,22 @@ pub async fn read_head(
     }
 }
 
-/// Writes a complete `Connection: close` response and closes the write side.
-pub async fn reply_and_close(io: &mut TcpStream, status: &str, body: &str) {
+/// Writes a complete `Connection: close` text response, with `extra` header fields, and closes
+/// the write side.
+pub async fn reply_and_close(
+    io: &mut TcpStream,
+    status: http::StatusCode,
+    extra: &[(&str, &str)],
+    body: &str,
+) {
+    let mut fields = String::new();
+    for (n, v) in extra {
+        fields.push_str(&format!("{n}: {v}\r\n"));
+    }
     let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{fields}Connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
     );
     let _ = io.write_all(resp.as_bytes()).await;

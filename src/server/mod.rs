@@ -33,11 +33,14 @@ use crate::ws::handshake::{self, Accept};
 use crate::ws::outbox::Outbox;
 use crate::ws::session::{self, Env, Session};
 use head::HeadError;
-pub use head::Rewind;
+pub use head::{Rewind, reply_and_close};
 use route::Route;
 
 /// Response body type: bodies the server writes itself ([`full`]) and streamed proxy bodies.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The error of a streamed body: hyper's, or an upstream socket's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A complete in-memory body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -167,7 +170,13 @@ async fn serve_conn(
 (server.max_header_bytes). Send fewer or smaller headers (large cookies are the usual cause), or raise the limit.\n",
                 cfg.max_header_bytes
             );
-            head::reply_and_close(&mut stream, "431 Request Header Fields Too Large", &body).await;
+            reply_and_close(
+                &mut stream,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &[],
+                &body,
+            )
+            .await;
             return;
         }
         Err(HeadError::Timeout) => {
@@ -175,9 +184,18 @@ async fn serve_conn(
                 "408 Request Timeout: the request head did not arrive within {} (server.handshake_timeout).\n",
                 cfg.handshake_timeout
             );
-            head::reply_and_close(&mut stream, "408 Request Timeout", &body).await;
+            reply_and_close(&mut stream, StatusCode::REQUEST_TIMEOUT, &[], &body).await;
             return;
         }
+    };
+    // The usual WebSocket through the proxy (a fresh connection whose first request is the
+    // upgrade) skips hyper on both sides; everything else is hyper's.
+    let proxy = shared.proxy.clone();
+    let route = |path: &str| shared.proxy_upstream(path);
+    let stream = match crate::proxy::upgrade::serve_first(&proxy, stream, &first, peer, route).await
+    {
+        Ok(()) => return,
+        Err(back) => back,
     };
     let io = TokioIo::new(Rewind::new(first.freeze(), stream));
     let svc_shared = shared.clone();
@@ -203,6 +221,17 @@ async fn serve_conn(
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+impl Shared {
+    /// The proxy upstream serving `path`, with the precedence of [`handle`]: a hub route
+    /// matching `path` wins over every proxy prefix.
+    fn proxy_upstream(&self, path: &str) -> Option<usize> {
+        if self.routes.iter().any(|r| r.matches(path).is_some()) {
+            return None;
+        }
+        self.proxy.route(path)
+    }
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {

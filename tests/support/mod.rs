@@ -277,3 +277,37 @@ pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> std::proc
     );
     child
 }
+
+/// Reads a response head and returns it parsed, with the raw bytes read beyond it (binary
+/// frames after a 101, which a `String` body would mangle).
+pub async fn read_head_and_rest(s: &mut TcpStream) -> (Reply, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                return end;
+            }
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            assert!(n > 0, "closed before a response head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("a response head within the wait limit");
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let rest = buf[end + 4..].to_vec();
+    (
+        Reply {
+            status,
+            head,
+            body: String::new(),
+        },
+        rest,
+    )
+}

@@ -259,3 +259,47 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
         }
     }
 }
+
+/// A server that reads one request head per connection, records it, and writes what `answer`
+/// makes of it (the head is passed in). With `close`, it closes right after; otherwise it holds
+/// the connection until the peer closes, echoing nothing.
+pub async fn scripted(
+    answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    close: bool,
+) -> (SocketAddr, Arc<Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let seen2 = seen.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            seen2.connections.fetch_add(1, Ordering::Relaxed);
+            let seen = seen2.clone();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(head) = read_head(&mut s, &mut buf).await else {
+                    return;
+                };
+                seen.heads.lock().unwrap().push(head.clone());
+                if s.write_all(&answer(&head)).await.is_err() || close {
+                    return;
+                }
+                let mut chunk = [0u8; 1024];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The `Sec-WebSocket-Accept` a correct upstream answers to `head`.
+pub fn accept_for(head: &str) -> String {
+    let key = header(head, "sec-websocket-key").expect("a Sec-WebSocket-Key");
+    wsgate::ws::accept_key(key.as_bytes())
+}
