@@ -230,9 +230,13 @@ async fn a_thousand_concurrent_tunnels_work_and_stay_small_while_idle() {
         "proxy RSS {before} KiB -> {after} KiB with {n} idle tunnels: {per} bytes per tunnel"
     );
     assert!(seen.connections.load(std::sync::atomic::Ordering::Relaxed) >= n + 20);
+    // The target is 4 KiB with 5,000 tunnels opened 200 at a time (BENCHMARKS.md), where
+    // allocator slack from the concurrent handshakes adds ~1.5 KiB. Opened one at a time as
+    // here, a tunnel measures ~1.7 KiB (2.5 KiB before the tunnel became a 280-byte future
+    // with one heartbeat entry), so 2 KiB catches a tunnel that grows back.
     assert!(
-        per <= 4096,
-        "{per} bytes per idle tunnel; the target is 4 KiB"
+        per <= 2048,
+        "{per} bytes per idle tunnel opened one at a time; it was ~1,700"
     );
 }
 

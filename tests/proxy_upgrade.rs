@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use support::upstream::{WsOptions, dead_addr, read_head, scripted, ws_echo};
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -188,6 +188,62 @@ async fn injected_pings_keep_a_tunnel_open_past_the_upstream_idle_limit_and_no_o
         0,
         "upstream saw a pong it never asked for"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_silent_side_is_pinged_and_the_busy_side_is_not_blamed() {
+    let (up, seen) = ws_echo(WsOptions::default()).await;
+    let srv = start(&story(
+        up,
+        "[proxy]\nping_interval = \"300ms\"\npong_timeout = \"100ms\"\n",
+    ))
+    .await;
+    let mut ws = connect(srv.addr, "/ws").await;
+    // Both sides share one heartbeat entry. First the client talks every 40 ms (Pongs, which
+    // the upstream does not answer), so only the upstream goes silent: it must be pinged, the
+    // client must not be.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1000);
+    while tokio::time::Instant::now() < until {
+        ws.send(Message::Pong(b"busy".to_vec().into()))
+            .await
+            .unwrap();
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(40), ws.next()).await {
+            panic!("the client got {m:?} while it was the busy side");
+        }
+    }
+    let upstream_pings = seen.pings.load(Ordering::Relaxed);
+    assert!(
+        upstream_pings >= 2,
+        "the silent upstream got {upstream_pings} pings"
+    );
+    // Then both go quiet, on schedules 150 ms apart: right after the upstream answers a ping,
+    // the client speaks once more. The upstream is due first; when its ping is answered, the
+    // client has been quiet since before that ping yet is not due for another 150 ms (longer
+    // than pong_timeout). That quiet must not pass for a missed pong.
+    while seen.pings.load(Ordering::Relaxed) == upstream_pings {
+        ws.send(Message::Pong(b"busy".to_vec().into()))
+            .await
+            .unwrap();
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(10), ws.next()).await {
+            panic!("the client got {m:?} while it was the busy side");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    ws.send(Message::Pong(b"last word".to_vec().into()))
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut pings = 0;
+    loop {
+        match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(other) => panic!("tunnel broke after {pings} pings to the client: {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "the quiet client got only {pings} pings");
+    send_text(&mut ws, "still here").await;
+    assert_eq!(next_text(&mut ws).await, "still here");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,20 +15,26 @@
 //! - never lose bytes: whatever was read from one side is written to the other before its write
 //!   half is shut.
 //!
-//! An idle tunnel holds no buffer: reads land in a per-thread scratch buffer, and a pending
-//! buffer exists only while the destination is not accepting bytes. Pings come from one timing
-//! wheel ([`crate::ws::Heartbeat`]) for all tunnels, not a timer per tunnel.
+//! A tunnel is a hand-written future ([`Tunnel`]) rather than an `async fn`, for the same reason
+//! as [`crate::ws::session::Session`]: an idle tunnel is nothing but this struct, so every field
+//! counts thousands of times. It holds no buffer while idle: reads land in a per-thread scratch
+//! buffer, a pending buffer exists only while the destination is not accepting bytes, and a timer
+//! is boxed only while one is armed (closing, or the opt-in `idle_timeout`/`max_lifetime`). Pings
+//! come from one timing wheel ([`crate::ws::Heartbeat`]) for all tunnels, not a timer per tunnel.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::Proxy;
 use crate::ws::close::CloseCode;
@@ -46,25 +52,37 @@ const READS_PER_POLL: usize = 16;
 /// Length of the Ping payload wsgate uses to recognise its own Pongs.
 const TOKEN_LEN: usize = 8;
 
-/// One direction of the tunnel: what is known about the frame passing through it.
+/// Longest frame header: 2 + 8 (length) + 4 (mask).
+const MAX_HDR: usize = 14;
+
+/// One direction of the tunnel: what is known about the frame passing through it. Small
+/// integers and flat arrays instead of `usize`s and `Option`s: two of these are most of an idle
+/// tunnel.
 #[derive(Debug)]
 struct Dir {
-    /// Frames from this source are masked (client to upstream).
-    masked: bool,
-    /// Header bytes of the current frame seen so far.
-    hdr: [u8; 14],
-    hdr_len: usize,
-    /// Header size once parsed.
-    hdr_size: usize,
     /// Payload bytes of the current frame still to pass.
     remaining: u64,
-    /// A Pong that may be ours, held back until complete: mask and payload so far.
-    hold: Option<(Option<[u8; 4]>, [u8; TOKEN_LEN], usize)>,
-    /// Bytes that arrived with the handshake, processed before the socket is read.
-    pre: Option<Bytes>,
+    /// Heartbeat time (ms) this direction's source last sent anything.
+    heard: u64,
     /// Output not yet accepted by the destination (only while it pushes back).
     pending: Vec<u8>,
-    pending_off: usize,
+    pending_off: u32,
+    /// The payload of the Pings wsgate sends to this direction's source: a Pong from the source
+    /// carrying it answers one of them and is swallowed.
+    token: [u8; TOKEN_LEN],
+    /// Header bytes of the current frame seen so far.
+    hdr: [u8; MAX_HDR],
+    /// While a frame passes, its header size.
+    hdr_len: u8,
+    /// A Pong that may be ours is being held back until complete (its header is in `hdr`;
+    /// `TOKEN_LEN - remaining` of its payload is in `hold_buf`).
+    holding: bool,
+    /// The held Pong's payload as it came (still masked if it was).
+    hold_buf: [u8; TOKEN_LEN],
+    /// The held Pong's mask (only a masked source's Pong is held, so `masked` says if it is set).
+    hold_mask: [u8; 4],
+    /// Frames from this source are masked (client to upstream).
+    masked: bool,
     /// The source reached EOF (or failed).
     src_done: bool,
     /// The destination's write half was shut.
@@ -73,67 +91,68 @@ struct Dir {
     close_passed: bool,
     /// A Ping to the destination is wanted at the next frame boundary.
     want_ping: bool,
-    /// Pongs swallowed, for tests and logs.
-    swallowed: u64,
+    /// The source was sent a Ping (in the opposite direction) and has sent nothing since.
+    pinged: bool,
 }
 
 impl Dir {
-    fn new(masked: bool, pre: Bytes) -> Self {
+    fn new(masked: bool, now_ms: u64) -> Self {
         Dir {
-            masked,
-            hdr: [0; 14],
-            hdr_len: 0,
-            hdr_size: 0,
             remaining: 0,
-            hold: None,
-            pre: (!pre.is_empty()).then_some(pre),
+            heard: now_ms,
             pending: Vec::new(),
             pending_off: 0,
+            token: token(),
+            hdr: [0; MAX_HDR],
+            hdr_len: 0,
+            holding: false,
+            hold_buf: [0; TOKEN_LEN],
+            hold_mask: [0; 4],
+            masked,
             src_done: false,
             dst_shut: false,
             close_passed: false,
             want_ping: false,
-            swallowed: 0,
+            pinged: false,
         }
     }
 
     /// Between two frames: a frame of our own may go to the destination now.
     fn at_boundary(&self) -> bool {
-        self.hdr_len == 0 && self.remaining == 0 && self.hold.is_none()
+        self.hdr_len == 0 && self.remaining == 0 && !self.holding
     }
 
     /// Passes `data` through, appending what the destination should get to `out`. Pongs that
-    /// carry `token` are dropped.
-    fn process(&mut self, mut data: &[u8], token: &[u8; TOKEN_LEN], out: &mut Vec<u8>) {
+    /// carry `self.token` are dropped.
+    fn process(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = (self.remaining.min(data.len() as u64)) as usize;
-                match &mut self.hold {
-                    Some((_, buf, filled)) => {
-                        buf[*filled..*filled + n].copy_from_slice(&data[..n]);
-                        *filled += n;
-                    }
-                    None => out.extend_from_slice(&data[..n]),
+                if self.holding {
+                    let f = TOKEN_LEN - self.remaining as usize;
+                    self.hold_buf[f..f + n].copy_from_slice(&data[..n]);
+                } else {
+                    out.extend_from_slice(&data[..n]);
                 }
                 self.remaining -= n as u64;
                 data = &data[n..];
                 if self.remaining == 0 {
-                    self.end_frame(token, out);
+                    self.end_frame(out);
                 }
                 continue;
             }
-            let take = (self.hdr.len() - self.hdr_len).min(data.len());
-            let old = self.hdr_len;
+            let old = usize::from(self.hdr_len);
+            let take = (MAX_HDR - old).min(data.len());
             self.hdr[old..old + take].copy_from_slice(&data[..take]);
-            self.hdr_len += take;
-            let Some(h) = frame::parse_header(&self.hdr[..self.hdr_len]) else {
+            let seen = old + take;
+            let Some(h) = frame::parse_header(&self.hdr[..seen]) else {
+                self.hdr_len = seen as u8;
                 data = &data[take..];
                 continue;
             };
             // Only the header's own bytes were consumed; the rest goes back to `data`.
             data = &data[h.size - old..];
-            self.hdr_len = h.size;
-            self.hdr_size = h.size;
+            self.hdr_len = h.size as u8;
             if h.opcode_raw == OpCode::Close as u8 {
                 self.close_passed = true;
             }
@@ -142,28 +161,29 @@ impl Dir {
                 && h.len == TOKEN_LEN as u64
                 && h.mask.is_some() == self.masked;
             if maybe_ours {
-                self.hold = Some((h.mask, [0; TOKEN_LEN], 0));
+                self.holding = true;
+                self.hold_mask = h.mask.unwrap_or_default();
             } else {
                 out.extend_from_slice(&self.hdr[..h.size]);
             }
             self.remaining = h.len;
             if h.len == 0 {
-                self.end_frame(token, out);
+                self.end_frame(out);
             }
         }
     }
 
-    fn end_frame(&mut self, token: &[u8; TOKEN_LEN], out: &mut Vec<u8>) {
-        if let Some((mask, buf, _)) = self.hold.take() {
-            let mut plain = buf;
-            if let Some(m) = mask {
-                frame::apply_mask(&mut plain, m, 0);
+    fn end_frame(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.holding) {
+            let mut plain = self.hold_buf;
+            if self.masked {
+                frame::apply_mask(&mut plain, self.hold_mask, 0);
             }
-            if &plain == token {
-                self.swallowed += 1;
+            if plain == self.token {
+                crate::metrics::METRICS.proxy_pongs_swallowed.inc();
             } else {
-                out.extend_from_slice(&self.hdr[..self.hdr_size]);
-                out.extend_from_slice(&buf);
+                out.extend_from_slice(&self.hdr[..usize::from(self.hdr_len)]);
+                out.extend_from_slice(&self.hold_buf);
             }
         }
         self.hdr_len = 0;
@@ -171,6 +191,17 @@ impl Dir {
 
     fn queue(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
+    }
+
+    /// wsgate's Ping to this direction's destination, carrying `token` (the opposite
+    /// direction's, whose source is that destination): masked when it goes to the upstream.
+    fn queue_ping(&mut self, token: &[u8; TOKEN_LEN]) {
+        if self.masked {
+            let mask = [token[0], token[3], token[5], token[7]];
+            self.queue(&frame::encode_masked(OpCode::Ping, true, token, mask));
+        } else {
+            self.queue(&frame::encode(OpCode::Ping, token));
+        }
     }
 }
 
@@ -225,15 +256,15 @@ enum Step {
     Moved(bool),
 }
 
-/// Moves bytes from `src` to `dst` until one of them would block.
+/// Moves bytes from `src` to `dst` until one of them would block. `ping` is the token for a
+/// Ping to `dst`; reads are dated with heartbeat time `now_ms`.
 #[allow(clippy::too_many_arguments)]
 fn pump(
     src: &mut TcpStream,
     dst: &mut TcpStream,
     d: &mut Dir,
-    token: &[u8; TOKEN_LEN],
-    ping: &[u8],
-    touch: &dyn Fn(),
+    ping: &[u8; TOKEN_LEN],
+    now_ms: u64,
     discard: bool,
     cx: &mut Context<'_>,
 ) -> Pumped {
@@ -241,12 +272,12 @@ fn pump(
     for _ in 0..READS_PER_POLL {
         if d.want_ping && d.at_boundary() && !d.dst_shut && !discard {
             d.want_ping = false;
-            d.queue(ping);
+            d.queue_ping(ping);
         }
-        while d.pending_off < d.pending.len() {
-            match write_now(dst, cx, &d.pending[d.pending_off..]) {
+        while (d.pending_off as usize) < d.pending.len() {
+            match write_now(dst, cx, &d.pending[d.pending_off as usize..]) {
                 Ok(0) => return res,
-                Ok(n) => d.pending_off += n,
+                Ok(n) => d.pending_off += n as u32,
                 Err(_) => {
                     res.dst_failed = true;
                     return res;
@@ -266,35 +297,30 @@ fn pump(
                 let mut scratch = s.borrow_mut();
                 let mut out = o.borrow_mut();
                 out.clear();
-                let n = if let Some(pre) = d.pre.take() {
-                    let n = pre.len().min(scratch.len());
-                    scratch[..n].copy_from_slice(&pre[..n]);
-                    if n < pre.len() {
-                        d.pre = Some(pre.slice(n..));
-                    }
-                    n
-                } else {
-                    let mut rb = ReadBuf::new(&mut scratch[..]);
-                    match Pin::new(&mut *src).poll_read(cx, &mut rb) {
-                        Poll::Pending => return Step::Blocked,
-                        Poll::Ready(Err(_)) => 0,
-                        Poll::Ready(Ok(())) => rb.filled().len(),
-                    }
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                let n = match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Step::Blocked,
+                    Poll::Ready(Err(_)) => 0,
+                    Poll::Ready(Ok(())) => rb.filled().len(),
                 };
                 if n == 0 {
                     return Step::SrcEnded;
                 }
-                touch();
+                // Any byte answers a Ping, as it does for the hub's own connections.
+                d.heard = now_ms;
+                d.pinged = false;
                 if discard {
                     return Step::Moved(false);
                 }
-                d.process(&scratch[..n], token, &mut out);
+                d.process(&scratch[..n], &mut out);
                 if out.is_empty() {
                     return Step::Moved(false);
                 }
                 match write_now(dst, cx, &out) {
                     Ok(w) => {
                         if w < out.len() {
+                            // A pending buffer never grows past one read's output (it is
+                            // written out before the next read), so u32 offsets suffice.
                             d.pending.extend_from_slice(&out[w..]);
                         }
                         Step::Moved(true)
@@ -322,118 +348,173 @@ fn pump(
     res
 }
 
-/// Runs a tunnel until both sides are closed; `c_pre`/`u_pre` are bytes that already arrived
-/// from each side with the handshake.
-pub async fn run(
-    mut client: TcpStream,
-    c_pre: Bytes,
-    mut upstream: TcpStream,
-    u_pre: Bytes,
+/// The opt-in limits' clocks, boxed so that tunnels without `idle_timeout`/`max_lifetime` (the
+/// default) carry neither.
+#[derive(Debug)]
+struct Limits {
+    started: Instant,
+    last_data: Instant,
+}
+
+/// A running tunnel: a future that ends once both sides are closed (or a close deadline
+/// passed). Dropping it closes both sockets and leaves the heartbeat wheel.
+#[derive(Debug)]
+#[must_use = "a tunnel relays nothing unless it is awaited or spawned"]
+pub struct Tunnel {
+    client: TcpStream,
+    upstream: TcpStream,
+    proxy: Arc<Proxy>,
+    /// The tunnel's one place in the heartbeat wheel, for both sides: its `last_rx` is the
+    /// quieter side's, so the wheel asks for a Ping when either side is due, and the tunnel
+    /// pings only the side(s) that are (see [`Outbox::heard`]). Shutdown reaches it too.
+    beat: Arc<Outbox>,
+    /// Client to upstream: its frames are masked.
+    c2u: Dir,
+    /// Upstream to client.
+    u2c: Dir,
+    limits: Option<Box<Limits>>,
+    /// The one armed deadline, if any: the close deadline once closing, else the nearest limit.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The tunnel is being closed by wsgate: further input is read and dropped.
+    discard: bool,
+    /// A side ended or wsgate is closing: `timer` holds the close deadline.
+    closing: bool,
+}
+
+/// Starts a tunnel between `client` and `upstream`; `client_leftover`/`upstream_leftover` are
+/// bytes that already arrived from each side with the handshake. Await the result, or spawn it.
+pub fn run(
+    client: TcpStream,
+    client_leftover: Bytes,
+    upstream: TcpStream,
+    upstream_leftover: Bytes,
     proxy: &Arc<Proxy>,
-) {
+) -> Tunnel {
     let _ = client.set_nodelay(true);
     let hb = &proxy.heartbeat;
     let now = hb.now_ms();
-    let oc = Arc::new(Outbox::new(0, usize::MAX, now));
-    let ou = Arc::new(Outbox::new(0, usize::MAX, now));
-    hb.register(&oc);
-    hb.register(&ou);
-    if proxy
-        .shutting_down
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        oc.request_close(crate::ws::session::SHUTDOWN);
+    let beat = Arc::new(Outbox::new(0, usize::MAX, now));
+    hb.register(&beat);
+    if proxy.shutting_down.load(Ordering::Relaxed) {
+        beat.request_close(crate::ws::session::SHUTDOWN);
     }
-    let token_c = token();
-    let token_u = token();
-    let ping_c = frame::encode(OpCode::Ping, &token_c);
-    let mask = [token_u[0], token_u[3], token_u[5], token_u[7]];
-    let ping_u = frame::encode_masked(OpCode::Ping, true, &token_u, mask);
-    // Client-to-upstream frames are masked; upstream-to-client are not.
-    let mut c2u = Dir::new(true, c_pre);
-    let mut u2c = Dir::new(false, u_pre);
-    let settings = proxy.tunnel.clone();
-    let started = tokio::time::Instant::now();
-    let mut last_data = started;
-    let mut closing_since: Option<tokio::time::Instant> = None;
-    // Only tunnels that opted into a limit carry a timer.
-    let limits = !settings.idle_timeout.is_zero() || !settings.max_lifetime.is_zero();
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut discard = false;
-    let mut queue = std::collections::VecDeque::new();
+    // The leftovers go through the frame parser now, straight into the pending output, so the
+    // tunnel keeps neither them nor a slot for them.
+    let mut c2u = Dir::new(true, now);
+    let mut u2c = Dir::new(false, now);
+    let mut pre = Vec::new();
+    c2u.process(&client_leftover, &mut pre);
+    c2u.pending = pre;
+    let mut pre = Vec::new();
+    u2c.process(&upstream_leftover, &mut pre);
+    u2c.pending = pre;
+    let t = &proxy.tunnel;
+    let limits = (!t.idle_timeout.is_zero() || !t.max_lifetime.is_zero()).then(|| {
+        let now = Instant::now();
+        Box::new(Limits {
+            started: now,
+            last_data: now,
+        })
+    });
+    Tunnel {
+        client,
+        upstream,
+        proxy: proxy.clone(),
+        beat,
+        c2u,
+        u2c,
+        limits,
+        timer: None,
+        discard: false,
+        closing: false,
+    }
+}
 
-    let end = poll_fn(|cx| {
-        let now_ms = hb.now_ms();
+impl Future for Tunnel {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let end = std::task::ready!(this.poll_relay(cx));
+        tracing::debug!(?end, "tunnel closed");
+        Poll::Ready(())
+    }
+}
+
+impl Tunnel {
+    /// Handles the wheel's signals and the limits, pumps both directions, and decides when the
+    /// tunnel is over.
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let Tunnel {
+            client,
+            upstream,
+            proxy,
+            beat,
+            c2u,
+            u2c,
+            limits,
+            timer,
+            discard,
+            closing,
+        } = self;
+        let settings = &proxy.tunnel;
+        let now_ms = proxy.heartbeat.now_ms();
         // Signals from the wheel and from shutdown.
         let mut close_both: Option<(u16, &'static str)> = None;
-        for (side, ob) in [(Side::Client, &oc), (Side::Upstream, &ou)] {
-            let sig = ob.take(&mut queue, cx.waker());
-            if sig.ping {
-                match side {
-                    Side::Client => u2c.want_ping = true,
-                    Side::Upstream => c2u.want_ping = true,
-                }
-            }
-            if let Some(req) = sig.close
-                && !discard
-            {
-                close_both = Some(if req.code == CloseCode::GOING_AWAY {
-                    (1001, "wsgate is shutting down")
-                } else if side == Side::Client {
-                    (1001, "client stopped answering pings")
-                } else {
-                    (1014, "upstream stopped answering pings")
-                });
-            }
+        // Nobody queues frames to a tunnel's outbox; this stays empty and unallocated.
+        let sig = beat.take(&mut VecDeque::new(), cx.waker());
+        if sig.ping {
+            ping_due(now_ms, proxy.heartbeat.interval_ms(), c2u, u2c);
         }
-        if limits && !discard {
-            let t = tokio::time::Instant::now();
-            if !settings.max_lifetime.is_zero() && t >= started + settings.max_lifetime {
+        if let Some(req) = sig.close
+            && !*discard
+        {
+            close_both = Some(if req.code == CloseCode::GOING_AWAY {
+                (1001, "wsgate is shutting down")
+            } else if silent_side(c2u, u2c) == Side::Client {
+                (1001, "client stopped answering pings")
+            } else {
+                (1014, "upstream stopped answering pings")
+            });
+        }
+        if let Some(l) = limits.as_deref()
+            && !*discard
+        {
+            let t = Instant::now();
+            if !settings.max_lifetime.is_zero() && t >= l.started + settings.max_lifetime {
                 close_both = Some((1001, "tunnel reached proxy.max_lifetime"));
-            } else if !settings.idle_timeout.is_zero() && t >= last_data + settings.idle_timeout {
+            } else if !settings.idle_timeout.is_zero() && t >= l.last_data + settings.idle_timeout {
                 close_both = Some((1001, "tunnel idle for proxy.idle_timeout"));
             }
         }
         if let Some((code, reason)) = close_both {
-            let to_client = frame::encode_close(code, reason);
-            let to_upstream = masked_close(if code == 1014 { 1001 } else { code }, reason);
             // A side that already got a Close (its peer's) must not get a second one.
             if u2c.at_boundary() && !u2c.dst_shut && !u2c.close_passed {
-                u2c.queue(&to_client);
+                u2c.queue(&frame::encode_close(code, reason));
             }
             if c2u.at_boundary() && !c2u.dst_shut && !c2u.close_passed {
-                c2u.queue(&to_upstream);
+                c2u.queue(&masked_close(
+                    if code == 1014 { 1001 } else { code },
+                    reason,
+                ));
             }
-            discard = true;
+            *discard = true;
         }
 
-        let c = pump(
-            &mut client,
-            &mut upstream,
-            &mut c2u,
-            &token_c,
-            &ping_u,
-            &|| oc.touch(now_ms),
-            discard,
-            cx,
-        );
-        let u = pump(
-            &mut upstream,
-            &mut client,
-            &mut u2c,
-            &token_u,
-            &ping_c,
-            &|| ou.touch(now_ms),
-            discard,
-            cx,
-        );
-        if c.active || u.active {
-            last_data = tokio::time::Instant::now();
+        let ping_u = u2c.token;
+        let c = pump(client, upstream, c2u, &ping_u, now_ms, *discard, cx);
+        let ping_c = c2u.token;
+        let u = pump(upstream, client, u2c, &ping_c, now_ms, *discard, cx);
+        beat.heard(c2u.heard.min(u2c.heard), !c2u.pinged && !u2c.pinged);
+        if (c.active || u.active)
+            && let Some(l) = limits.as_deref_mut()
+        {
+            l.last_data = Instant::now();
         }
         // A side is lost when its read ends without a Close frame, or writing to it fails.
         let client_lost = (c.src_ended && !c2u.close_passed) || u.dst_failed;
         let upstream_lost = (u.src_ended && !u2c.close_passed) || c.dst_failed;
-        if !discard && (client_lost || upstream_lost) {
+        if !*discard && (client_lost || upstream_lost) {
             if upstream_lost
                 && !u.dst_failed
                 && !u2c.dst_shut
@@ -453,7 +534,7 @@ pub async fn run(
             {
                 c2u.queue(&masked_close(1001, "client went away"));
             }
-            discard = true;
+            *discard = true;
             if upstream_lost {
                 u2c.src_done = true;
             }
@@ -463,7 +544,7 @@ pub async fn run(
             cx.waker().wake_by_ref();
         }
         // Once a direction's source is done and its output flushed, pass the EOF on.
-        for (d, dst) in [(&mut c2u, &mut upstream), (&mut u2c, &mut client)] {
+        for (d, dst) in [(&mut *c2u, &mut *upstream), (&mut *u2c, &mut *client)] {
             if d.src_done && d.pending.is_empty() && !d.dst_shut {
                 let _ = Pin::new(dst).poll_shutdown(cx);
                 d.dst_shut = true;
@@ -472,48 +553,67 @@ pub async fn run(
         if c2u.src_done && u2c.src_done && c2u.dst_shut && u2c.dst_shut {
             return Poll::Ready(End::Closed);
         }
-        if (c2u.src_done || u2c.src_done || discard) && closing_since.is_none() {
-            closing_since = Some(tokio::time::Instant::now());
+        if (c2u.src_done || u2c.src_done || *discard) && !*closing {
+            *closing = true;
+            let at = Instant::now() + settings.close_timeout;
+            match timer {
+                Some(t) => t.as_mut().reset(at),
+                None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
         }
-        // One timer at most: the close deadline, or the opted-in limits.
-        let deadline = match closing_since {
-            Some(t) => Some(t + settings.close_timeout),
-            None if limits => {
-                let mut d = None::<tokio::time::Instant>;
-                if !settings.max_lifetime.is_zero() {
-                    d = Some(started + settings.max_lifetime);
-                }
-                if !settings.idle_timeout.is_zero() {
-                    let i = last_data + settings.idle_timeout;
-                    d = Some(d.map_or(i, |x| x.min(i)));
-                }
-                d
-            }
-            None => None,
-        };
-        if let Some(at) = deadline {
-            if tokio::time::Instant::now() >= at && closing_since.is_some() {
+        if *closing {
+            let t = timer.as_mut().expect("armed when closing began");
+            if Instant::now() >= t.deadline() {
                 return Poll::Ready(End::CloseTimeout);
-            }
-            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            if t.deadline() != at {
-                t.as_mut().reset(at);
             }
             if t.as_mut().poll(cx).is_ready() {
                 cx.waker().wake_by_ref();
             }
+        } else if let Some(l) = limits.as_deref() {
+            let mut at = None::<Instant>;
+            if !settings.max_lifetime.is_zero() {
+                at = Some(l.started + settings.max_lifetime);
+            }
+            if !settings.idle_timeout.is_zero() {
+                let i = l.last_data + settings.idle_timeout;
+                at = Some(at.map_or(i, |x| x.min(i)));
+            }
+            if let Some(at) = at {
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if t.deadline() != at {
+                    t.as_mut().reset(at);
+                }
+                if t.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+            }
         }
         Poll::Pending
-    })
-    .await;
-    crate::metrics::METRICS
-        .proxy_pongs_swallowed
-        .add(c2u.swallowed + u2c.swallowed);
-    tracing::debug!(
-        ?end,
-        pongs_swallowed = c2u.swallowed + u2c.swallowed,
-        "tunnel closed"
-    );
+    }
+}
+
+/// The wheel asked for a Ping: each side silent for `interval_ms` and not already waiting for
+/// an answer gets one. The Ping to a side travels in the direction toward it, and the answer
+/// comes back in the direction from it (whose `heard`/`pinged` describe that side).
+fn ping_due(now_ms: u64, interval_ms: u64, c2u: &mut Dir, u2c: &mut Dir) {
+    if !c2u.pinged && now_ms >= c2u.heard + interval_ms {
+        c2u.pinged = true;
+        u2c.want_ping = true;
+    }
+    if !u2c.pinged && now_ms >= u2c.heard + interval_ms {
+        u2c.pinged = true;
+        c2u.want_ping = true;
+    }
+}
+
+/// The side a pong timeout is about: the one still owing an answer (the upstream first, so the
+/// client learns that its upstream is gone), else the one silent longer.
+fn silent_side(c2u: &Dir, u2c: &Dir) -> Side {
+    if u2c.pinged || (!c2u.pinged && u2c.heard < c2u.heard) {
+        Side::Upstream
+    } else {
+        Side::Client
+    }
 }
 
 /// A masked Close frame toward the upstream.
@@ -533,7 +633,7 @@ fn masked_close(code: u16, reason: &str) -> Vec<u8> {
 /// matches it by accident.
 fn token() -> [u8; TOKEN_LEN] {
     use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -546,80 +646,150 @@ mod tests {
 
     const TOKEN: [u8; 8] = *b"wsgate!!";
 
-    fn run_dir(masked: bool, input: &[u8], chunk: usize) -> (Vec<u8>, u64) {
-        let mut d = Dir::new(masked, Bytes::new());
+    /// Frames as one side sends them, `(opcode, fin, payload)` each: masked like a client's
+    /// (a different mask per frame, so a mask mix-up shows) or unmasked like a server's.
+    fn frames(masked: bool, list: &[(OpCode, bool, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, &(op, fin, payload)) in list.iter().enumerate() {
+            if masked {
+                let m = i as u8 + 1;
+                out.extend(frame::encode_masked(op, fin, payload, [m, m ^ 0x5a, 3, m]));
+            } else {
+                let mut f = frame::encode(op, payload).to_vec();
+                if !fin {
+                    f[0] &= 0x7f;
+                }
+                out.extend(f);
+            }
+        }
+        out
+    }
+
+    /// Feeds `input` to a direction in reads of `chunk` bytes; returns what it passes on.
+    fn run_dir(masked: bool, input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut d = Dir::new(masked, 0);
+        d.token = TOKEN;
         let mut out = Vec::new();
         for c in input.chunks(chunk) {
-            d.process(c, &TOKEN, &mut out);
+            d.process(c, &mut out);
         }
         assert!(d.at_boundary());
-        (out, d.swallowed)
+        out
     }
 
     #[test]
     fn frames_pass_unchanged_whatever_the_read_sizes() {
-        let mut input = Vec::new();
-        input.extend(frame::encode_masked(
-            OpCode::Text,
-            false,
-            b"hel",
-            [1, 2, 3, 4],
-        ));
-        input.extend(frame::encode_masked(
-            OpCode::Ping,
-            true,
-            b"app ping",
-            [5, 6, 7, 8],
-        ));
-        input.extend(frame::encode_masked(
-            OpCode::Continuation,
-            true,
-            &[7u8; 300],
-            [9, 9, 9, 9],
-        ));
-        input.extend(frame::encode_masked(
-            OpCode::Pong,
-            true,
-            b"notours!",
-            [1, 1, 1, 1],
-        ));
-        input.extend(frame::encode_masked(
-            OpCode::Binary,
-            true,
-            &[1u8; 70_000],
-            [2, 2, 2, 2],
-        ));
-        for chunk in [1, 2, 3, 7, 64, 1000, 100_000] {
-            let (out, swallowed) = run_dir(true, &input, chunk);
-            assert_eq!(out, input, "chunk {chunk}");
-            assert_eq!(swallowed, 0);
+        let big = [1u8; 70_000];
+        for masked in [true, false] {
+            let input = frames(
+                masked,
+                &[
+                    (OpCode::Text, false, b"hel"),
+                    (OpCode::Ping, true, b"app ping"),
+                    (OpCode::Continuation, true, &[7u8; 300]),
+                    (OpCode::Pong, true, b"notours!"),
+                    (OpCode::Binary, true, &big),
+                ],
+            );
+            for chunk in [1, 2, 3, 7, 64, 1000, 100_000] {
+                let out = run_dir(masked, &input, chunk);
+                assert_eq!(out, input, "masked {masked}, chunk {chunk}");
+            }
         }
     }
 
     #[test]
     fn our_pong_is_swallowed_and_everything_around_it_kept() {
-        let before = frame::encode(OpCode::Text, b"a");
-        let pong = frame::encode(OpCode::Pong, &TOKEN);
-        let after = frame::encode(OpCode::Text, b"b");
-        let mut input = before.to_vec();
-        input.extend_from_slice(&pong);
-        input.extend_from_slice(&after);
-        for chunk in [1, 3, 100] {
-            let (out, swallowed) = run_dir(false, &input, chunk);
-            assert_eq!(out, [&before[..], &after[..]].concat(), "chunk {chunk}");
-            assert_eq!(swallowed, 1);
+        for masked in [true, false] {
+            let a = frames(masked, &[(OpCode::Text, true, b"a")]);
+            let pong = frames(masked, &[(OpCode::Pong, true, &TOKEN)]);
+            let b = frames(masked, &[(OpCode::Text, true, b"b")]);
+            let input = [&a[..], &pong, &b].concat();
+            let expected = [a, b].concat();
+            for chunk in [1, 3, 100] {
+                let out = run_dir(masked, &input, chunk);
+                assert_eq!(out, expected, "masked {masked}, chunk {chunk}");
+            }
         }
-        let masked = frame::encode_masked(OpCode::Pong, true, &TOKEN, [3, 1, 4, 1]);
-        let (out, swallowed) = run_dir(true, &masked, 2);
-        assert!(out.is_empty());
-        assert_eq!(swallowed, 1);
+    }
+
+    #[test]
+    fn a_pong_that_is_not_ours_passes_whole() {
+        // Right length but wrong token, wrong length, unfinished, or masked the wrong way.
+        let mut other = TOKEN;
+        other[7] ^= 1;
+        let cases: [(bool, Vec<u8>); 4] = [
+            (false, frames(false, &[(OpCode::Pong, true, &other)])),
+            (false, frames(false, &[(OpCode::Pong, true, b"wsgate!")])),
+            (false, frames(false, &[(OpCode::Pong, false, &TOKEN)])),
+            (false, frames(true, &[(OpCode::Pong, true, &TOKEN)])),
+        ];
+        for (masked, input) in cases {
+            for chunk in [1, 5, 100] {
+                let out = run_dir(masked, &input, chunk);
+                assert_eq!(out, input, "chunk {chunk}");
+            }
+        }
     }
 
     #[test]
     fn rsv_bits_and_unknown_opcodes_pass_untouched() {
-        let mut f = frame::encode(OpCode::Text, b"compressed?").to_vec();
+        let mut f = frames(false, &[(OpCode::Text, true, b"compressed?")]);
         f[0] |= 0x40; // RSV1, as permessage-deflate sets it
-        let (out, _) = run_dir(false, &f, 4);
+        let mut odd = frames(false, &[(OpCode::Binary, true, b"x")]);
+        odd[0] = (odd[0] & 0xf0) | 0x3; // reserved opcode 3
+        f.extend(odd);
+        let out = run_dir(false, &f, 4);
         assert_eq!(out, f);
+    }
+
+    #[test]
+    fn only_a_side_silent_for_the_interval_is_pinged_and_only_once() {
+        let (mut c2u, mut u2c) = (Dir::new(true, 1_000), Dir::new(false, 20_000));
+        // The wheel asks because the client is due; the upstream spoke 5 s ago.
+        ping_due(26_000, 25_000, &mut c2u, &mut u2c);
+        assert!(c2u.pinged && u2c.want_ping, "the client gets a Ping");
+        assert!(!u2c.pinged && !c2u.want_ping, "the upstream is not due");
+        u2c.want_ping = false;
+        ping_due(27_000, 25_000, &mut c2u, &mut u2c);
+        assert!(!u2c.want_ping, "one Ping at a time to a side");
+        // Both silent: both pinged.
+        let (mut c2u, mut u2c) = (Dir::new(true, 0), Dir::new(false, 0));
+        ping_due(25_000, 25_000, &mut c2u, &mut u2c);
+        assert!(c2u.pinged && u2c.pinged && c2u.want_ping && u2c.want_ping);
+    }
+
+    #[test]
+    fn a_pong_timeout_is_blamed_on_the_side_that_owes_an_answer() {
+        let (mut c2u, mut u2c) = (Dir::new(true, 5), Dir::new(false, 1));
+        c2u.pinged = true;
+        assert_eq!(silent_side(&c2u, &u2c), Side::Client, "owing beats older");
+        u2c.pinged = true;
+        assert_eq!(
+            silent_side(&c2u, &u2c),
+            Side::Upstream,
+            "both owe: upstream"
+        );
+        c2u.pinged = false;
+        u2c.pinged = false;
+        assert_eq!(
+            silent_side(&c2u, &u2c),
+            Side::Upstream,
+            "neither owes: the quieter"
+        );
+    }
+
+    /// An idle tunnel's memory is its task, two socket registrations (256 bytes each, tokio's)
+    /// and one outbox (144): keeping this struct small is what keeps an idle tunnel under 4 KB
+    /// (BENCHMARKS.md, issue 4). Two sockets (2 x 32), two directions (2 x 88: frame header,
+    /// held Pong, pending buffer, ping state) and a few pointers come to 280 bytes. That is also
+    /// the budget: tokio aligns a task to 128 bytes, and the task `upgrade` spawns around this
+    /// future (256 bytes more) fits 640 bytes at 280 but takes 768 past it (heaptrack, 2,000
+    /// idle tunnels). A `Sleep` (over 100 bytes) or a buffer inline would break it: those are
+    /// boxed, and only while needed.
+    #[test]
+    fn an_idle_tunnel_stays_small() {
+        let size = std::mem::size_of::<Tunnel>();
+        assert!(size <= 280, "Tunnel grew to {size} bytes");
     }
 }

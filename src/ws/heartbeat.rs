@@ -65,6 +65,11 @@ impl Heartbeat {
         self.now_ms.load(Ordering::Relaxed)
     }
 
+    /// How long a connection may stay silent before it is pinged, in ms (0: never).
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Wheel> {
         self.wheel.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -166,10 +166,20 @@ impl Outbox {
         signals
     }
 
-    /// Records that something arrived from the peer at heartbeat time `now_ms`, so the
-    /// heartbeat wheel does not ping it (used by proxy tunnels, which do their own reading).
-    pub fn touch(&self, now_ms: u64) {
-        self.last_rx.store(now_ms, Ordering::Relaxed);
+    /// Records what a proxy tunnel heard: `last_rx` is when the quieter of its two sides last
+    /// sent anything, and `answered` says that no Ping the tunnel sent is still unanswered. The
+    /// tunnel pings only the side that is due, so the other side may have stayed quiet since the
+    /// wheel's Ping request; `answered` settles that request anyway, or the wheel would take the
+    /// unpinged side's silence for a pong timeout.
+    pub fn heard(&self, last_rx: u64, answered: bool) {
+        self.last_rx.store(last_rx, Ordering::Relaxed);
+        // A request raised while the tunnel is mid-poll may be cleared before the tunnel sees
+        // it. The tunnel still sends that Ping, and the wheel, finding the side silent on its
+        // next visit, raises a new request: the pong timeout comes one visit late, no Ping is
+        // lost and no live tunnel is closed.
+        if answered && self.ping_sent.load(Ordering::Relaxed) != 0 {
+            self.ping_sent.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Records that `n` queued bytes were written (or discarded).
