@@ -19,6 +19,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=SCRIPTDIR/../scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/proxies.sh
+source "$ROOT/bench/proxies.sh"
 cd "$ROOT"
 SIZE="${SIZE:-64}"
 ECHO_CONNS="${ECHO_CONNS:-100}"
@@ -69,21 +71,6 @@ cleanup() {
 trap cleanup EXIT
 
 
-# wait_ws PORT PATH: ready when an upgrade through PORT answers 101.
-wait_ws() {
-  for _ in $(seq 200); do
-    # curl waits on the open tunnel until -m, so only the status it printed counts.
-    local code
-    code="$(curl -s -o /dev/null -m 0.5 -w '%{http_code}' --http1.1 \
-      -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
-      -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "http://127.0.0.1:$1$2" 2>/dev/null || true)"
-    [ "$code" = 101 ] && return 0
-    sleep 0.05
-  done
-  echo "nothing answers 101 on port $1$2; see $OUT/*.log" >&2
-  exit 1
-}
-
 # start_backend [PING]: the hub, defaults (2 workers here, 25 s pings), echo route /ws/echo.
 # PING sets websocket.ping_interval ("0s": the backend never pings, like the story's app server).
 # Sets BACK, BACK_PID.
@@ -112,74 +99,15 @@ start_proxy() {
     wsgate | wsgate-base)
       local bin="$BIN"
       [ "$who" = wsgate-base ] && bin="$BASE_BIN"
-      cat >"$dir/wsgate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-workers = 1
-max_connections = 19000
-
-[websocket]
-# The built-in echo route now yields to proxy prefixes; turned off anyway so that no path of the
-# measured proxy can be answered by its own hub (the first run of this script measured that).
-echo_path = ""
-
-[[upstream]]
-name = "websocket"
-servers = ["127.0.0.1:$BACK"]
-
-[[route]]
-path_prefix = "/"
-proxy_pass = "websocket"
-EOF
+      wsgate_proxy_conf "$dir" "$PORT" "$BACK"
       WSGATE_LOG=warn "$bin" serve --config "$dir/wsgate.toml" 2>>"$OUT/$who-proxy.log" &
       PROXY_PID=$!
       PIDS+=("$PROXY_PID")
       ;;
     nginx)
-      # The story's config plus the map block; defaults otherwise (proxy_read_timeout 60 s),
-      # except room for the idle figure (worker_connections, nofile) and no access log.
-      cat >"$dir/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 19000; }
-http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    map \$http_upgrade \$connection_upgrade {
-        default upgrade;
-        ''      close;
-    }
-    upstream websocket {
-        server 127.0.0.1:$BACK;
-    }
-    server {
-        listen 127.0.0.1:$PORT;
-        location / {
-            proxy_pass http://websocket;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection \$connection_upgrade;
-        }
-    }
-}
-EOF
-      nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" 2>>"$OUT/nginx.log" &
-      local master=$!
-      PIDS+=("$master")
-      PROXY_PID=""
-      for _ in $(seq 100); do
-        PROXY_PID="$(pgrep -P "$master" | head -1 || true)"
-        [ -n "$PROXY_PID" ] && break
-        sleep 0.05
-      done
-      NGINX_MASTER="$master"
+      start_nginx "$dir" "$PORT" "$BACK"
+      PIDS+=("$NGINX_MASTER")
+      PROXY_PID="$NGINX_WORKER"
       ;;
     haproxy)
       cat >"$dir/haproxy.cfg" <<EOF

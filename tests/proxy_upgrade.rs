@@ -39,15 +39,16 @@ async fn the_story_upstream_works_through_wsgate_with_only_proxy_pass() {
 
     // The upstream got the handshake with canonical header names.
     let head = seen.heads.lock().unwrap()[1].clone();
-    for want in [
-        "\r\nUpgrade: websocket\r\n",
-        "\r\nConnection: Upgrade\r\n",
-        "\r\nSec-WebSocket-Key: ",
-        "\r\nSec-WebSocket-Version: 13\r\n",
-        "\r\nX-Forwarded-For: 127.0.0.1\r\n",
-    ] {
-        assert!(head.contains(want), "{want:?} missing in:\n{head}");
-    }
+    assert_has_all(
+        &head,
+        &[
+            "\r\nUpgrade: websocket\r\n",
+            "\r\nConnection: Upgrade\r\n",
+            "\r\nSec-WebSocket-Key: ",
+            "\r\nSec-WebSocket-Version: 13\r\n",
+            "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,29 +428,7 @@ async fn subprotocol_and_extensions_pass_through_and_bytes_sent_with_either_hand
         "{head}"
     );
     buf.drain(..end);
-    let mut texts = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while texts.len() < 2 {
-        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
-            let total = h.size + h.len as usize;
-            if buf.len() < total {
-                break;
-            }
-            texts.push(String::from_utf8_lossy(&buf[h.size..total]).to_string());
-            buf.drain(..total);
-        }
-        if texts.len() >= 2 {
-            break;
-        }
-        let mut chunk = [0u8; 1024];
-        let n =
-            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
-                .await
-                .expect("frames within the wait limit")
-                .unwrap();
-        assert!(n > 0, "closed early; got {texts:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let texts = read_texts(&mut s, &mut buf, 2).await;
     assert_eq!(texts, vec!["hello", "early"]);
     let head = seen.heads.lock().unwrap()[0].clone();
     assert!(
@@ -576,17 +555,18 @@ x-custom-thing: Value Case Kept\r\n\r\n",
     );
     let head = seen.heads.lock().unwrap()[0].clone();
     assert!(head.starts_with("GET /ws?room=1 HTTP/1.1\r\n"), "{head}");
-    for want in [
-        "\r\nHost: example.com\r\n",
-        "\r\nSec-WebSocket-Version: 13\r\n",
-        "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-        "\r\nSec-WebSocket-Protocol: chat\r\n",
-        "\r\nX-Custom-Thing: Value Case Kept\r\n",
-        "\r\nConnection: Upgrade\r\n",
-        "\r\nUpgrade: websocket\r\n",
-    ] {
-        assert!(head.contains(want), "{want:?} missing in:\n{head}");
-    }
+    assert_has_all(
+        &head,
+        &[
+            "\r\nHost: example.com\r\n",
+            "\r\nSec-WebSocket-Version: 13\r\n",
+            "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "\r\nSec-WebSocket-Protocol: chat\r\n",
+            "\r\nX-Custom-Thing: Value Case Kept\r\n",
+            "\r\nConnection: Upgrade\r\n",
+            "\r\nUpgrade: websocket\r\n",
+        ],
+    );
     // The tunnel works.
     s.write_all(&client_frame(0x1, b"fast")).await.unwrap();
     let mut buf = [0u8; 64];
@@ -663,15 +643,16 @@ async fn the_fast_path_replaces_forwarding_fields_from_an_untrusted_client() {
     assert_eq!(r.status, 101, "{r:?}");
     assert_fast(&r);
     let head = seen.heads.lock().unwrap()[0].clone();
-    for want in [
-        "\r\nHost: test\r\n",
-        "\r\nX-Forwarded-For: 127.0.0.1\r\n",
-        "\r\nX-Forwarded-Proto: http\r\n",
-        "\r\nX-Forwarded-Host: test\r\n",
-        "\r\nForwarded: for=127.0.0.1;host=test;proto=http\r\n",
-    ] {
-        assert!(head.contains(want), "{want:?} missing in:\n{head}");
-    }
+    assert_has_all(
+        &head,
+        &[
+            "\r\nHost: test\r\n",
+            "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+            "\r\nX-Forwarded-Proto: http\r\n",
+            "\r\nX-Forwarded-Host: test\r\n",
+            "\r\nForwarded: for=127.0.0.1;host=test;proto=http\r\n",
+        ],
+    );
     assert!(
         !head.contains("6.6.6.6") && !head.contains("evil"),
         "{head}"
@@ -849,27 +830,7 @@ async fn the_fast_path_passes_a_pipelined_frame_and_one_sent_with_the_101() {
     let (r, mut buf) = read_head_and_rest(&mut s).await;
     assert_eq!(r.status, 101, "{r:?}");
     assert_fast(&r);
-    let mut texts = Vec::new();
-    while texts.len() < 2 {
-        while let Some(h) = wsgate::ws::frame::parse_header(&buf) {
-            let total = h.size + h.len as usize;
-            if buf.len() < total {
-                break;
-            }
-            texts.push(String::from_utf8_lossy(&buf[h.size..total]).to_string());
-            buf.drain(..total);
-        }
-        if texts.len() >= 2 {
-            break;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut s, &mut chunk))
-            .await
-            .expect("frames within the wait limit")
-            .unwrap();
-        assert!(n > 0, "closed early; got {texts:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let texts = read_texts(&mut s, &mut buf, 2).await;
     assert_eq!(texts, vec!["hello", "early"]);
     assert_eq!(seen.heads.lock().unwrap().len(), 1);
 }
@@ -909,15 +870,16 @@ async fn an_upgrade_as_the_second_request_of_a_connection_goes_through_hyper_and
     assert_eq!(&buf[..8], b"\x81\x06second");
     // The hyper path writes the same upstream head as the fast path.
     let head = seen.heads.lock().unwrap()[0].clone();
-    for want in [
-        "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-        "\r\nX-Custom-Thing: 1\r\n",
-        "\r\nConnection: Upgrade\r\n",
-        "\r\nUpgrade: websocket\r\n",
-        "\r\nX-Forwarded-For: 127.0.0.1\r\n",
-    ] {
-        assert!(head.contains(want), "{want:?} missing in:\n{head}");
-    }
+    assert_has_all(
+        &head,
+        &[
+            "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "\r\nX-Custom-Thing: 1\r\n",
+            "\r\nConnection: Upgrade\r\n",
+            "\r\nUpgrade: websocket\r\n",
+            "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@ FLOOR="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$FLOOR/../.." && pwd)"
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
+# shellcheck source=SCRIPTDIR/../proxies.sh
+source "$ROOT/bench/proxies.sh"
 cd "$ROOT"
 REPS="${REPS:-3}"
 SECS="${SECONDS_:-5}"
@@ -49,19 +51,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_ws PORT: ready when an upgrade to /ws/echo through PORT answers 101.
-wait_ws() {
-  for _ in $(seq 200); do
-    local code
-    code="$(curl -s -o /dev/null -m 0.5 -w '%{http_code}' --http1.1 \
-      -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
-      -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "http://127.0.0.1:$1/ws/echo" 2>/dev/null || true)"
-    [ "$code" = 101 ] && return 0
-    sleep 0.05
-  done
-  echo "nothing answers 101 on port $1; see $OUT/*.log" >&2
-  exit 1
-}
 
 stop() {
   for p in "$@"; do kill "$p" 2>/dev/null || true; done
@@ -95,71 +84,16 @@ start_relay() {
     wsgate)
       dir="$OUT/wsgate.$PORT"
       mkdir -p "$dir"
-      cat >"$dir/wsgate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-workers = 1
-max_connections = 19000
-
-[websocket]
-# Otherwise the proxy's own hub route answers /ws/echo instead of passing it on.
-echo_path = ""
-
-[[upstream]]
-name = "b"
-servers = ["127.0.0.1:$BACK"]
-
-[[route]]
-path_prefix = "/"
-proxy_pass = "b"
-EOF
+      wsgate_proxy_conf "$dir" "$PORT" "$BACK"
       WSGATE_LOG=warn "$BIN" serve --config "$dir/wsgate.toml" 2>>"$OUT/wsgate-proxy.log" &
       RELAY_PID=$! ;;
     nginx)
       dir="$OUT/nginx.$PORT"
       mkdir -p "$dir"
-      # bench/run-proxy.sh's nginx config (the story's, one worker, no access log).
-      cat >"$dir/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 19000; }
-http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    map \$http_upgrade \$connection_upgrade {
-        default upgrade;
-        ''      close;
-    }
-    upstream websocket {
-        server 127.0.0.1:$BACK;
-    }
-    server {
-        listen 127.0.0.1:$PORT;
-        location / {
-            proxy_pass http://websocket;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection \$connection_upgrade;
-        }
-    }
-}
-EOF
-      nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" 2>>"$OUT/nginx.log" &
-      STOP_PID=$!
+      start_nginx "$dir" "$PORT" "$BACK"
+      STOP_PID="$NGINX_MASTER"
       PIDS+=("$STOP_PID")
-      RELAY_PID=""
-      for _ in $(seq 100); do
-        RELAY_PID="$(pgrep -P "$STOP_PID" | head -1 || true)"
-        [ -n "$RELAY_PID" ] && break
-        sleep 0.05
-      done
+      RELAY_PID="$NGINX_WORKER"
       wait_ws "$PORT"
       return 0 ;;
     *) echo "unknown target $who" >&2; exit 2 ;;

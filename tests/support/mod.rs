@@ -311,3 +311,37 @@ pub async fn read_head_and_rest(s: &mut TcpStream) -> (Reply, Vec<u8>) {
         rest,
     )
 }
+
+/// Asserts that `text` (a head as the other side saw it) contains every one of `wants`.
+pub fn assert_has_all(text: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+}
+
+/// Reads frames from `s`, after those already in `buf`, until `n` have arrived; returns their
+/// payloads as text (lossy).
+pub async fn read_texts(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Vec<String> {
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while let Some(h) = wsgate::ws::frame::parse_header(buf) {
+            let total = h.size + h.len as usize;
+            if buf.len() < total {
+                break;
+            }
+            texts.push(String::from_utf8_lossy(&buf[h.size..total]).to_string());
+            buf.drain(..total);
+        }
+        if texts.len() >= n {
+            return texts;
+        }
+        let mut chunk = [0u8; 1024];
+        let got = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("frames within the wait limit")
+            .unwrap_or(0);
+        assert!(got > 0, "closed early; got {texts:?}");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
