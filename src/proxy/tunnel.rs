@@ -543,7 +543,13 @@ impl Tunnel {
             }
             cx.waker().wake_by_ref();
         }
-        // Once a direction's source is done and its output flushed, pass the EOF on.
+        // Both ways finished and flushed: dropping the sockets sends each side its FIN, so a
+        // shutdown first would only cost a syscall per socket (one per proxied handshake).
+        if c2u.src_done && u2c.src_done && c2u.pending.is_empty() && u2c.pending.is_empty() {
+            return Poll::Ready(End::Closed);
+        }
+        // Once a direction's source is done and its output flushed, pass the EOF on: the other
+        // direction may still be carrying data, so this is a half-close.
         for (d, dst) in [(&mut *c2u, &mut *upstream), (&mut *u2c, &mut *client)] {
             if d.src_done && d.pending.is_empty() && !d.dst_shut {
                 let _ = Pin::new(dst).poll_shutdown(cx);
