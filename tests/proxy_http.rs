@@ -456,3 +456,65 @@ async fn chunked_bodies_stream_both_ways_and_trailers_are_dropped() {
     );
     assert!(text.ends_with("0\r\n\r\n"), "{text:?}");
 }
+
+/// nginx's `proxy_read_timeout` holds between two reads of the body too: an upstream that stalls
+/// in the middle of a body is cut after `read_timeout`, so the client gets a short body (never a
+/// complete-looking one) and its connection back, instead of waiting forever. Plain HTTP with
+/// either framing, and a non-101 answer to an upgrade (the raw fast path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_cut_after_read_timeout() {
+    let plain = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+    let cases: [(&str, &str, Vec<u8>); 3] = [
+        (
+            "content-length",
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello",
+            plain.clone(),
+        ),
+        (
+            "chunked",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            plain,
+        ),
+        (
+            "upgrade answered 426",
+            "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 100\r\n\r\nhello",
+            upgrade_request("/ws", ""),
+        ),
+    ];
+    for (what, answer, request) in cases {
+        let (up, _) = support::upstream::scripted(move |_| answer.as_bytes().to_vec(), false).await;
+        let srv = start(&proxy_config(
+            &format!("[\"{up}\"]"),
+            "read_timeout = \"300ms\"",
+            "",
+        ))
+        .await;
+        let started = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &request)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the proxy never closed the stalled response"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 "), "{what}: {text}");
+        assert!(
+            text.contains("hello"),
+            "{what}: the bytes that came are relayed: {text}"
+        );
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "{what}: a cut body must not look complete: {text}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{what}: cut after read_timeout, not later"
+        );
+        srv.shutdown().await;
+    }
+}

@@ -149,9 +149,10 @@ pub struct Upstream {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     /// Time to wait for the response head (or the 101) after sending the request; past it the
-    /// client gets 504. Default 60 s. It does not limit bodies or tunnels. For plain HTTP it
-    /// counts from the moment the request is handed to the keep-alive pool, so it includes
-    /// connecting when no pooled connection is free.
+    /// client gets 504. Then, as nginx's `proxy_read_timeout`, the longest wait between two reads
+    /// of the response body: a body that stalls longer is cut. Default 60 s. WebSocket tunnels
+    /// are not limited by it. For plain HTTP it counts from the moment the request is handed to
+    /// the keep-alive pool, so it includes connecting when no pooled connection is free.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Duration,
     /// Active health check: GET this path on every server each `health_interval`; a server

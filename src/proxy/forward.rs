@@ -14,8 +14,9 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::balance::Active;
 use super::headers::{prepare_request, remove_hop_by_hop};
+use super::idle::ReadIdle;
 use super::{Error, Proxy, ReqBody};
-use crate::server::Body;
+use crate::server::{Body, BoxError};
 
 /// A body passed through frame by frame, without its trailers (wsgate does not forward
 /// trailers: they would need `TE: trailers` end to end, which no browser sends). It can hold a
@@ -24,29 +25,46 @@ use crate::server::Body;
 pub struct NoTrailers {
     inner: Incoming,
     _active: Option<Active>,
+    /// For an upstream's response: `read_timeout` between two reads (see [`ReadIdle`]).
+    idle: Option<ReadIdle>,
 }
 
 impl NoTrailers {
-    pub fn new(inner: Incoming, active: Option<Active>) -> Self {
+    pub fn new(inner: Incoming, active: Option<Active>, idle: Option<ReadIdle>) -> Self {
         NoTrailers {
             inner,
             _active: active,
+            idle,
         }
     }
 }
 
 impl HttpBody for NoTrailers {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = &mut *self;
         loop {
-            match Pin::new(&mut self.inner).poll_frame(cx) {
+            match Pin::new(&mut me.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) if !f.is_data() => continue,
-                other => return other,
+                Poll::Ready(other) => {
+                    if let Some(idle) = &mut me.idle {
+                        idle.progress();
+                    }
+                    return Poll::Ready(other.map(|r| r.map_err(BoxError::from)));
+                }
+                Poll::Pending => {
+                    if let Some(idle) = &mut me.idle
+                        && let Err(e) = idle.poll_expired(cx)
+                    {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -127,7 +145,7 @@ pub async fn forward(
             &server.addr,
         );
         let req_body: ReqBody = match body.take() {
-            Some(b) => NoTrailers::new(b, None).boxed(),
+            Some(b) => NoTrailers::new(b, None, None).boxed(),
             None => http_body_util::Empty::new()
                 .map_err(|never| match never {})
                 .boxed(),
@@ -162,9 +180,7 @@ pub async fn forward(
                 rp.version = Version::HTTP_11;
                 return Response::from_parts(
                     rp,
-                    NoTrailers::new(rb, Some(active))
-                        .map_err(crate::server::BoxError::from)
-                        .boxed(),
+                    NoTrailers::new(rb, Some(active), Some(ReadIdle::new(up.read_timeout))).boxed(),
                 );
             }
             Ok(Err(e)) if e.is_connect() => {

@@ -9,7 +9,7 @@
 //! fresh connection, so none of what the client machinery offers is used.
 
 use std::io;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -250,10 +250,12 @@ enum State {
 pub struct BodyReader {
     buf: BytesMut,
     state: State,
+    idle: super::idle::ReadIdle,
 }
 
 impl BodyReader {
-    pub fn new(framing: Framing, already: BytesMut) -> Self {
+    /// `read_timeout` bounds each wait for more of the body.
+    pub fn new(framing: Framing, already: BytesMut, read_timeout: std::time::Duration) -> Self {
         let state = match framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -263,6 +265,7 @@ impl BodyReader {
         BodyReader {
             buf: already,
             state,
+            idle: super::idle::ReadIdle::new(read_timeout),
         }
     }
 
@@ -303,10 +306,14 @@ impl BodyReader {
                         "the upstream closed the connection in the middle of the body",
                     )));
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(io.poll_read_ready(cx))?;
-                }
+                Ok(_) => self.idle.progress(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match io.poll_read_ready(cx) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => {
+                        self.idle.poll_expired(cx)?;
+                        return Poll::Pending;
+                    }
+                },
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -548,7 +555,11 @@ Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     fn chunked_bodies_decode_across_any_split() {
         let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n";
         for split in 0..wire.len() {
-            let mut r = BodyReader::new(Framing::Chunked, BytesMut::from(&wire[..split]));
+            let mut r = BodyReader::new(
+                Framing::Chunked,
+                BytesMut::from(&wire[..split]),
+                std::time::Duration::from_secs(60),
+            );
             let mut got = Vec::new();
             let mut fed = split;
             loop {

@@ -8,6 +8,7 @@ pub mod balance;
 pub mod forward;
 mod h1;
 pub mod headers;
+mod idle;
 pub mod tunnel;
 pub mod upgrade;
 
@@ -32,7 +33,7 @@ pub use balance::Upstream;
 use headers::Trusted;
 
 /// Request body type sent to upstreams.
-pub type ReqBody = BoxBody<Bytes, hyper::Error>;
+pub type ReqBody = BoxBody<Bytes, crate::server::BoxError>;
 
 /// Why a request could not be proxied. Each variant maps to one status in [`Error::status`].
 #[derive(Debug, thiserror::Error)]

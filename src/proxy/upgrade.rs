@@ -20,6 +20,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
@@ -237,6 +238,8 @@ struct Answer {
     status: u16,
     si: usize,
     active: Active,
+    /// The upstream's `read_timeout`, for reading a body after the head.
+    read_timeout: Duration,
 }
 
 impl Answer {
@@ -390,6 +393,7 @@ where
         status,
         si,
         active,
+        read_timeout: up.read_timeout,
     })
 }
 
@@ -602,10 +606,11 @@ async fn relay_raw(mut client: TcpStream, answer: Answer) {
         buf,
         head_len,
         active,
+        read_timeout,
         ..
     } = answer;
     let _active = active;
-    let mut reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]));
+    let mut reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]), read_timeout);
     unpool(buf);
     let res: std::io::Result<()> = async {
         client.write_all(&out).await?;
@@ -691,9 +696,10 @@ pub async fn upgrade(
             buf,
             head_len,
             active,
+            read_timeout,
             ..
         } = answer;
-        let reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]));
+        let reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]), read_timeout);
         unpool(buf);
         *resp.body_mut() = h1::UpstreamBody::new(stream, reader, active)
             .map_err(Into::into)
