@@ -243,6 +243,18 @@ struct Answer {
 }
 
 impl Answer {
+    /// For a non-101 answer: the socket, a reader for the body that follows the head (framed
+    /// as `framing`, each wait bounded by `read_timeout`), and the server's in-flight count.
+    fn into_body(self, framing: Framing) -> (TcpStream, h1::BodyReader, Active) {
+        let reader = h1::BodyReader::new(
+            framing,
+            BytesMut::from(&self.buf[self.head_len..]),
+            self.read_timeout,
+        );
+        unpool(self.buf);
+        (self.stream, reader, self.active)
+    }
+
     /// The bytes after the head, copied: the head buffer goes back to the pool and must not
     /// live as long as the tunnel.
     fn rest(&self) -> Bytes {
@@ -601,17 +613,7 @@ async fn relay_raw(mut client: TcpStream, answer: Answer) {
         out.extend_from_slice(b"Connection: close\r\n\r\n");
         framing
     };
-    let Answer {
-        stream,
-        buf,
-        head_len,
-        active,
-        read_timeout,
-        ..
-    } = answer;
-    let _active = active;
-    let mut reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]), read_timeout);
-    unpool(buf);
+    let (stream, mut reader, _active) = answer.into_body(framing);
     let res: std::io::Result<()> = async {
         client.write_all(&out).await?;
         loop {
@@ -691,16 +693,7 @@ pub async fn upgrade(
     }
     if answer.status != 101 {
         note_refusal(proxy, ui, &answer, path);
-        let Answer {
-            stream,
-            buf,
-            head_len,
-            active,
-            read_timeout,
-            ..
-        } = answer;
-        let reader = h1::BodyReader::new(framing, BytesMut::from(&buf[head_len..]), read_timeout);
-        unpool(buf);
+        let (stream, reader, active) = answer.into_body(framing);
         *resp.body_mut() = h1::UpstreamBody::new(stream, reader, active)
             .map_err(Into::into)
             .boxed();
