@@ -37,13 +37,28 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
+        header_in(&self.head, name).map(str::to_string)
     }
+
+    /// The reply whose head ends at `end` in `buf` (before its blank line), with `body`.
+    fn from_head(buf: &[u8], end: usize, body: String) -> Self {
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let status = status_of(&head).expect("status code");
+        Reply { status, head, body }
+    }
+}
+
+/// A field of a request or response head (the first line is skipped), trimmed.
+pub fn header_in<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The status code of a response head.
+fn status_of(head: &str) -> Option<u16> {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok())
 }
 
 /// Sends raw bytes and reads the whole response (the server closes, or Content-Length ends it).
@@ -60,19 +75,9 @@ pub async fn read_reply(s: &mut TcpStream) -> Reply {
     tokio::time::timeout(WAIT, async {
         loop {
             if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let len = head.lines().find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                });
-                let status: u16 = head
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                if status == 101 || len.is_some_and(|n| buf.len() >= end + 4 + n) {
+                let head = String::from_utf8_lossy(&buf[..end]);
+                let len = header_in(&head, "content-length").and_then(|v| v.parse::<usize>().ok());
+                if status_of(&head) == Some(101) || len.is_some_and(|n| buf.len() >= end + 4 + n) {
                     break;
                 }
             }
@@ -86,17 +91,8 @@ pub async fn read_reply(s: &mut TcpStream) -> Reply {
     .expect("response within the wait limit");
     let end = find(&buf, b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&buf)));
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    Reply {
-        status,
-        head,
-        body: String::from_utf8_lossy(&buf[end + 4..]).to_string(),
-    }
+    let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
+    Reply::from_head(&buf, end, body)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -295,21 +291,8 @@ pub async fn read_head_and_rest(s: &mut TcpStream) -> (Reply, Vec<u8>) {
     })
     .await
     .expect("a response head within the wait limit");
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
     let rest = buf[end + 4..].to_vec();
-    (
-        Reply {
-            status,
-            head,
-            body: String::new(),
-        },
-        rest,
-    )
+    (Reply::from_head(&buf, end, String::new()), rest)
 }
 
 /// Asserts that `text` (a head as the other side saw it) contains every one of `wants`.

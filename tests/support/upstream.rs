@@ -59,13 +59,6 @@ pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     }
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 fn has_token(head: &str, name: &str, token: &str) -> bool {
     head.lines().skip(1).any(|l| {
         l.split_once(':').is_some_and(|(k, v)| {
@@ -90,7 +83,7 @@ pub async fn echo_http() -> (SocketAddr, Arc<Seen>) {
                 let mut buf = Vec::new();
                 while let Some(head) = read_head(&mut s, &mut buf).await {
                     seen.heads.lock().unwrap().push(head.clone());
-                    let len: usize = header(&head, "content-length")
+                    let len: usize = super::header_in(&head, "content-length")
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
                     while buf.len() < len {
@@ -154,7 +147,7 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
     seen.heads.lock().unwrap().push(head.clone());
     let upgrade =
         has_token(&head, "upgrade", "websocket") && has_token(&head, "connection", "upgrade");
-    let key = header(&head, "sec-websocket-key");
+    let key = super::header_in(&head, "sec-websocket-key");
     let (true, Some(key)) = (upgrade, key) else {
         let _ = s
             .write_all(b"HTTP/1.1 426 Upgrade Required\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nUpgrade Required")
@@ -163,7 +156,7 @@ async fn ws_conn(mut s: TcpStream, seen: Arc<Seen>, opts: WsOptions) {
     };
     // Selects the first offered subprotocol; on /greet, sends a first message in the same write
     // as the 101 (so it arrives with the handshake).
-    let protocol = header(&head, "sec-websocket-protocol")
+    let protocol = super::header_in(&head, "sec-websocket-protocol")
         .and_then(|v| v.split(',').next())
         .map(|p| format!("Sec-WebSocket-Protocol: {}\r\n", p.trim()))
         .unwrap_or_default();
@@ -300,6 +293,6 @@ pub async fn scripted(
 
 /// The `Sec-WebSocket-Accept` a correct upstream answers to `head`.
 pub fn accept_for(head: &str) -> String {
-    let key = header(head, "sec-websocket-key").expect("a Sec-WebSocket-Key");
+    let key = super::header_in(head, "sec-websocket-key").expect("a Sec-WebSocket-Key");
     wsgate::ws::accept_key(key.as_bytes())
 }
