@@ -134,6 +134,36 @@ EOF
   wait_ws "$PORT" /ws/echo
 }
 
+# profile_proxy PREFIX DELAY SECONDS BENCH-ARGS...: a fresh backend and wsgate proxy, the bench
+# run through it (a literal \$PORT in the arguments is the proxy's port), and after DELAY s a
+# `perf record` of the proxy for SECONDS s, kept as PREFIX-{dso,top,top-children,top-user,
+# top-user-children}.txt.
+profile_proxy() {
+  local prefix="$1" delay="$2" secs="$3" data
+  shift 3
+  start_backend
+  start_proxy wsgate
+  local args=("${@//\$PORT/$PORT}")
+  "$BIN" bench "${args[@]}" --size "$SIZE" --pid "$PROXY_PID" >"$OUT/profile-$1.wsgate.json" 2>/dev/null &
+  local bp=$!
+  sleep "$delay"
+  data="$OUT/$prefix.data"
+  perf record -q -e cpu-clock -g -p "$PROXY_PID" -o "$data" -- sleep "$secs" >/dev/null 2>&1 || true
+  wait "$bp" || true
+  report() {
+    local name="$1" lines="$2"
+    shift 2
+    perf report -i "$data" --stdio "$@" 2>/dev/null | grep -E '^ +[0-9.]+%' | head -"$lines" >"$OUT/$prefix-$name.txt" || true
+  }
+  report dso 10 --no-children --sort dso
+  report top 30 --no-children --sort symbol
+  report top-children 40 --children --sort symbol
+  report top-user 30 --no-children --sort symbol --dsos wsgate,libc.so.6
+  report top-user-children 40 --children --sort symbol --dsos wsgate
+  rm -f "$data"
+  stop "$PROXY_PID" "$BACK_PID"
+}
+
 # stop PID...: TERM, wait.
 stop() {
   for p in "$@"; do kill "$p" 2>/dev/null || true; done
@@ -153,9 +183,7 @@ stop_proxy() {
 bench() {
   local name="$1"
   shift
-  echo "== $name: wsgate bench $*" >&2
-  "$BIN" bench "$@" --size "$SIZE" --pid "$PROXY_PID" --progress 2 >"$OUT/$name.json" 2>>"$OUT/progress.log" ||
-    echo "   (exit $?: not clean, see $OUT/$name.json)" >&2
+  bench_json "$name" "$PROXY_PID" "$@"
 }
 
 for fig in "${FIGURES[@]}"; do
@@ -193,45 +221,11 @@ for fig in "${FIGURES[@]}"; do
       stop "$HOLD_PROXY_wsgate" ${HOLD_PROXY_wsgate_base:+"$HOLD_PROXY_wsgate_base"} "$HOLD_PROXY_haproxy" "$HOLD_NGINX_MASTER" "$BACK_PID"
       ;;
     profile)
-      # perf of the wsgate proxy under the echo figure (not part of the tables).
-      start_backend
-      start_proxy wsgate
-      "$BIN" bench echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$ECHO_CONNS" --duration 8 --warmup 1 \
-        --size "$SIZE" --pid "$PROXY_PID" >"$OUT/profile-echo.wsgate.json" 2>/dev/null &
-      bp=$!
-      sleep 1.5
-      perf record -q -e cpu-clock -g -p "$PROXY_PID" -o "$OUT/perf.data" -- sleep 5 >/dev/null 2>&1 || true
-      wait "$bp" || true
-      perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-top.txt" || true
-      perf report -i "$OUT/perf.data" --stdio --children --sort symbol 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -40 >"$OUT/perf-top-children.txt" || true
-      perf report -i "$OUT/perf.data" --stdio --no-children --sort dso 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -10 >"$OUT/perf-dso.txt" || true
-      perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol --dsos wsgate 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -25 >"$OUT/perf-top-user.txt" || true
-      rm -f "$OUT/perf.data"
-      stop "$PROXY_PID" "$BACK_PID"
-      # The same under the handshake figure.
-      start_backend
-      start_proxy wsgate
-      "$BIN" bench handshake --url "ws://127.0.0.1:$PORT/ws/echo" --total 60000 --concurrency "$HS_WORKERS" --duration 8 \
-        --size "$SIZE" --pid "$PROXY_PID" >"$OUT/profile-handshake.wsgate.json" 2>/dev/null &
-      bp=$!
-      sleep 1
-      perf record -q -e cpu-clock -g -p "$PROXY_PID" -o "$OUT/perf-hs.data" -- sleep 4 >/dev/null 2>&1 || true
-      wait "$bp" || true
-      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort dso 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -10 >"$OUT/perf-hs-dso.txt" || true
-      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort symbol 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-hs-top.txt" || true
-      perf report -i "$OUT/perf-hs.data" --stdio --children --sort symbol --dsos wsgate 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -40 >"$OUT/perf-hs-top-user-children.txt" || true
-      perf report -i "$OUT/perf-hs.data" --stdio --no-children --sort symbol --dsos wsgate,libc.so.6 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -30 >"$OUT/perf-hs-top-user.txt" || true
-      rm -f "$OUT/perf-hs.data"
-      stop "$PROXY_PID" "$BACK_PID"
-      echo "== profile: top symbols in $OUT/perf-top.txt and perf-hs-*.txt" >&2
+      # perf of the wsgate proxy under the echo and the handshake figures (not part of the tables).
+      profile_proxy perf 1.5 5 echo --url "ws://127.0.0.1:\$PORT/ws/echo" --conns "$ECHO_CONNS" --duration 8 --warmup 1
+      profile_proxy perf-hs 1 4 handshake --url "ws://127.0.0.1:\$PORT/ws/echo" --total 60000 \
+        --concurrency "$HS_WORKERS" --duration 8
+      echo "== profile: top symbols in $OUT/perf-*.txt and perf-hs-*.txt" >&2
       ;;
     syscalls)
       # Syscalls per echoed round trip in each proxy (perf stat over 3 s of the echo figure).

@@ -120,9 +120,7 @@ stop_server() {
 bench() {
   local name="$1"
   shift
-  echo "== $name: wsgate bench $*" >&2
-  "$BIN" bench "$@" --size "$SIZE" --pid "$SERVER_PID" --progress 2 >"$OUT/$name.json" 2>>"$OUT/progress.log" ||
-    echo "   (exit $?: not clean, see $OUT/$name.json)" >&2
+  bench_json "$name" "$SERVER_PID" "$@"
 }
 
 # wsload_run NAME ARGS...: the same settings with the independent load generator.

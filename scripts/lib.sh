@@ -22,3 +22,14 @@ wait_for_tcp() {
     done
     return 1
 }
+
+# One `wsgate bench` run ($BIN, with --size $SIZE) measuring the server PID; its JSON is kept as
+# $OUT/NAME.json and its progress lines go to $OUT/progress.log. A run that is not clean is
+# said, not fatal: the tables show it. Usage: bench_json NAME PID MODE ARGS...
+bench_json() {
+    local name=$1 pid=$2
+    shift 2
+    echo "== $name: wsgate bench $*" >&2
+    "$BIN" bench "$@" --size "$SIZE" --pid "$pid" --progress 2 >"$OUT/$name.json" 2>>"$OUT/progress.log" ||
+        echo "   (exit $?: not clean, see $OUT/$name.json)" >&2
+}

@@ -50,8 +50,8 @@ wait_for_tcp 127.0.0.1 "$hub_port" 20 "${pids[0]}" || die "the hub did not start
 proxy_port=$(free_port)
 cat >"$outdir/proxy.toml" <<TOML
 # The proxy in front of the hub: the story's config, nothing WebSocket-specific.
-# The proxy's own echo route is turned off: hub routes are matched before proxy
-# prefixes, and /ws/echo must reach the backend through the tunnel.
+# The proxy's own echo route is turned off (it yields to proxy prefixes anyway): no
+# path of the proxy may be answered by its own hub, /ws/echo must cross the tunnel.
 [websocket]
 echo_path = ""
 
