@@ -11,8 +11,9 @@ import os
 import re
 import sys
 
-TARGETS = ["direct", "wsgate-base", "wsgate", "nginx", "haproxy"]
-LABEL = {"direct": "direct (no proxy)", "wsgate-base": "wsgate proxy (BASE_BIN)", "wsgate": "wsgate proxy",
+TARGETS = ["direct", "wsgate-base", "wsgate-epoll", "wsgate", "nginx", "haproxy"]
+LABEL = {"direct": "direct (no proxy)", "wsgate-base": "wsgate proxy (BASE_BIN)",
+         "wsgate-epoll": "wsgate proxy, tunnel_io = epoll", "wsgate": "wsgate proxy",
          "nginx": "nginx", "haproxy": "HAProxy"}
 
 

@@ -36,8 +36,9 @@ if [ ${#FIGURES[@]} -eq 0 ]; then
   FIGURES=(echo idle handshake hold)
   [ "${PROFILE:-0}" = 1 ] && FIGURES+=(profile)
 fi
-TARGETS=(direct wsgate nginx haproxy)
-[ -n "${BASE_BIN:-}" ] && TARGETS=(direct wsgate-base wsgate nginx haproxy)
+# wsgate runs twice: with its default tunnels (io_uring here) and with proxy.tunnel_io = "epoll".
+TARGETS=(direct wsgate-epoll wsgate nginx haproxy)
+[ -n "${BASE_BIN:-}" ] && TARGETS=(direct wsgate-base wsgate-epoll wsgate nginx haproxy)
 
 OUT="${OUT:-$ROOT/bench/results/proxy-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
@@ -96,11 +97,12 @@ start_proxy() {
   dir="$OUT/$who.$PORT"
   mkdir -p "$dir"
   case "$who" in
-    wsgate | wsgate-base)
-      local bin="$BIN"
+    wsgate | wsgate-base | wsgate-epoll)
+      local bin="$BIN" io=auto
       [ "$who" = wsgate-base ] && bin="$BASE_BIN"
+      [ "$who" = wsgate-epoll ] && io=epoll
       wsgate_proxy_conf "$dir" "$PORT" "$BACK"
-      WSGATE_LOG=warn "$bin" serve --config "$dir/wsgate.toml" 2>>"$OUT/$who-proxy.log" &
+      WSGATE_PROXY__TUNNEL_IO=$io WSGATE_LOG=warn "$bin" serve --config "$dir/wsgate.toml" 2>>"$OUT/$who-proxy.log" &
       PROXY_PID=$!
       PIDS+=("$PROXY_PID")
       ;;

@@ -24,6 +24,10 @@ pub enum StartError {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error(
+        "proxy.tunnel_io = \"io_uring\" but this kernel refuses io_uring ({0}); set proxy.tunnel_io to \"auto\" or \"epoll\", or allow io_uring (sysctl kernel.io_uring_disabled, the container's seccomp profile)"
+    )]
+    IoUring(#[source] std::io::Error),
 }
 
 /// A running server, for tests and for `serve_blocking`.
@@ -60,6 +64,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.websocket.pong_timeout.get(),
     );
     let shared = Arc::new(Shared::new(config, hub, heartbeat.clone()));
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    shared
+        .proxy
+        .start_engines(shared.config.proxy.tunnel_io, threads)
+        .map_err(StartError::IoUring)?;
     let (stop, stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::serve(listener, shared.clone(), stop_rx));
     let heartbeat = tokio::spawn(heartbeat.run());

@@ -57,6 +57,20 @@ pub struct Proxy {
     /// On shutdown, how long tunnels may keep running before both sides get Close 1001.
     /// Default "0s": at once (then `server.shutdown_grace` bounds the closing handshake).
     pub shutdown_grace: Duration,
+    /// How tunnels do their I/O once the 101 is through: "io_uring" (one engine thread per
+    /// worker; fewer syscalls per message), "epoll" (on the workers, with tokio), or "auto"
+    /// (default: io_uring when the kernel allows it, else epoll).
+    pub tunnel_io: TunnelIo,
+}
+
+/// `proxy.tunnel_io`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelIo {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
 }
 
 impl Default for Proxy {
@@ -69,6 +83,7 @@ impl Default for Proxy {
             idle_timeout: Duration::from_secs(0),
             max_lifetime: Duration::from_secs(0),
             shutdown_grace: Duration::from_secs(0),
+            tunnel_io: TunnelIo::Auto,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod headers;
 mod idle;
 pub mod tunnel;
 pub mod upgrade;
+pub mod uring;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,6 +138,8 @@ pub struct Proxy {
     /// `server.max_connections`: tunnels count against it like hub connections.
     max_tunnels: usize,
     pub(crate) shutting_down: AtomicBool,
+    /// The io_uring tunnel engines, once started (see [`Proxy::start_engines`]).
+    engines: std::sync::OnceLock<uring::Engines>,
 }
 
 impl Proxy {
@@ -186,6 +189,7 @@ impl Proxy {
             open: AtomicUsize::new(0),
             max_tunnels: cfg.server.max_connections,
             shutting_down: AtomicBool::new(false),
+            engines: std::sync::OnceLock::new(),
         }
     }
 
@@ -202,6 +206,41 @@ impl Proxy {
         self.routes
             .iter()
             .map(|(p, i)| (p.as_str(), self.upstreams[*i].name.as_str()))
+    }
+
+    /// Starts the io_uring tunnel engines (`proxy.tunnel_io`), `threads` of them, when there
+    /// are proxy routes. With "auto" a kernel that refuses io_uring means epoll, said once in
+    /// the log; with "io_uring" it is an error.
+    pub fn start_engines(
+        &self,
+        io: crate::config::TunnelIo,
+        threads: usize,
+    ) -> std::io::Result<()> {
+        use crate::config::TunnelIo;
+        if self.routes.is_empty() || io == TunnelIo::Epoll || self.engines.get().is_some() {
+            return Ok(());
+        }
+        let env = uring::Env {
+            heartbeat: self.heartbeat.clone(),
+            settings: self.tunnel.clone(),
+        };
+        match uring::Engines::start(threads, &env) {
+            Ok(e) => {
+                let _ = self.engines.set(e);
+                tracing::debug!(threads, "proxy tunnels use io_uring");
+                Ok(())
+            }
+            Err(e) if io == TunnelIo::Auto => {
+                tracing::info!(error = %e, "io_uring is not available here; proxy tunnels use epoll (proxy.tunnel_io = \"auto\")");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The io_uring engines, when tunnels use them.
+    pub(crate) fn engines(&self) -> Option<&uring::Engines> {
+        self.engines.get()
     }
 
     /// Tunnels open now.

@@ -36,10 +36,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::Proxy;
+use super::{Proxy, TunnelSettings};
+use crate::ws::Heartbeat;
 use crate::ws::close::CloseCode;
 use crate::ws::frame::{self, OpCode};
-use crate::ws::outbox::Outbox;
+use crate::ws::outbox::{Outbox, Signals};
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
@@ -50,7 +51,7 @@ thread_local! {
 const READS_PER_POLL: usize = 16;
 
 /// Length of the Ping payload wsgate uses to recognise its own Pongs.
-const TOKEN_LEN: usize = 8;
+pub(super) const TOKEN_LEN: usize = 8;
 
 /// Longest frame header: 2 + 8 (length) + 4 (mask).
 const MAX_HDR: usize = 14;
@@ -59,17 +60,17 @@ const MAX_HDR: usize = 14;
 /// integers and flat arrays instead of `usize`s and `Option`s: two of these are most of an idle
 /// tunnel.
 #[derive(Debug)]
-struct Dir {
+pub(super) struct Dir {
     /// Payload bytes of the current frame still to pass.
-    remaining: u64,
+    pub(super) remaining: u64,
     /// Heartbeat time (ms) this direction's source last sent anything.
-    heard: u64,
+    pub(super) heard: u64,
     /// Output not yet accepted by the destination (only while it pushes back).
-    pending: Vec<u8>,
+    pub(super) pending: Vec<u8>,
     pending_off: u32,
     /// The payload of the Pings wsgate sends to this direction's source: a Pong from the source
     /// carrying it answers one of them and is swallowed.
-    token: [u8; TOKEN_LEN],
+    pub(super) token: [u8; TOKEN_LEN],
     /// Header bytes of the current frame seen so far.
     hdr: [u8; MAX_HDR],
     /// While a frame passes, its header size.
@@ -82,21 +83,21 @@ struct Dir {
     /// The held Pong's mask (only a masked source's Pong is held, so `masked` says if it is set).
     hold_mask: [u8; 4],
     /// Frames from this source are masked (client to upstream).
-    masked: bool,
+    pub(super) masked: bool,
     /// The source reached EOF (or failed).
-    src_done: bool,
+    pub(super) src_done: bool,
     /// The destination's write half was shut.
-    dst_shut: bool,
+    pub(super) dst_shut: bool,
     /// A Close frame from the source passed through.
-    close_passed: bool,
+    pub(super) close_passed: bool,
     /// A Ping to the destination is wanted at the next frame boundary.
-    want_ping: bool,
+    pub(super) want_ping: bool,
     /// The source was sent a Ping (in the opposite direction) and has sent nothing since.
-    pinged: bool,
+    pub(super) pinged: bool,
 }
 
 impl Dir {
-    fn new(masked: bool, now_ms: u64) -> Self {
+    pub(super) fn new(masked: bool, now_ms: u64) -> Self {
         Dir {
             remaining: 0,
             heard: now_ms,
@@ -118,13 +119,13 @@ impl Dir {
     }
 
     /// Between two frames: a frame of our own may go to the destination now.
-    fn at_boundary(&self) -> bool {
+    pub(super) fn at_boundary(&self) -> bool {
         self.hdr_len == 0 && self.remaining == 0 && !self.holding
     }
 
     /// Passes `data` through, appending what the destination should get to `out`. Pongs that
     /// carry `self.token` are dropped.
-    fn process(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
+    pub(super) fn process(&mut self, mut data: &[u8], out: &mut Vec<u8>) {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = (self.remaining.min(data.len() as u64)) as usize;
@@ -189,7 +190,7 @@ impl Dir {
         self.hdr_len = 0;
     }
 
-    fn queue(&mut self, bytes: &[u8]) {
+    pub(super) fn queue(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
     }
 
@@ -202,6 +203,23 @@ impl Dir {
         } else {
             self.queue(&frame::encode(OpCode::Ping, token));
         }
+    }
+}
+
+impl Dir {
+    /// Queues the Ping the wheel asked for once this direction is between frames.
+    pub(super) fn ping_if_wanted(&mut self, token: &[u8; TOKEN_LEN], discard: bool) {
+        if self.want_ping && self.at_boundary() && !self.dst_shut && !discard {
+            self.want_ping = false;
+            self.queue_ping(token);
+        }
+    }
+
+    /// Passes bytes read from the source into `pending`, for the destination.
+    pub(super) fn take_in(&mut self, data: &[u8]) {
+        let mut out = std::mem::take(&mut self.pending);
+        self.process(data, &mut out);
+        self.pending = out;
     }
 }
 
@@ -270,10 +288,7 @@ fn pump(
 ) -> Pumped {
     let mut res = Pumped::default();
     for _ in 0..READS_PER_POLL {
-        if d.want_ping && d.at_boundary() && !d.dst_shut && !discard {
-            d.want_ping = false;
-            d.queue_ping(ping);
-        }
+        d.ping_if_wanted(ping, discard);
         while (d.pending_off as usize) < d.pending.len() {
             match write_now(dst, cx, &d.pending[d.pending_off as usize..]) {
                 Ok(0) => return res,
@@ -351,9 +366,151 @@ fn pump(
 /// The opt-in limits' clocks, boxed so that tunnels without `idle_timeout`/`max_lifetime` (the
 /// default) carry neither.
 #[derive(Debug)]
-struct Limits {
+pub(super) struct Limits {
     started: Instant,
-    last_data: Instant,
+    pub(super) last_data: Instant,
+}
+
+impl Limits {
+    /// The clocks, when `idle_timeout` or `max_lifetime` is set.
+    pub(super) fn for_settings(settings: &TunnelSettings) -> Option<Box<Limits>> {
+        (!settings.idle_timeout.is_zero() || !settings.max_lifetime.is_zero()).then(|| {
+            let now = Instant::now();
+            Box::new(Limits {
+                started: now,
+                last_data: now,
+            })
+        })
+    }
+
+    /// When the nearer limit runs out.
+    fn deadline(&self, settings: &TunnelSettings) -> Option<Instant> {
+        let mut at = None::<Instant>;
+        if !settings.max_lifetime.is_zero() {
+            at = Some(self.started + settings.max_lifetime);
+        }
+        if !settings.idle_timeout.is_zero() {
+            let i = self.last_data + settings.idle_timeout;
+            at = Some(at.map_or(i, |x| x.min(i)));
+        }
+        at
+    }
+}
+
+/// What the wheel (a Ping due, a pong timeout), shutdown and the opt-in limits ask of a tunnel
+/// now. Pings due are marked on the directions; `Some((code, reason))` means both sides get a
+/// Close (see [`queue_closes`]) and the tunnel then discards what it reads.
+pub(super) fn requested_close(
+    sig: &Signals,
+    limits: Option<&Limits>,
+    settings: &TunnelSettings,
+    hb: &Heartbeat,
+    c2u: &mut Dir,
+    u2c: &mut Dir,
+    discard: bool,
+) -> Option<(u16, &'static str)> {
+    if sig.ping {
+        ping_due(hb.now_ms(), hb.interval_ms(), c2u, u2c);
+    }
+    if discard {
+        return None;
+    }
+    let mut close = sig.close.as_ref().map(|req| {
+        if req.code == CloseCode::GOING_AWAY {
+            (1001, "wsgate is shutting down")
+        } else if silent_side(c2u, u2c) == Side::Client {
+            (1001, "client stopped answering pings")
+        } else {
+            (1014, "upstream stopped answering pings")
+        }
+    });
+    if let Some(l) = limits {
+        let t = Instant::now();
+        if !settings.max_lifetime.is_zero() && t >= l.started + settings.max_lifetime {
+            close = Some((1001, "tunnel reached proxy.max_lifetime"));
+        } else if !settings.idle_timeout.is_zero() && t >= l.last_data + settings.idle_timeout {
+            close = Some((1001, "tunnel idle for proxy.idle_timeout"));
+        }
+    }
+    close
+}
+
+/// Queues a Close toward each side that can take one now; a side that already got its peer's
+/// Close must not get a second one.
+pub(super) fn queue_closes(code: u16, reason: &str, c2u: &mut Dir, u2c: &mut Dir) {
+    if u2c.at_boundary() && !u2c.dst_shut && !u2c.close_passed {
+        u2c.queue(&frame::encode_close(code, reason));
+    }
+    if c2u.at_boundary() && !c2u.dst_shut && !c2u.close_passed {
+        c2u.queue(&masked_close(
+            if code == 1014 { 1001 } else { code },
+            reason,
+        ));
+    }
+}
+
+/// How a side was lost: its read ended without a Close frame, or writing to it failed.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Lost {
+    pub(super) client: bool,
+    pub(super) upstream: bool,
+    /// Writing to the client failed (so it gets no Close either).
+    pub(super) to_client_failed: bool,
+    /// Writing to the upstream failed.
+    pub(super) to_upstream_failed: bool,
+}
+
+impl Lost {
+    /// From what the two directions saw: `c_*` of client-to-upstream, `u_*` of the other.
+    pub(super) fn from_ends(
+        c_src_ended: bool,
+        c_dst_failed: bool,
+        u_src_ended: bool,
+        u_dst_failed: bool,
+        c2u: &Dir,
+        u2c: &Dir,
+    ) -> Lost {
+        Lost {
+            client: (c_src_ended && !c2u.close_passed) || u_dst_failed,
+            upstream: (u_src_ended && !u2c.close_passed) || c_dst_failed,
+            to_client_failed: u_dst_failed,
+            to_upstream_failed: c_dst_failed,
+        }
+    }
+
+    pub(super) fn any(&self) -> bool {
+        self.client || self.upstream
+    }
+
+    /// The survivor learns why: upstream lost -> the client gets 1014; client lost -> the
+    /// upstream gets 1001. The lost side's direction is over; the caller then discards input.
+    pub(super) fn tell(&self, c2u: &mut Dir, u2c: &mut Dir) {
+        if self.upstream
+            && !self.to_client_failed
+            && !u2c.dst_shut
+            && !u2c.close_passed
+            && u2c.at_boundary()
+        {
+            u2c.queue(&frame::encode_close(
+                CloseCode::BAD_GATEWAY.0,
+                "upstream closed the connection without a close frame",
+            ));
+        }
+        if self.client
+            && !self.to_upstream_failed
+            && !c2u.dst_shut
+            && !c2u.close_passed
+            && c2u.at_boundary()
+        {
+            c2u.queue(&masked_close(1001, "client went away"));
+        }
+        if self.upstream {
+            u2c.src_done = true;
+        }
+        if self.client {
+            c2u.src_done = true;
+        }
+    }
 }
 
 /// A running tunnel: a future that ends once both sides are closed (or a close deadline
@@ -381,6 +538,20 @@ pub struct Tunnel {
     closing: bool,
 }
 
+/// A new tunnel's place in the heartbeat wheel, which is also the registry shutdown walks. A
+/// tunnel enrolled after shutdown began is asked to close at once; so enrol right after the
+/// 101 goes out, before anything else can run, or a client that got its 101 just before the
+/// shutdown would lose the grace.
+pub(super) fn enroll(proxy: &Proxy) -> Arc<Outbox> {
+    let hb = &proxy.heartbeat;
+    let beat = Arc::new(Outbox::new(0, usize::MAX, hb.now_ms()));
+    hb.register(&beat);
+    if proxy.shutting_down.load(Ordering::Relaxed) {
+        beat.request_close(crate::ws::session::SHUTDOWN);
+    }
+    beat
+}
+
 /// Starts a tunnel between `client` and `upstream`; `client_leftover`/`upstream_leftover` are
 /// bytes that already arrived from each side with the handshake. Await the result, or spawn it.
 pub fn run(
@@ -391,13 +562,8 @@ pub fn run(
     proxy: &Arc<Proxy>,
 ) -> Tunnel {
     let _ = client.set_nodelay(true);
-    let hb = &proxy.heartbeat;
-    let now = hb.now_ms();
-    let beat = Arc::new(Outbox::new(0, usize::MAX, now));
-    hb.register(&beat);
-    if proxy.shutting_down.load(Ordering::Relaxed) {
-        beat.request_close(crate::ws::session::SHUTDOWN);
-    }
+    let beat = enroll(proxy);
+    let now = proxy.heartbeat.now_ms();
     // The leftovers go through the frame parser now, straight into the pending output, so the
     // tunnel keeps neither them nor a slot for them.
     let mut c2u = Dir::new(true, now);
@@ -408,14 +574,7 @@ pub fn run(
     let mut pre = Vec::new();
     u2c.process(&upstream_leftover, &mut pre);
     u2c.pending = pre;
-    let t = &proxy.tunnel;
-    let limits = (!t.idle_timeout.is_zero() || !t.max_lifetime.is_zero()).then(|| {
-        let now = Instant::now();
-        Box::new(Limits {
-            started: now,
-            last_data: now,
-        })
-    });
+    let limits = Limits::for_settings(&proxy.tunnel);
     Tunnel {
         client,
         upstream,
@@ -459,45 +618,19 @@ impl Tunnel {
         } = self;
         let settings = &proxy.tunnel;
         let now_ms = proxy.heartbeat.now_ms();
-        // Signals from the wheel and from shutdown.
-        let mut close_both: Option<(u16, &'static str)> = None;
         // Nobody queues frames to a tunnel's outbox; this stays empty and unallocated.
         let sig = beat.take(&mut VecDeque::new(), cx.waker());
-        if sig.ping {
-            ping_due(now_ms, proxy.heartbeat.interval_ms(), c2u, u2c);
-        }
-        if let Some(req) = sig.close
-            && !*discard
-        {
-            close_both = Some(if req.code == CloseCode::GOING_AWAY {
-                (1001, "wsgate is shutting down")
-            } else if silent_side(c2u, u2c) == Side::Client {
-                (1001, "client stopped answering pings")
-            } else {
-                (1014, "upstream stopped answering pings")
-            });
-        }
-        if let Some(l) = limits.as_deref()
-            && !*discard
-        {
-            let t = Instant::now();
-            if !settings.max_lifetime.is_zero() && t >= l.started + settings.max_lifetime {
-                close_both = Some((1001, "tunnel reached proxy.max_lifetime"));
-            } else if !settings.idle_timeout.is_zero() && t >= l.last_data + settings.idle_timeout {
-                close_both = Some((1001, "tunnel idle for proxy.idle_timeout"));
-            }
-        }
-        if let Some((code, reason)) = close_both {
-            // A side that already got a Close (its peer's) must not get a second one.
-            if u2c.at_boundary() && !u2c.dst_shut && !u2c.close_passed {
-                u2c.queue(&frame::encode_close(code, reason));
-            }
-            if c2u.at_boundary() && !c2u.dst_shut && !c2u.close_passed {
-                c2u.queue(&masked_close(
-                    if code == 1014 { 1001 } else { code },
-                    reason,
-                ));
-            }
+        let asked = requested_close(
+            &sig,
+            limits.as_deref(),
+            settings,
+            &proxy.heartbeat,
+            c2u,
+            u2c,
+            *discard,
+        );
+        if let Some((code, reason)) = asked {
+            queue_closes(code, reason, c2u, u2c);
             *discard = true;
         }
 
@@ -511,36 +644,17 @@ impl Tunnel {
         {
             l.last_data = Instant::now();
         }
-        // A side is lost when its read ends without a Close frame, or writing to it fails.
-        let client_lost = (c.src_ended && !c2u.close_passed) || u.dst_failed;
-        let upstream_lost = (u.src_ended && !u2c.close_passed) || c.dst_failed;
-        if !*discard && (client_lost || upstream_lost) {
-            if upstream_lost
-                && !u.dst_failed
-                && !u2c.dst_shut
-                && !u2c.close_passed
-                && u2c.at_boundary()
-            {
-                u2c.queue(&frame::encode_close(
-                    CloseCode::BAD_GATEWAY.0,
-                    "upstream closed the connection without a close frame",
-                ));
-            }
-            if client_lost
-                && !c.dst_failed
-                && !c2u.dst_shut
-                && !c2u.close_passed
-                && c2u.at_boundary()
-            {
-                c2u.queue(&masked_close(1001, "client went away"));
-            }
+        let lost = Lost::from_ends(
+            c.src_ended,
+            c.dst_failed,
+            u.src_ended,
+            u.dst_failed,
+            c2u,
+            u2c,
+        );
+        if !*discard && lost.any() {
+            lost.tell(c2u, u2c);
             *discard = true;
-            if upstream_lost {
-                u2c.src_done = true;
-            }
-            if client_lost {
-                c2u.src_done = true;
-            }
             cx.waker().wake_by_ref();
         }
         // Both ways finished and flushed: dropping the sockets sends each side its FIN, so a
@@ -575,23 +689,13 @@ impl Tunnel {
             if t.as_mut().poll(cx).is_ready() {
                 cx.waker().wake_by_ref();
             }
-        } else if let Some(l) = limits.as_deref() {
-            let mut at = None::<Instant>;
-            if !settings.max_lifetime.is_zero() {
-                at = Some(l.started + settings.max_lifetime);
+        } else if let Some(at) = limits.as_deref().and_then(|l| l.deadline(settings)) {
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if t.deadline() != at {
+                t.as_mut().reset(at);
             }
-            if !settings.idle_timeout.is_zero() {
-                let i = l.last_data + settings.idle_timeout;
-                at = Some(at.map_or(i, |x| x.min(i)));
-            }
-            if let Some(at) = at {
-                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                if t.deadline() != at {
-                    t.as_mut().reset(at);
-                }
-                if t.as_mut().poll(cx).is_ready() {
-                    cx.waker().wake_by_ref();
-                }
+            if t.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
             }
         }
         Poll::Pending
@@ -601,7 +705,7 @@ impl Tunnel {
 /// The wheel asked for a Ping: each side silent for `interval_ms` and not already waiting for
 /// an answer gets one. The Ping to a side travels in the direction toward it, and the answer
 /// comes back in the direction from it (whose `heard`/`pinged` describe that side).
-fn ping_due(now_ms: u64, interval_ms: u64, c2u: &mut Dir, u2c: &mut Dir) {
+pub(super) fn ping_due(now_ms: u64, interval_ms: u64, c2u: &mut Dir, u2c: &mut Dir) {
     if !c2u.pinged && now_ms >= c2u.heard + interval_ms {
         c2u.pinged = true;
         u2c.want_ping = true;
@@ -623,7 +727,7 @@ fn silent_side(c2u: &Dir, u2c: &Dir) -> Side {
 }
 
 /// A masked Close frame toward the upstream.
-fn masked_close(code: u16, reason: &str) -> Vec<u8> {
+pub(super) fn masked_close(code: u16, reason: &str) -> Vec<u8> {
     let unmasked = frame::encode_close(code, reason);
     let h = frame::parse_header(&unmasked).expect("we just encoded it");
     let t = token();
@@ -637,7 +741,7 @@ fn masked_close(code: u16, reason: &str) -> Vec<u8> {
 
 /// A fresh 8-byte token (also used for masks): unpredictable enough that no peer payload
 /// matches it by accident.
-fn token() -> [u8; TOKEN_LEN] {
+pub(super) fn token() -> [u8; TOKEN_LEN] {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);

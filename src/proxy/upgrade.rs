@@ -473,8 +473,31 @@ fn spawn_tunnel(
                 return;
             }
         }
+        if let Some(engines) = proxy.engines() {
+            let beat = super::tunnel::enroll(&proxy);
+            match (into_fd(client), into_fd(upstream)) {
+                (Ok(client), Ok(upstream)) => engines.hand_over(super::uring::Handoff {
+                    client,
+                    client_leftover: c_pre,
+                    upstream,
+                    upstream_leftover: u_pre,
+                    beat,
+                    guard: Box::new((_slot, _active)),
+                }),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "could not hand a tunnel to io_uring; closed it");
+                }
+            }
+            return;
+        }
         super::tunnel::run(client, c_pre, upstream, u_pre, &proxy).await;
     });
+}
+
+/// Takes a socket out of tokio (deregistering it) for the io_uring engine.
+fn into_fd(s: TcpStream) -> std::io::Result<std::os::fd::OwnedFd> {
+    let _ = s.set_nodelay(true);
+    Ok(s.into_std()?.into())
 }
 
 /// Takes a connection whose first request head starts `first` (read by the server, with any

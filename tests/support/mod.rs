@@ -20,8 +20,14 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts wsgate with `toml` (on top of the defaults) listening on a free port.
 pub async fn start(toml: &str) -> Running {
+    // scripts/test-all runs the proxy suites once per tunnel engine, choosing it with this
+    // variable; no other override reaches the tests.
+    let env: Vec<(String, String)> = wsgate::config::process_env()
+        .into_iter()
+        .filter(|(k, _)| k == "WSGATE_PROXY__TUNNEL_IO")
+        .collect();
     let mut cfg: Config =
-        wsgate::config::load_str("test.toml", toml, &[]).expect("test config is valid");
+        wsgate::config::load_str("test.toml", toml, &env).expect("test config is valid");
     cfg.server.listen = "127.0.0.1:0".into();
     wsgate::app::raise_nofile_limit();
     wsgate::app::start(cfg).await.expect("server starts")
