@@ -281,3 +281,105 @@ async fn echo_round_trips_through_the_proxy_cost_little_cpu_and_idle_tunnels_non
     let idle = cpu_us(pid) - idle0;
     assert!(idle <= 20_000, "{idle} µs of CPU in 0.5 s while idle");
 }
+
+/// An upstream that answers the upgrade, then writes `total` bytes of binary frames (each
+/// frame's bytes are its index, mod 251) as fast as the proxy takes them, then Close 1000.
+async fn flooding_ws_upstream(total: usize, frame: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let head = support::upstream::read_head(&mut s, &mut buf)
+            .await
+            .expect("an upgrade request");
+        let accept = support::upstream::accept_for(&head);
+        let reply = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        s.write_all(reply.as_bytes()).await.unwrap();
+        let mut sent = 0;
+        let mut i = 0usize;
+        while sent < total {
+            let payload = vec![(i % 251) as u8; frame];
+            let f = wsgate::ws::frame::encode(wsgate::ws::frame::OpCode::Binary, &payload);
+            if s.write_all(&f).await.is_err() {
+                return;
+            }
+            sent += frame;
+            i += 1;
+        }
+        let close = wsgate::ws::frame::encode_close(1000, "done");
+        let _ = s.write_all(&close).await;
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    addr
+}
+
+/// A client that stops reading must not make the proxy buffer what the upstream keeps sending:
+/// the tunnel stops reading the upstream once a bounded backlog is queued, and once the client
+/// reads again every byte arrives, in order, followed by the upstream's Close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_to_a_client_that_stops_reading_stays_bounded_and_loses_nothing() {
+    let total = 64 * MB;
+    let frame = 60_000;
+    let up = flooding_ws_upstream(total, frame).await;
+    let proxy = spawn_proxy(up, "");
+    let pid = proxy.child.id();
+    let before = status_kib(pid, "VmRSS:");
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&upgrade_request("/flood", "")).await.unwrap();
+    let (r, mut data) = read_head_and_rest(&mut s).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    // Not reading: the upstream keeps writing until every buffer on the way is full.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let stalled = status_kib(pid, "VmRSS:");
+    eprintln!("proxy RSS {before} KiB before, {stalled} KiB with the client stalled");
+    assert!(
+        stalled < before + 16 * 1024,
+        "proxy RSS grew from {before} to {stalled} KiB while the client was not reading"
+    );
+    let mut got = 0usize;
+    let mut frames = 0usize;
+    let mut close = None;
+    let mut buf = vec![0u8; 256 * 1024];
+    tokio::time::timeout(WAIT * 3, async {
+        loop {
+            while let Some(h) = wsgate::ws::frame::parse_header(&data) {
+                if data.len() < h.size + h.len as usize {
+                    break;
+                }
+                let payload = &data[h.size..h.size + h.len as usize];
+                if h.opcode_raw == 0x8 {
+                    close = Some(u16::from_be_bytes([payload[0], payload[1]]));
+                } else {
+                    assert_eq!(payload.len(), frame, "frame {frames} changed size");
+                    let want = (frames % 251) as u8;
+                    assert!(
+                        payload.iter().all(|&b| b == want),
+                        "frame {frames} corrupted"
+                    );
+                    got += payload.len();
+                    frames += 1;
+                }
+                data.drain(..h.size + h.len as usize);
+            }
+            if close.is_some() {
+                break;
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed after {got} of {total} bytes");
+            data.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("everything arrives within the wait limit");
+    assert_eq!(got, frames * frame);
+    assert!(got >= total, "got {got} of {total} bytes");
+    assert_eq!(close, Some(1000), "the upstream's Close arrives last");
+}

@@ -332,7 +332,8 @@ struct Tunnel {
 
 impl Tunnel {
     fn flushed(&self, i: usize) -> bool {
-        !self.io[i].sending && self.d[i].pending.is_empty()
+        let io = &self.io[i];
+        !io.sending && io.tx.len() == io.tx_off && self.d[i].pending.is_empty()
     }
 
     fn idle_io(&self) -> bool {
@@ -696,8 +697,9 @@ impl Engine {
             t.d[i].ping_if_wanted(&token, t.discard);
             let io = &mut t.io[i];
             let d = &mut t.d[i];
-            if !io.sending && !d.pending.is_empty() && !d.dst_shut {
-                if io.tx.is_empty() {
+            let unsent = io.tx.len() > io.tx_off;
+            if !io.sending && (unsent || !d.pending.is_empty()) && !d.dst_shut {
+                if !unsent {
                     std::mem::swap(&mut io.tx, &mut d.pending);
                     io.tx_off = 0;
                 }
@@ -714,7 +716,7 @@ impl Engine {
                 );
                 io.sending = true;
             }
-            if !io.sending && io.tx.capacity() > 0 {
+            if !io.sending && io.tx.len() == io.tx_off && io.tx.capacity() > 0 {
                 // An idle tunnel keeps no buffer.
                 io.tx = Vec::new();
             }
