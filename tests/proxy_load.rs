@@ -48,7 +48,14 @@ fn spawn_proxy(upstream: SocketAddr, extra: &str) -> ProxyProcess {
         ),
     )
     .unwrap();
-    let child = spawn_wsgate(&["serve", "--config", cfg.to_str().unwrap()], &[], port);
+    // scripts/test-all picks the tunnel engine for a whole run, unless a test sets its own.
+    let io = std::env::var("WSGATE_PROXY__TUNNEL_IO").unwrap_or_default();
+    let env: Vec<(&str, &str)> = if io.is_empty() || extra.contains("tunnel_io") {
+        Vec::new()
+    } else {
+        vec![("WSGATE_PROXY__TUNNEL_IO", io.as_str())]
+    };
+    let child = spawn_wsgate(&["serve", "--config", cfg.to_str().unwrap()], &env, port);
     ProxyProcess {
         child,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
@@ -382,4 +389,43 @@ async fn a_tunnel_to_a_client_that_stops_reading_stays_bounded_and_loses_nothing
     assert_eq!(got, frames * frame);
     assert!(got >= total, "got {got} of {total} bytes");
     assert_eq!(close, Some(1000), "the upstream's Close arrives last");
+}
+
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// `proxy.tunnel_io` decides what carries the tunnels: with "io_uring" the proxy runs one
+/// engine thread per worker, with "epoll" none, and a tunnel works either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_io_picks_the_engine_that_carries_tunnels() {
+    let (up, _seen) = ws_echo(WsOptions::default()).await;
+    for (io, engines) in [("io_uring", 1), ("epoll", 0)] {
+        let proxy = spawn_proxy(up, &format!("[proxy]\ntunnel_io = \"{io}\"\n"));
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&upgrade_request("/ws", "")).await.unwrap();
+        let (r, rest) = read_head_and_rest(&mut s).await;
+        assert_eq!(r.status, 101, "{io}: {r:?}");
+        assert!(rest.is_empty());
+        s.write_all(&client_frame(0x1, b"which engine?"))
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_texts(&mut s, &mut buf, 1).await,
+            ["which engine?"],
+            "{io}"
+        );
+        let names = thread_names(proxy.child.id());
+        let found = names
+            .iter()
+            .filter(|n| n.starts_with("wsgate-uring"))
+            .count();
+        assert_eq!(found, engines, "{io}: threads {names:?}");
+    }
 }

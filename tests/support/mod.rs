@@ -261,6 +261,8 @@ pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> std::proc
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .args(args)
+        // The engine choice of scripts/test-all reaches a child only when passed in `env`.
+        .env_remove("WSGATE_PROXY__TUNNEL_IO")
         .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
