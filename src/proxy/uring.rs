@@ -152,6 +152,16 @@ impl Engines {
     /// Starts `n` engine threads. Fails when the kernel refuses io_uring (too old, or disabled
     /// by seccomp or `kernel.io_uring_disabled`), so the caller can fall back to epoll.
     pub fn start(n: usize, env: &Env) -> io::Result<Engines> {
+        // Multishot recv (6.0) is what keeps idle tunnels bufferless; an older kernel would
+        // accept the ring and then fail every tunnel's first read.
+        if let Some(v) = kernel_version()
+            && v < (6, 0)
+        {
+            return Err(io::Error::other(format!(
+                "Linux {}.{} has no multishot recv for io_uring (6.0 or later needed)",
+                v.0, v.1
+            )));
+        }
         let mut mailboxes = Vec::new();
         for i in 0..n.max(1) {
             // SAFETY: plain syscall; the result is checked.
@@ -829,6 +839,26 @@ impl Engine {
     }
 }
 
+/// The running kernel's (major, minor), from uname.
+fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: uname fills the zeroed struct; the release field is NUL-terminated.
+    let release = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    parse_version(&release)
+}
+
+fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 /// The live tunnel `k` names, if that slot still holds the same generation.
 fn find(slots: &mut [Slot], k: u64) -> Option<&mut Tunnel> {
     let s = slots.get_mut((k & 0xffff_ffff) as usize)?;
@@ -841,6 +871,14 @@ fn find(slots: &mut [Slot], k: u64) -> Option<&mut Tunnel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(parse_version("6.18.44-firecracker"), Some((6, 18)));
+        assert_eq!(parse_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!(kernel_version().is_some());
+    }
 
     #[test]
     fn user_data_round_trips() {
