@@ -587,6 +587,12 @@ impl Engine {
             tunnel::queue_closes(code, reason, c2u, u2c);
             t.discard = true;
         }
+        // A Ping request may find no side due (the wheel's clock moved on): saying so settles
+        // it, or the wheel would take the silence for a pong timeout (see `Outbox::heard`).
+        t.beat.heard(
+            t.d[0].heard.min(t.d[1].heard),
+            !t.d[0].pinged && !t.d[1].pinged,
+        );
         self.settle(k);
     }
 
