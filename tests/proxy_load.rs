@@ -429,3 +429,33 @@ async fn tunnel_io_picks_the_engine_that_carries_tunnels() {
         assert_eq!(found, engines, "{io}: threads {names:?}");
     }
 }
+
+/// Messages of many megabytes echoed through a tunnel: both directions stay full for a long
+/// time, so reading pauses and resumes many times on each side (Autobahn's 9.x cases in CI do
+/// the same up to 16 MB). Every byte comes back, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_megabytes_echo_through_a_tunnel_intact() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (up, _seen) = ws_echo(WsOptions::default()).await;
+    let proxy = spawn_proxy(up, "");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/big", proxy.addr))
+        .await
+        .expect("the upgrade goes through");
+    for i in 0..6u8 {
+        let payload: Vec<u8> = (0..8 * MB).map(|j| (j % 253) as u8 ^ i).collect();
+        ws.send(Message::binary(payload.clone())).await.unwrap();
+        let got = tokio::time::timeout(WAIT * 3, async {
+            loop {
+                match ws.next().await.expect("open").expect("no error") {
+                    Message::Binary(b) => return b,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("echo {i} of 8 MB within the wait limit"));
+        assert!(got[..] == payload[..], "echo {i} differs");
+    }
+}

@@ -466,6 +466,7 @@ impl Engine {
             for (k, i) in std::mem::take(&mut self.starved) {
                 if let Some(t) = self.get(k)
                     && !t.io[i].recv
+                    && !t.io[i].paused
                     && !t.ending
                     && !t.d[i].src_done
                 {
@@ -631,16 +632,13 @@ impl Engine {
                 );
             }
             bufs.give_back(b);
-            if !t.io[i].recv && !t.ending && !t.d[i].src_done && !t.io[i].paused {
-                self.arm_recv(k, i);
-            }
         } else if res == -libc::ENOBUFS {
             if let Some(b) = bid {
                 bufs.give_back(b);
             }
             self.starved.push((k, i));
         } else if res == -libc::ECANCELED {
-            // Paused or ending: nothing to do.
+            // Paused or ending; a pause may already be over (see below).
         } else if !t.ending && !t.d[i].src_done {
             // EOF, or the connection failed: the source is done either way.
             t.d[i].src_done = true;
@@ -653,8 +651,19 @@ impl Engine {
                 &t.d[1],
             ));
         }
+        // The multishot recv ended (a kernel limit, or our cancel arriving after the pause it
+        // was for had already ended): re-arm unless reading should stay off. A dry pool waits
+        // for this batch's buffers to come back first.
+        let rearm = !t.io[i].recv
+            && !t.io[i].paused
+            && !t.ending
+            && !t.d[i].src_done
+            && res != -libc::ENOBUFS;
         if let Some(l) = lost {
             self.lose(k, l);
+        }
+        if rearm {
+            self.arm_recv(k, i);
         }
         self.settle(k);
     }
