@@ -111,6 +111,11 @@ def main(d):
                           "vs nginx"] + cpuh, rows))
         verdict.append(verdict_row("proxy CPU per round trip <= 8 µs", echo, "server_cpu_us_per_msg", 8,
                                    2, " µs", " µs"))
+        # The 8 µs is 0.8x of the 10.0 µs it measured for nginx; nginx's cost differs
+        # between machines, so the same target relative to nginx in the same run is shown too.
+        verdict.append(verdict_row("proxy CPU per round trip <= 0.8x nginx's (8 of its 10.0 µs)",
+                                   {t: ({"r": get(r, "server_cpu_us_per_msg") / ng} if r and ng else None)
+                                    for t, r in echo.items()}, "r", 0.8, 2, "x", "x"))
 
     idle = {t: load(d, f"idle.{t}") for t in TARGETS}
     if any(idle.values()):
