@@ -51,7 +51,7 @@ thread_local! {
 const READS_PER_POLL: usize = 16;
 
 /// Length of the Ping payload wsgate uses to recognise its own Pongs.
-pub(super) const TOKEN_LEN: usize = 8;
+const TOKEN_LEN: usize = 8;
 
 /// Longest frame header: 2 + 8 (length) + 4 (mask).
 const MAX_HDR: usize = 14;
@@ -62,7 +62,7 @@ const MAX_HDR: usize = 14;
 #[derive(Debug)]
 pub(super) struct Dir {
     /// Payload bytes of the current frame still to pass.
-    pub(super) remaining: u64,
+    remaining: u64,
     /// Heartbeat time (ms) this direction's source last sent anything.
     pub(super) heard: u64,
     /// Output not yet accepted by the destination (only while it pushes back).
@@ -83,15 +83,15 @@ pub(super) struct Dir {
     /// The held Pong's mask (only a masked source's Pong is held, so `masked` says if it is set).
     hold_mask: [u8; 4],
     /// Frames from this source are masked (client to upstream).
-    pub(super) masked: bool,
+    masked: bool,
     /// The source reached EOF (or failed).
     pub(super) src_done: bool,
     /// The destination's write half was shut.
     pub(super) dst_shut: bool,
     /// A Close frame from the source passed through.
-    pub(super) close_passed: bool,
+    close_passed: bool,
     /// A Ping to the destination is wanted at the next frame boundary.
-    pub(super) want_ping: bool,
+    want_ping: bool,
     /// The source was sent a Ping (in the opposite direction) and has sent nothing since.
     pub(super) pinged: bool,
 }
@@ -204,9 +204,7 @@ impl Dir {
             self.queue(&frame::encode(OpCode::Ping, token));
         }
     }
-}
 
-impl Dir {
     /// Queues the Ping the wheel asked for once this direction is between frames.
     pub(super) fn ping_if_wanted(&mut self, token: &[u8; TOKEN_LEN], discard: bool) {
         if self.want_ping && self.at_boundary() && !self.dst_shut && !discard {
@@ -435,6 +433,12 @@ pub(super) fn requested_close(
     close
 }
 
+/// Tells the wheel what the tunnel heard: when the quieter side last sent anything, and whether
+/// every Ping the tunnel sent is answered (see [`Outbox::heard`]).
+pub(super) fn report_heard(beat: &Outbox, c2u: &Dir, u2c: &Dir) {
+    beat.heard(c2u.heard.min(u2c.heard), !c2u.pinged && !u2c.pinged);
+}
+
 /// Queues a Close toward each side that can take one now; a side that already got its peer's
 /// Close must not get a second one.
 pub(super) fn queue_closes(code: u16, reason: &str, c2u: &mut Dir, u2c: &mut Dir) {
@@ -553,7 +557,8 @@ pub(super) fn enroll(proxy: &Proxy) -> Arc<Outbox> {
 }
 
 /// Starts a tunnel between `client` and `upstream`; `client_leftover`/`upstream_leftover` are
-/// bytes that already arrived from each side with the handshake. Await the result, or spawn it.
+/// bytes that already arrived from each side with the handshake (both sockets with TCP_NODELAY
+/// set). Await the result, or spawn it.
 pub fn run(
     client: TcpStream,
     client_leftover: Bytes,
@@ -561,7 +566,6 @@ pub fn run(
     upstream_leftover: Bytes,
     proxy: &Arc<Proxy>,
 ) -> Tunnel {
-    let _ = client.set_nodelay(true);
     let beat = enroll(proxy);
     let now = proxy.heartbeat.now_ms();
     // The leftovers go through the frame parser now, straight into the pending output, so the
@@ -638,7 +642,7 @@ impl Tunnel {
         let c = pump(client, upstream, c2u, &ping_u, now_ms, *discard, cx);
         let ping_c = c2u.token;
         let u = pump(upstream, client, u2c, &ping_c, now_ms, *discard, cx);
-        beat.heard(c2u.heard.min(u2c.heard), !c2u.pinged && !u2c.pinged);
+        report_heard(beat, c2u, u2c);
         if (c.active || u.active)
             && let Some(l) = limits.as_deref_mut()
         {
@@ -705,7 +709,7 @@ impl Tunnel {
 /// The wheel asked for a Ping: each side silent for `interval_ms` and not already waiting for
 /// an answer gets one. The Ping to a side travels in the direction toward it, and the answer
 /// comes back in the direction from it (whose `heard`/`pinged` describe that side).
-pub(super) fn ping_due(now_ms: u64, interval_ms: u64, c2u: &mut Dir, u2c: &mut Dir) {
+fn ping_due(now_ms: u64, interval_ms: u64, c2u: &mut Dir, u2c: &mut Dir) {
     if !c2u.pinged && now_ms >= c2u.heard + interval_ms {
         c2u.pinged = true;
         u2c.want_ping = true;
@@ -727,7 +731,7 @@ fn silent_side(c2u: &Dir, u2c: &Dir) -> Side {
 }
 
 /// A masked Close frame toward the upstream.
-pub(super) fn masked_close(code: u16, reason: &str) -> Vec<u8> {
+fn masked_close(code: u16, reason: &str) -> Vec<u8> {
     let unmasked = frame::encode_close(code, reason);
     let h = frame::parse_header(&unmasked).expect("we just encoded it");
     let t = token();
@@ -741,7 +745,7 @@ pub(super) fn masked_close(code: u16, reason: &str) -> Vec<u8> {
 
 /// A fresh 8-byte token (also used for masks): unpredictable enough that no peer payload
 /// matches it by accident.
-pub(super) fn token() -> [u8; TOKEN_LEN] {
+fn token() -> [u8; TOKEN_LEN] {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -462,6 +462,9 @@ fn spawn_tunnel(
     tokio::spawn(async move {
         let _slot = slot;
         let _active = active;
+        // Tunnel frames are small and latency-bound, whichever engine relays them (the
+        // upstream side got this at connect).
+        let _ = client.set_nodelay(true);
         // The 101 goes out from this task, right before the tunnel registers itself: a tunnel
         // registered after shutdown began closes at once, so a client that got its 101 just
         // before a shutdown must not wait for a task switch first (it would lose the grace).
@@ -496,7 +499,6 @@ fn spawn_tunnel(
 
 /// Takes a socket out of tokio (deregistering it) for the io_uring engine.
 fn into_fd(s: TcpStream) -> std::io::Result<std::os::fd::OwnedFd> {
-    let _ = s.set_nodelay(true);
     Ok(s.into_std()?.into())
 }
 

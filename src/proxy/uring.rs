@@ -346,6 +346,11 @@ impl Tunnel {
         !io.sending && io.tx.len() == io.tx_off && self.d[i].pending.is_empty()
     }
 
+    /// Direction `i` should be reading but has no recv armed.
+    fn wants_recv(&self, i: usize) -> bool {
+        !self.io[i].recv && !self.io[i].paused && !self.ending && !self.d[i].src_done
+    }
+
     fn idle_io(&self) -> bool {
         !self.io[0].recv && !self.io[1].recv && !self.io[0].sending && !self.io[1].sending
     }
@@ -464,12 +469,7 @@ impl Engine {
             }
             self.bufs.publish();
             for (k, i) in std::mem::take(&mut self.starved) {
-                if let Some(t) = self.get(k)
-                    && !t.io[i].recv
-                    && !t.io[i].paused
-                    && !t.ending
-                    && !t.d[i].src_done
-                {
+                if self.get(k).is_some_and(|t| t.wants_recv(i)) {
                     self.arm_recv(k, i);
                 }
             }
@@ -590,10 +590,7 @@ impl Engine {
         }
         // A Ping request may find no side due (the wheel's clock moved on): saying so settles
         // it, or the wheel would take the silence for a pong timeout (see `Outbox::heard`).
-        t.beat.heard(
-            t.d[0].heard.min(t.d[1].heard),
-            !t.d[0].pinged && !t.d[1].pinged,
-        );
+        tunnel::report_heard(&t.beat, &t.d[0], &t.d[1]);
         self.settle(k);
     }
 
@@ -626,10 +623,7 @@ impl Engine {
                         l.last_data = Instant::now();
                     }
                 }
-                t.beat.heard(
-                    t.d[0].heard.min(t.d[1].heard),
-                    !t.d[0].pinged && !t.d[1].pinged,
-                );
+                tunnel::report_heard(&t.beat, &t.d[0], &t.d[1]);
             }
             bufs.give_back(b);
         } else if res == -libc::ENOBUFS {
@@ -654,11 +648,7 @@ impl Engine {
         // The multishot recv ended (a kernel limit, or our cancel arriving after the pause it
         // was for had already ended): re-arm unless reading should stay off. A dry pool waits
         // for this batch's buffers to come back first.
-        let rearm = !t.io[i].recv
-            && !t.io[i].paused
-            && !t.ending
-            && !t.d[i].src_done
-            && res != -libc::ENOBUFS;
+        let rearm = t.wants_recv(i) && res != -libc::ENOBUFS;
         if let Some(l) = lost {
             self.lose(k, l);
         }
