@@ -7,9 +7,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 use support::upstream::{WsOptions, ws_echo};
 use support::*;
@@ -27,14 +25,8 @@ impl Drop for Restore {
 
 fn proxy_config(up: std::net::SocketAddr, port: u16, io: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("wsgate-uring-refused-{port}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n[proxy]\ntunnel_io = \"{io}\"\n\
-[[upstream]]\nname = \"app\"\nservers = [\"{up}\"]\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"app\"\n"
-        ),
-    )
-    .unwrap();
+    let toml = proxy_toml(up, port, &format!("[proxy]\ntunnel_io = \"{io}\"\n"));
+    std::fs::write(&path, toml).unwrap();
     path
 }
 
@@ -49,9 +41,7 @@ async fn a_kernel_that_refuses_io_uring_stops_an_explicit_choice_and_auto_falls_
     // Asked for explicitly: no start, exit 1, and the reason with what to change.
     let port = free_port();
     let cfg = proxy_config(up, port, "io_uring");
-    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env_remove("WSGATE_PROXY__TUNNEL_IO")
+    let out = wsgate_command(&["serve", "--config", cfg.to_str().unwrap()], &[])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -68,23 +58,15 @@ async fn a_kernel_that_refuses_io_uring_stops_an_explicit_choice_and_auto_falls_
     // "auto": starts, says why tunnels are on epoll, and a tunnel works.
     let port = free_port();
     let cfg = proxy_config(up, port, "auto");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env_remove("WSGATE_PROXY__TUNNEL_IO")
+    let mut child = wsgate_command(&["serve", "--config", cfg.to_str().unwrap()], &[])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let mut lines = Vec::new();
     while !lines.iter().any(|l: &String| l.contains("listening on")) {
         lines.push(
-            rx.recv_timeout(Duration::from_secs(10))
+            rx.recv_timeout(WAIT)
                 .unwrap_or_else(|_| panic!("wsgate starts; it said {lines:?}")),
         );
     }

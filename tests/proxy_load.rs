@@ -40,14 +40,7 @@ fn spawn_proxy(upstream: SocketAddr, extra: &str) -> ProxyProcess {
     let dir = std::env::temp_dir().join(format!("wsgate-proxy-load-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("proxy.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n[websocket]\necho_path = \"\"\n{extra}\n\
-[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"app\"\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, proxy_toml(upstream, port, extra)).unwrap();
     // scripts/test-all picks the tunnel engine for a whole run, unless a test sets its own.
     let io = std::env::var("WSGATE_PROXY__TUNNEL_IO").unwrap_or_default();
     let env: Vec<(&str, &str)> = if io.is_empty() || extra.contains("tunnel_io") {

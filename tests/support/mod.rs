@@ -255,18 +255,20 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("bound address").port()
 }
 
-/// Starts the real binary with `args` and `env`, listening on `port`, and waits (bounded) for
-/// its "listening on" log line. Its stderr keeps being drained so the child never blocks on it.
-pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> std::process::Child {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(args)
-        // The engine choice of scripts/test-all reaches a child only when passed in `env`.
+/// The real binary with `args` and `env`. The engine choice of scripts/test-all
+/// (`WSGATE_PROXY__TUNNEL_IO`) reaches the child only when passed in `env`.
+pub fn wsgate_command(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    c.args(args)
         .env_remove("WSGATE_PROXY__TUNNEL_IO")
-        .envs(env.iter().copied())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the wsgate binary starts");
+        .envs(env.iter().copied());
+    c
+}
+
+/// The lines a child writes to its (piped) stderr, drained on a thread so that the child never
+/// blocks on it.
+pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -274,12 +276,33 @@ pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> std::proc
             let _ = tx.send(line);
         }
     });
-    let line = rx.recv_timeout(WAIT).expect("wsgate logs its address");
+    rx
+}
+
+/// Starts the real binary with `args` and `env`, listening on `port`, and waits (bounded) for
+/// its "listening on" log line, which must come first.
+pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> std::process::Child {
+    let mut child = wsgate_command(args, env)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the wsgate binary starts");
+    let line = stderr_lines(&mut child)
+        .recv_timeout(WAIT)
+        .expect("wsgate logs its address");
     assert!(
         line.contains(&format!("listening on http://127.0.0.1:{port}")),
         "{line}"
     );
     child
+}
+
+/// A config for a wsgate proxy on `port` with one worker that sends every path to `upstream`
+/// (upstream "app"), its own echo route off; `extra` is added after `[websocket]`.
+pub fn proxy_toml(upstream: SocketAddr, port: u16, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\n[websocket]\necho_path = \"\"\n{extra}\n\
+[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n[[route]]\npath_prefix = \"/\"\nproxy_pass = \"app\"\n"
+    )
 }
 
 /// Reads a response head and returns it parsed, with the raw bytes read beyond it (binary
