@@ -1,16 +1,22 @@
-//! Wiring and the start/stop order: load, bind, log the address, run, and on SIGTERM/SIGINT stop
+//! Wiring and the start/stop order: load, build every part from the config (broker, hub,
+//! heartbeat, proxy, API, server), bind, log the address, run, and on SIGTERM/SIGINT stop
 //! accepting, send every client Close 1001, drain within `server.shutdown_grace`, exit.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::api::Api;
+use crate::broker::Broker;
+use crate::broker::memory::Memory;
+use crate::config::{BrokerKind, Config};
 use crate::hub::Hub;
-use crate::server::{self, Shared};
+use crate::lifecycle::{Shutdown, raise_nofile_limit};
+use crate::proxy::Proxy;
+use crate::server::{Parts, Server, listener, shutdown};
 use crate::ws::Heartbeat;
 
 /// Failures that stop wsgate from starting.
@@ -30,16 +36,81 @@ pub enum StartError {
     IoUring(#[source] std::io::Error),
 }
 
-/// A running server, for tests and for `serve_blocking`.
+/// A running server, for tests and for `serve_blocking`. It derefs to a [`Handle`], whose
+/// accessors tell what the server holds.
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
-    pub shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    handle: Handle,
     accept: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
-    /// The tunnel heartbeat wheel and the active health checks.
-    proxy_tasks: Vec<JoinHandle<()>>,
+    /// The heartbeat wheels, the active health checks.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A cheap handle on a running server that outlives [`Running::shutdown`]: what it holds now.
+#[derive(Debug, Clone)]
+pub struct Handle(Arc<Server>);
+
+impl Handle {
+    /// WebSocket connections open (or being upgraded) on hub routes.
+    pub fn open_connections(&self) -> usize {
+        self.0.open_connections()
+    }
+
+    /// Proxy tunnels open (or being set up).
+    pub fn open_tunnels(&self) -> usize {
+        self.0.proxy.open_tunnels()
+    }
+
+    /// Members of `group` on this node.
+    pub fn member_count(&self, group: &str) -> usize {
+        self.0.hub.member_count(group)
+    }
+
+    /// Groups with at least one member on this node.
+    pub fn group_count(&self) -> usize {
+        self.0.hub.group_count()
+    }
+
+    /// Whether server `server` of upstream `upstream` (indexes in config order) takes traffic.
+    pub fn upstream_is_up(&self, upstream: usize, server: usize) -> bool {
+        self.0.proxy.upstreams[upstream].is_up(server)
+    }
+
+    /// Publishes a text message as the API does; the local members that took it.
+    pub async fn publish_text(&self, group: &str, text: &str) -> usize {
+        let p = crate::broker::Publication::new(
+            group,
+            bytes::Bytes::copy_from_slice(text.as_bytes()),
+            crate::broker::Kind::Text,
+        );
+        self.0
+            .hub
+            .publish(p)
+            .await
+            .map_or(0, |r| r.local_recipients)
+    }
+}
+
+impl Running {
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+}
+
+impl Deref for Running {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// The broker `config` asks for.
+fn broker(config: &Config) -> Arc<dyn Broker> {
+    match config.broker.kind {
+        BrokerKind::Memory => Arc::new(Memory::new()),
+    }
 }
 
 /// Binds and starts serving; returns once the listener is bound.
@@ -58,31 +129,37 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: addr.to_string(),
         source,
     })?;
-    let hub = Arc::new(Hub::new(Arc::new(crate::broker::Memory)));
-    let heartbeat = Heartbeat::new(
-        config.websocket.ping_interval.get(),
-        config.websocket.pong_timeout.get(),
-    );
-    let shared = Arc::new(Shared::new(config, hub, heartbeat.clone()));
+    let shutdown = Shutdown::new();
+    let hub = Hub::new(broker(&config));
+    let ws = &config.websocket;
+    let heartbeat = Heartbeat::new(ws.ping_interval.get(), ws.pong_timeout.get());
+    let proxy = Arc::new(Proxy::new(&config, &shutdown));
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    shared
-        .proxy
-        .start_engines(shared.config.proxy.tunnel_io, threads)
+    proxy
+        .start_engines(config.proxy.tunnel_io, threads)
         .map_err(StartError::IoUring)?;
-    let (stop, stop_rx) = watch::channel(false);
-    let accept = tokio::spawn(server::serve(listener, shared.clone(), stop_rx));
-    let heartbeat = tokio::spawn(heartbeat.run());
-    let proxy_tasks = vec![
-        tokio::spawn(shared.proxy.heartbeat.clone().run()),
-        tokio::spawn(shared.proxy.clone().run_health_checks()),
+    let api = Api::new(hub.clone(), &config);
+    let server = Arc::new(Server::new(
+        config.clone(),
+        Parts {
+            hub,
+            heartbeat: heartbeat.clone(),
+            proxy: proxy.clone(),
+            api,
+            shutdown,
+        },
+    ));
+    let accept = tokio::spawn(listener::serve(listener, server.clone()));
+    let tasks = vec![
+        tokio::spawn(heartbeat.run()),
+        tokio::spawn(proxy.tunnels.heartbeat.clone().run()),
+        tokio::spawn(proxy.clone().run_health_checks()),
     ];
     Ok(Running {
         addr,
-        shared,
-        stop,
+        handle: Handle(server),
         accept,
-        heartbeat,
-        proxy_tasks,
+        tasks,
     })
 }
 
@@ -102,40 +179,16 @@ impl Running {
     /// Stops accepting, closes every WebSocket with 1001 and waits up to the grace period.
     /// Returns whether every connection finished in time.
     pub async fn shutdown(self) -> bool {
-        let _ = self.stop.send(true);
+        let server = &self.handle.0;
+        server.shutdown.begin();
         let _ = self.accept.await;
-        let grace = self.shared.config.server.shutdown_grace.get();
-        let clean = server::drain(&self.shared, grace).await;
-        self.heartbeat.abort();
-        for t in &self.proxy_tasks {
+        let grace = server.config.server.shutdown_grace.get();
+        let clean = shutdown::drain(server, grace).await;
+        for t in &self.tasks {
             t.abort();
         }
         clean
     }
-}
-
-/// Raises the soft open-files limit to the hard limit; returns the limit now in force.
-pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    lim.rlim_cur
 }
 
 /// Runs the server until SIGTERM or SIGINT, then drains. Used by `wsgate serve`.
@@ -162,7 +215,7 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
         );
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutting down: no new connections, closing WebSockets with 1001");
-        let grace = running.shared.config.server.shutdown_grace;
+        let grace = running.handle.0.config.server.shutdown_grace;
         if running.shutdown().await {
             tracing::info!("all connections closed; bye");
         } else {

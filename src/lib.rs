@@ -1,11 +1,14 @@
 //! wsgate: a WebSocket push hub in one binary.
 //!
 //! Where things live (one module per concept; each says what it must not know about):
-//! [`config`] what the operator asked for; [`server`] listeners, HTTP and routing;
-//! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] reaching
-//! other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page; [`metrics`]
-//! counters and `/metrics`; [`proxy`] the reverse proxy; [`app`] start and stop order;
-//! [`cli`] the command line; [`bench`] the load generator behind `wsgate bench`.
+//! [`config`] what the operator asked for; [`server`] listeners, HTTP, routing and admission;
+//! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] publications
+//! and reaching other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page;
+//! [`metrics`] counters and `/metrics`; [`proxy`] the reverse proxy; [`app`] wiring, start and
+//! stop order; [`cli`] the command line; [`bench`] the load generator behind `wsgate bench`.
+//! Leaves every module may use: [`reply`] (HTTP bodies and replies), [`transport`] (the streams
+//! sessions and tunnels run on), [`uri`] (path helpers), [`lifecycle`] (shutdown signal,
+//! connection slots).
 
 pub mod api;
 pub mod app;
@@ -14,8 +17,12 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod hub;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod reply;
 pub mod server;
+pub mod transport;
+pub mod uri;
 pub mod web;
 pub mod ws;

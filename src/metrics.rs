@@ -55,6 +55,7 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub slow_consumers: Counter,
     pub pong_timeouts: Counter,
+    pub close_timeouts: Counter,
     pub protocol_errors: Counter,
     pub api_errors: Counter,
     pub proxy_requests: Counter,
@@ -74,6 +75,7 @@ pub static METRICS: Metrics = Metrics {
     deliveries: Counter::new(),
     slow_consumers: Counter::new(),
     pong_timeouts: Counter::new(),
+    close_timeouts: Counter::new(),
     protocol_errors: Counter::new(),
     api_errors: Counter::new(),
     proxy_requests: Counter::new(),
@@ -86,7 +88,7 @@ pub static METRICS: Metrics = Metrics {
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 16] = [
+        let rows: [(&str, &str, &str, u64); 17] = [
             (
                 "wsgate_ws_connections",
                 "gauge",
@@ -140,6 +142,12 @@ impl Metrics {
                 "counter",
                 "Connections closed for not answering a ping",
                 self.pong_timeouts.get(),
+            ),
+            (
+                "wsgate_ws_close_timeouts_total",
+                "counter",
+                "Connections reset because their peer did not take our Close within close_timeout",
+                self.close_timeouts.get(),
             ),
             (
                 "wsgate_ws_protocol_errors_total",

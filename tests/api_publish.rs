@@ -13,7 +13,7 @@ fn json(r: &Reply) -> serde_json::Value {
 async fn raw_bodies_become_text_or_binary_by_content_type() {
     let srv = start("").await;
     let mut ws = connect(srv.addr, "/room/t").await;
-    eventually("joined", || srv.shared.hub.member_count("room:t") == 1).await;
+    eventually("joined", || srv.member_count("room:t") == 1).await;
     let r = post(
         srv.addr,
         "/api/groups/room%3At/messages",
@@ -53,7 +53,7 @@ async fn json_publish_to_one_or_many_groups_with_text_or_base64() {
     let srv = start("").await;
     let mut a = connect(srv.addr, "/room/a").await;
     let mut b = connect(srv.addr, "/room/b").await;
-    eventually("joined", || srv.shared.hub.group_count() == 2).await;
+    eventually("joined", || srv.group_count() == 2).await;
     let r = post(
         srv.addr,
         "/api/publish",
@@ -291,7 +291,7 @@ async fn a_token_protects_the_api_when_configured() {
 async fn metrics_count_connections_and_deliveries() {
     let srv = start("").await;
     let _ws = connect(srv.addr, "/room/m").await;
-    eventually("joined", || srv.shared.hub.member_count("room:m") == 1).await;
+    eventually("joined", || srv.member_count("room:m") == 1).await;
     publish(srv.addr, "room:m", "x").await;
     let r = raw(
         srv.addr,

@@ -13,10 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 async fn a_publish_reaches_the_browser_in_the_room_as_text() {
     let srv = start("").await;
     let mut ws = connect(srv.addr, "/room/123/").await;
-    eventually("member joined", || {
-        srv.shared.hub.member_count("room:123") == 1
-    })
-    .await;
+    eventually("member joined", || srv.member_count("room:123") == 1).await;
     assert_eq!(publish(srv.addr, "room:123", "upload 40%").await, 1);
     assert_eq!(next_text(&mut ws).await, "upload 40%");
     srv.shutdown().await;
@@ -28,7 +25,7 @@ async fn rooms_are_isolated_from_each_other() {
     let mut a = connect(srv.addr, "/room/a").await;
     let mut b = connect(srv.addr, "/room/b").await;
     eventually("both joined", || {
-        srv.shared.hub.member_count("room:a") == 1 && srv.shared.hub.member_count("room:b") == 1
+        srv.member_count("room:a") == 1 && srv.member_count("room:b") == 1
     })
     .await;
     assert_eq!(publish(srv.addr, "room:a", "for a").await, 1);
@@ -54,14 +51,14 @@ async fn client_messages_are_broadcast_and_echo_to_sender_is_configurable() {
     .await;
     let mut a = connect(srv.addr, "/room/1").await;
     let mut b = connect(srv.addr, "/room/1").await;
-    eventually("joined", || srv.shared.hub.member_count("room:1") == 2).await;
+    eventually("joined", || srv.member_count("room:1") == 2).await;
     send_text(&mut a, "hi from a").await;
     assert_eq!(next_text(&mut a).await, "hi from a");
     assert_eq!(next_text(&mut b).await, "hi from a");
 
     let mut q = connect(srv.addr, "/quiet/1").await;
     let mut l = connect(srv.addr, "/listen/1").await;
-    eventually("joined", || srv.shared.hub.member_count("quiet:1") == 2).await;
+    eventually("joined", || srv.member_count("quiet:1") == 2).await;
     send_text(&mut l, "listeners cannot talk").await;
     send_text(&mut q, "not to myself").await;
     assert_eq!(next_text(&mut l).await, "not to myself");
@@ -81,10 +78,7 @@ async fn thousand_members_each_receive_every_one_of_100_publishes_in_order() {
     for _ in 0..1000 {
         clients.push(connect(srv.addr, "/room/big").await);
     }
-    eventually("all joined", || {
-        srv.shared.hub.member_count("room:big") == 1000
-    })
-    .await;
+    eventually("all joined", || srv.member_count("room:big") == 1000).await;
     let readers: Vec<_> = clients
         .into_iter()
         .map(|mut ws| {
@@ -114,7 +108,7 @@ async fn a_slow_consumer_is_closed_with_1013_while_others_keep_receiving() {
         start("[websocket]\nsend_queue_bytes = 262144\n[api]\nmax_body_bytes = 65536\n").await;
     let mut slow = raw_ws(srv.addr, "/room/s").await;
     let mut fast = connect(srv.addr, "/room/s").await;
-    eventually("joined", || srv.shared.hub.member_count("room:s") == 2).await;
+    eventually("joined", || srv.member_count("room:s") == 2).await;
     let payload = "x".repeat(60_000);
     let fast_reader = tokio::spawn(async move {
         let mut n = 0u64;
@@ -167,7 +161,7 @@ async fn a_publish_right_after_the_101_is_not_missed() {
     for i in 0..20 {
         let mut s = raw_ws(srv.addr, &format!("/room/early{i}")).await;
         // No waiting: the member must already be in the group when the 101 arrives.
-        assert_eq!(srv.shared.hub.member_count(&format!("room:early{i}")), 1);
+        assert_eq!(srv.member_count(&format!("room:early{i}")), 1);
         assert_eq!(
             publish(srv.addr, &format!("room:early{i}"), "first").await,
             1
@@ -201,7 +195,7 @@ async fn on_shutdown_queued_messages_go_out_before_the_close_and_nothing_after_i
     let mut s = sock.connect(srv.addr).await.unwrap();
     s.write_all(&upgrade_request("/room/q", "")).await.unwrap();
     assert_eq!(read_reply(&mut s).await.status, 101);
-    eventually("joined", || srv.shared.hub.member_count("room:q") == 1).await;
+    eventually("joined", || srv.member_count("room:q") == 1).await;
     let payload = "y".repeat(60_000);
     const N: usize = 150;
     for i in 0..N {
@@ -210,7 +204,7 @@ async fn on_shutdown_queued_messages_go_out_before_the_close_and_nothing_after_i
             1
         );
     }
-    let shared = srv.shared.clone();
+    let shared = srv.handle();
     let stopping = tokio::spawn(srv.shutdown());
     eventually("shutdown started", || shared.open_connections() == 1).await;
 

@@ -275,7 +275,7 @@ async fn hub_routes_win_over_a_root_proxy_prefix_and_longest_prefix_wins() {
     assert_eq!(get(srv.addr, "/api/v2/x", "").await.status, 200);
     assert_eq!(get(srv.addr, "/other", "").await.status, 200);
     let mut ws = connect(srv.addr, "/chat/1").await;
-    assert_eq!(publish_via_hub(&srv, "chat:1"), 1);
+    assert_eq!(srv.publish_text("chat:1", "x").await, 1);
     drop(ws.close(None).await);
     assert_eq!(seen_b.heads.lock().unwrap().len(), 1);
     assert_eq!(seen_a.heads.lock().unwrap().len(), 1);
@@ -291,14 +291,6 @@ async fn the_built_in_echo_route_yields_to_a_configured_proxy_prefix() {
     // Without the proxy this path is the built-in echo route (a plain GET would get 426).
     assert_eq!(get(srv.addr, "/ws/echo", "").await.status, 200);
     assert_eq!(seen_a.heads.lock().unwrap().len(), 1);
-}
-
-fn publish_via_hub(srv: &wsgate::app::Running, group: &str) -> usize {
-    srv.shared.hub.publish(
-        group,
-        &wsgate::ws::frame::encode(wsgate::ws::frame::OpCode::Text, b"x"),
-        None,
-    )
 }
 
 /// An upstream whose `/health` answers 200 or 500 as `healthy` says; other paths answer 200 and
@@ -362,15 +354,14 @@ async fn active_health_checks_take_a_failing_server_out_and_bring_it_back() {
         "",
     ))
     .await;
-    let proxy = srv.shared.proxy.clone();
-    eventually("b is taken out", || !proxy.upstreams[0].is_up(1)).await;
+    eventually("b is taken out", || !srv.upstream_is_up(0, 1)).await;
     for _ in 0..4 {
         assert_eq!(get(srv.addr, "/", "").await.status, 200);
     }
     assert_eq!(served_a.load(Ordering::Relaxed), 4);
     assert_eq!(served_b.load(Ordering::Relaxed), 0);
     b_ok.store(true, Ordering::Relaxed);
-    eventually("b is back", || proxy.upstreams[0].is_up(1)).await;
+    eventually("b is back", || srv.upstream_is_up(0, 1)).await;
     for _ in 0..4 {
         assert_eq!(get(srv.addr, "/", "").await.status, 200);
     }

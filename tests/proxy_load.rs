@@ -36,6 +36,11 @@ impl Drop for TempDir {
 }
 
 fn spawn_proxy(upstream: SocketAddr, extra: &str) -> ProxyProcess {
+    spawn_proxy_with(upstream, extra, &[])
+}
+
+/// As [`spawn_proxy`], with `WSGATE_*` settings from `vars` too.
+fn spawn_proxy_with(upstream: SocketAddr, extra: &str, vars: &[(&str, &str)]) -> ProxyProcess {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("wsgate-proxy-load-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -43,11 +48,10 @@ fn spawn_proxy(upstream: SocketAddr, extra: &str) -> ProxyProcess {
     std::fs::write(&cfg, proxy_toml(upstream, port, extra)).unwrap();
     // scripts/test-all picks the tunnel engine for a whole run, unless a test sets its own.
     let io = std::env::var("WSGATE_PROXY__TUNNEL_IO").unwrap_or_default();
-    let env: Vec<(&str, &str)> = if io.is_empty() || extra.contains("tunnel_io") {
-        Vec::new()
-    } else {
-        vec![("WSGATE_PROXY__TUNNEL_IO", io.as_str())]
-    };
+    let mut env: Vec<(&str, &str)> = vars.to_vec();
+    if !io.is_empty() && !extra.contains("tunnel_io") {
+        env.push(("WSGATE_PROXY__TUNNEL_IO", io.as_str()));
+    }
     let child = spawn_wsgate(&["serve", "--config", cfg.to_str().unwrap()], &env, port);
     ProxyProcess {
         child,
@@ -288,37 +292,93 @@ async fn flooding_ws_upstream(total: usize, frame: usize) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let head = support::upstream::read_head(&mut s, &mut buf)
-            .await
-            .expect("an upgrade request");
-        let accept = support::upstream::accept_for(&head);
-        let reply = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
-        s.write_all(reply.as_bytes()).await.unwrap();
-        let mut sent = 0;
-        let mut i = 0usize;
-        while sent < total {
-            let payload = vec![(i % 251) as u8; frame];
-            let f = wsgate::ws::frame::encode(wsgate::ws::frame::OpCode::Binary, &payload);
-            if s.write_all(&f).await.is_err() {
-                return;
-            }
-            sent += frame;
-            i += 1;
-        }
-        let close = wsgate::ws::frame::encode_close(1000, "done");
-        let _ = s.write_all(&close).await;
-        let mut sink = [0u8; 4096];
-        while let Ok(n) = s.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(flood_one(s, total, frame));
         }
     });
     addr
+}
+
+/// Answers one upgrade, then sends `total` bytes in frames of `frame` bytes and a Close.
+async fn flood_one(mut s: tokio::net::TcpStream, total: usize, frame: usize) {
+    let mut buf = Vec::new();
+    let head = support::upstream::read_head(&mut s, &mut buf)
+        .await
+        .expect("an upgrade request");
+    let accept = support::upstream::accept_for(&head);
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    s.write_all(reply.as_bytes()).await.unwrap();
+    let mut sent = 0;
+    let mut i = 0usize;
+    while sent < total {
+        let payload = vec![(i % 251) as u8; frame];
+        let f = wsgate::ws::frame::encode(wsgate::ws::frame::OpCode::Binary, &payload);
+        if s.write_all(&f).await.is_err() {
+            return;
+        }
+        sent += frame;
+        i += 1;
+    }
+    let close = wsgate::ws::frame::encode_close(1000, "done");
+    let _ = s.write_all(&close).await;
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = s.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A tunnel whose client stopped reading, while its upstream floods, is dropped once its Close
+/// is due (here a pong timeout: the client answers nothing) plus `close_timeout`, even though
+/// the Close cannot reach the client; its slot comes back for the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_to_a_client_that_stops_reading_ends_at_its_close_deadline() {
+    let up = flooding_ws_upstream(256 * MB, 60_000).await;
+    let proxy = spawn_proxy_with(
+        up,
+        "close_timeout = \"1s\"\n[proxy]\nping_interval = \"1s\"\npong_timeout = \"1s\"\n",
+        &[("WSGATE_SERVER__MAX_CONNECTIONS", "1")],
+    );
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = sock.connect(proxy.addr).await.unwrap();
+    stalled
+        .write_all(&upgrade_request("/flood", ""))
+        .await
+        .unwrap();
+    let (r, _) = read_head_and_rest(&mut stalled).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let opened = std::time::Instant::now();
+    assert_eq!(
+        raw(proxy.addr, &upgrade_request("/flood", "")).await.status,
+        503,
+        "the stalled tunnel holds the only slot"
+    );
+    // Ping after 1 s of client silence, pong timeout 1 s later, close deadline 1 s after that.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&upgrade_request("/flood", "")).await.unwrap();
+        let (r, _) = read_head_and_rest(&mut s).await;
+        if r.status == 101 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled tunnel still holds its slot after {:?}",
+            opened.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let took = opened.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1500) && took <= std::time::Duration::from_secs(6),
+        "the slot came back {took:?} after the tunnel opened; expected ping_interval + pong_timeout + close_timeout"
+    );
 }
 
 /// A client that stops reading must not make the proxy buffer what the upstream keeps sending:

@@ -283,7 +283,7 @@ async fn a_client_that_vanishes_gives_the_upstream_1001_and_shutdown_closes_both
     // Client vanishes without a Close frame: the tunnel ends (the upstream got 1001).
     let s = raw_ws(srv.addr, "/ws").await;
     drop(s);
-    let proxy = srv.shared.proxy.clone();
+    let proxy = srv.handle();
     eventually("tunnel closed after client vanished", || {
         proxy.open_tunnels() == 0
     })
@@ -329,7 +329,7 @@ async fn idle_timeout_closes_a_silent_tunnel_with_1001_even_while_pings_flow() {
     assert!(pings >= 2, "only {pings} pings before the idle close");
     assert!(started.elapsed() >= Duration::from_millis(400));
     let s = ws;
-    let proxy = srv.shared.proxy.clone();
+    let proxy = srv.handle();
     drop(s);
     eventually("tunnel closed", || proxy.open_tunnels() == 0).await;
     assert_eq!(*seen.closes.lock().unwrap(), vec![1001]);

@@ -107,7 +107,7 @@ async fn shutdown_sends_1001_to_every_client() {
     for i in 0..20 {
         socks.push(raw_ws(srv.addr, &format!("/room/{}", i % 3)).await);
     }
-    eventually("all joined", || srv.shared.open_connections() == 20).await;
+    eventually("all joined", || srv.open_connections() == 20).await;
     let closer = tokio::spawn(srv.shutdown());
     for s in &mut socks {
         let (code, reason) = read_until_close(s).await.expect("close frame");
@@ -128,7 +128,7 @@ async fn a_client_that_never_answers_our_close_is_dropped_after_close_timeout() 
     let srv =
         start("[websocket]\nclose_timeout = \"300ms\"\n[server]\nshutdown_grace = \"5s\"\n").await;
     let mut s = raw_ws(srv.addr, "/room/mute").await;
-    eventually("joined", || srv.shared.open_connections() == 1).await;
+    eventually("joined", || srv.open_connections() == 1).await;
     let started = Instant::now();
     let closer = tokio::spawn(srv.shutdown());
     assert_eq!(read_until_close(&mut s).await.expect("close").0, 1001);
@@ -152,7 +152,7 @@ async fn shutdown_gives_up_after_the_grace_period() {
     let srv =
         start("[websocket]\nclose_timeout = \"10s\"\n[server]\nshutdown_grace = \"300ms\"\n").await;
     let mut s = raw_ws(srv.addr, "/room/mute").await;
-    eventually("joined", || srv.shared.open_connections() == 1).await;
+    eventually("joined", || srv.open_connections() == 1).await;
     let started = Instant::now();
     let closer = tokio::spawn(srv.shutdown());
     assert_eq!(read_until_close(&mut s).await.expect("close").0, 1001);

@@ -7,9 +7,10 @@
 //!
 //! Both answer JSON with the number of local recipients. Errors answer JSON `{"error": "..."}`
 //! whose sentence says what was wrong and how to fix it. This module parses and authorises, then
-//! calls the hub; it knows nothing about sockets or frames beyond asking `ws::frame` to encode.
+//! hands a [`Publication`] to the hub; it knows nothing about sockets or frames.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -18,10 +19,21 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::broker::{Kind, Publication};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::hub::group::check_name;
 use crate::metrics::METRICS;
-use crate::server::route::{check_group, percent_decode};
-use crate::server::{Body, Shared};
-use crate::ws::frame::{self, OpCode};
+use crate::reply::{Body, json as json_response};
+use crate::uri::percent_decode;
+
+/// The publish API: what it needs from the configuration, and the hub it publishes to.
+#[derive(Debug)]
+pub struct Api {
+    hub: Arc<Hub>,
+    cfg: crate::config::Api,
+    max_group_bytes: usize,
+}
 
 /// An API failure: a status and a sentence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,89 +73,192 @@ impl ApiError {
     }
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut body = serde_json::to_vec(v).expect("a Value always serializes");
-    body.push(b'\n');
-    let mut r = Response::new(crate::server::full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// Handles any request under `/api`.
-pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
-    match route(req, shared).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn route(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, ApiError> {
-    let path = req.uri().path().to_string();
-    let target = if path == "/api/publish" {
-        None
-    } else if let Some(group) = path
-        .strip_prefix("/api/groups/")
-        .and_then(|p| p.strip_suffix("/messages"))
-        .filter(|g| !g.contains('/'))
-    {
-        Some(percent_decode(group))
-    } else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no API endpoint at {path}; use POST /api/groups/{{group}}/messages or POST /api/publish"
-            ),
-        ));
-    };
-    if req.method() != Method::POST {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} takes POST, not {}", req.method()),
-        ));
-    }
-    authorize(&req, shared)?;
-    let kind = content_kind(&req)?;
-    let kind_header = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let limit = shared.config.api.max_body_bytes;
-    let body = read_body(req, limit).await?;
-    match target {
-        Some(group) => {
-            check_group(&group, shared.config.websocket.max_group_bytes)
-                .map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
-            let opcode = match kind {
-                Kind::Text => {
-                    std::str::from_utf8(&body).map_err(|e| {
-                        ApiError::bad(format!(
-                            "the body is not valid UTF-8 (byte {}), so it cannot be a text message; send it as application/octet-stream for a binary message",
-                            e.valid_up_to()
-                        ))
-                    })?;
-                    OpCode::Text
-                }
-                Kind::Binary => OpCode::Binary,
-            };
-            let message = frame::encode(opcode, &body);
-            let n = shared.hub.publish(&group, &message, None);
-            Ok(json_response(StatusCode::OK, &json!({ "recipients": n })))
+impl Api {
+    pub fn new(hub: Arc<Hub>, cfg: &Config) -> Self {
+        Api {
+            hub,
+            cfg: cfg.api.clone(),
+            max_group_bytes: cfg.websocket.max_group_bytes,
         }
-        None => {
-            if !is_json_request(&kind_header) {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "POST /api/publish takes Content-Type: application/json; to publish a raw body use POST /api/groups/{group}/messages",
+    }
+
+    /// Handles any request under `/api`.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match self.route(req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    /// Publishes to one group; the number of local members that took it.
+    async fn publish(&self, group: &str, data: Bytes, kind: Kind) -> Result<usize, ApiError> {
+        let r = self
+            .hub
+            .publish(Publication::new(group, data, kind))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        Ok(r.local_recipients)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_string();
+        let target = if path == "/api/publish" {
+            None
+        } else if let Some(group) = path
+            .strip_prefix("/api/groups/")
+            .and_then(|p| p.strip_suffix("/messages"))
+            .filter(|g| !g.contains('/'))
+        {
+            Some(percent_decode(group))
+        } else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no API endpoint at {path}; use POST /api/groups/{{group}}/messages or POST /api/publish"
+                ),
+            ));
+        };
+        if req.method() != Method::POST {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} takes POST, not {}", req.method()),
+            ));
+        }
+        authorize(&req, self.cfg.token.as_ref().map(|t| t.expose()))?;
+        let kind = content_kind(&req)?;
+        let kind_header = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let limit = self.cfg.max_body_bytes;
+        let body = read_body(req, limit).await?;
+        match target {
+            Some(group) => {
+                check_name(&group, self.max_group_bytes)
+                    .map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
+                if kind == Kind::Text {
+                    std::str::from_utf8(&body).map_err(|e| {
+                    ApiError::bad(format!(
+                        "the body is not valid UTF-8 (byte {}), so it cannot be a text message; send it as application/octet-stream for a binary message",
+                        e.valid_up_to()
+                    ))
+                })?;
+                }
+                let n = self.publish(&group, body, kind).await?;
+                Ok(json_response(StatusCode::OK, &json!({ "recipients": n })))
+            }
+            None => {
+                if !is_json_request(&kind_header) {
+                    return Err(ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "POST /api/publish takes Content-Type: application/json; to publish a raw body use POST /api/groups/{group}/messages",
+                    ));
+                }
+                self.publish_json(&body).await
+            }
+        }
+    }
+
+    async fn publish_json(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad(format!(
+                "the body is not valid JSON ({e}); expected {{\"group\": \"room:1\", \"data\": ...}}"
+            ))
+        })?;
+        let Value::Object(obj) = v else {
+            return Err(ApiError::bad(
+                "the body must be a JSON object like {\"group\": \"room:1\", \"data\": ...}",
+            ));
+        };
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !["group", "groups", "data", "b64data"].contains(&k.as_str()))
+        {
+            return Err(ApiError::bad(format!(
+                "unknown field {k:?}; the fields are group, groups, data and b64data"
+            )));
+        }
+        let groups: Vec<String> = match (obj.get("group"), obj.get("groups")) {
+            (Some(Value::String(g)), None) => vec![g.clone()],
+            (None, Some(Value::Array(a))) => {
+                let mut out = Vec::with_capacity(a.len());
+                for g in a {
+                    let Value::String(g) = g else {
+                        return Err(ApiError::bad("\"groups\" must be an array of strings"));
+                    };
+                    out.push(g.clone());
+                }
+                if out.is_empty() {
+                    return Err(ApiError::bad(
+                        "\"groups\" is empty; name at least one group",
+                    ));
+                }
+                let max = self.cfg.max_groups_per_publish;
+                if out.len() > max {
+                    return Err(ApiError::bad(format!(
+                        "\"groups\" names {} groups; the limit is {max} per request (api.max_groups_per_publish); split it into several requests",
+                        out.len()
+                    )));
+                }
+                out
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad(
+                    "give either \"group\" or \"groups\", not both",
                 ));
             }
-            publish_json(&body, shared)
+            (Some(_), None) => return Err(ApiError::bad("\"group\" must be a string")),
+            (None, Some(_)) => return Err(ApiError::bad("\"groups\" must be an array of strings")),
+            (None, None) => {
+                return Err(ApiError::bad(
+                    "missing \"group\" (or \"groups\"): say where to publish",
+                ));
+            }
+        };
+        for g in &groups {
+            check_name(g, self.max_group_bytes)
+                .map_err(|m| ApiError::bad(format!("{m} (group {g:?})")))?;
         }
+        let (data, kind) = match (obj.get("data"), obj.get("b64data")) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad(
+                    "give either \"data\" or \"b64data\", not both",
+                ));
+            }
+            (Some(Value::String(s)), None) => (Bytes::from(s.clone()), Kind::Text),
+            (Some(v), None) => (Bytes::from(v.to_string()), Kind::Text),
+            (None, Some(Value::String(b))) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| ApiError::bad(format!("\"b64data\" is not valid base64 ({e})")))?;
+                (Bytes::from(raw), Kind::Binary)
+            }
+            (None, Some(_)) => return Err(ApiError::bad("\"b64data\" must be a base64 string")),
+            (None, None) => {
+                return Err(ApiError::bad(
+                    "missing \"data\" (or \"b64data\"): say what to publish",
+                ));
+            }
+        };
+        if data.len() > self.cfg.max_body_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the message is over api.max_body_bytes",
+            ));
+        }
+        let mut per_group = BTreeMap::new();
+        let mut total = 0;
+        for g in &groups {
+            let n = self.publish(g, data.clone(), kind).await?;
+            total += n;
+            per_group.insert(g.clone(), n);
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "recipients": total, "groups": per_group }),
+        ))
     }
 }
 
@@ -152,8 +267,8 @@ fn is_json_request(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-fn authorize(req: &Request<Incoming>, shared: &Shared) -> Result<(), ApiError> {
-    let Some(token) = &shared.config.api.token else {
+fn authorize(req: &Request<Incoming>, token: Option<&str>) -> Result<(), ApiError> {
+    let Some(token) = token else {
         return Ok(());
     };
     let given = req
@@ -179,12 +294,6 @@ fn authorize(req: &Request<Incoming>, shared: &Shared) -> Result<(), ApiError> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Text,
-    Binary,
 }
 
 /// Decides text or binary from Content-Type (RFC 9110 §8.3: none means octet-stream).
@@ -257,104 +366,4 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
             "the request body could not be read: {e}"
         ))),
     }
-}
-
-fn publish_json(body: &[u8], shared: &Shared) -> Result<Response<Body>, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad(format!(
-            "the body is not valid JSON ({e}); expected {{\"group\": \"room:1\", \"data\": ...}}"
-        ))
-    })?;
-    let Value::Object(obj) = v else {
-        return Err(ApiError::bad(
-            "the body must be a JSON object like {\"group\": \"room:1\", \"data\": ...}",
-        ));
-    };
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["group", "groups", "data", "b64data"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad(format!(
-            "unknown field {k:?}; the fields are group, groups, data and b64data"
-        )));
-    }
-    let groups: Vec<String> = match (obj.get("group"), obj.get("groups")) {
-        (Some(Value::String(g)), None) => vec![g.clone()],
-        (None, Some(Value::Array(a))) => {
-            let mut out = Vec::with_capacity(a.len());
-            for g in a {
-                let Value::String(g) = g else {
-                    return Err(ApiError::bad("\"groups\" must be an array of strings"));
-                };
-                out.push(g.clone());
-            }
-            if out.is_empty() {
-                return Err(ApiError::bad(
-                    "\"groups\" is empty; name at least one group",
-                ));
-            }
-            let max = shared.config.api.max_groups_per_publish;
-            if out.len() > max {
-                return Err(ApiError::bad(format!(
-                    "\"groups\" names {} groups; the limit is {max} per request (api.max_groups_per_publish); split it into several requests",
-                    out.len()
-                )));
-            }
-            out
-        }
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
-                "give either \"group\" or \"groups\", not both",
-            ));
-        }
-        (Some(_), None) => return Err(ApiError::bad("\"group\" must be a string")),
-        (None, Some(_)) => return Err(ApiError::bad("\"groups\" must be an array of strings")),
-        (None, None) => {
-            return Err(ApiError::bad(
-                "missing \"group\" (or \"groups\"): say where to publish",
-            ));
-        }
-    };
-    for g in &groups {
-        check_group(g, shared.config.websocket.max_group_bytes)
-            .map_err(|m| ApiError::bad(format!("{m} (group {g:?})")))?;
-    }
-    let message = match (obj.get("data"), obj.get("b64data")) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
-                "give either \"data\" or \"b64data\", not both",
-            ));
-        }
-        (Some(Value::String(s)), None) => frame::encode(OpCode::Text, s.as_bytes()),
-        (Some(v), None) => frame::encode(OpCode::Text, v.to_string().as_bytes()),
-        (None, Some(Value::String(b))) => {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| ApiError::bad(format!("\"b64data\" is not valid base64 ({e})")))?;
-            frame::encode(OpCode::Binary, &raw)
-        }
-        (None, Some(_)) => return Err(ApiError::bad("\"b64data\" must be a base64 string")),
-        (None, None) => {
-            return Err(ApiError::bad(
-                "missing \"data\" (or \"b64data\"): say what to publish",
-            ));
-        }
-    };
-    if message.len() > shared.config.api.max_body_bytes + frame::SERVER_HEADER_MAX {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the message is over api.max_body_bytes",
-        ));
-    }
-    let mut per_group = BTreeMap::new();
-    let mut total = 0;
-    for g in &groups {
-        let n = shared.hub.publish(g, &message, None);
-        total += n;
-        per_group.insert(g.clone(), n);
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "recipients": total, "groups": per_group }),
-    ))
 }

@@ -9,8 +9,9 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::client::{Conn, FrameTemplate, Status, read_stamp};
+use super::plan::Plan;
+use super::shared::{Counters, Errors, Outcome, Run};
 use super::stats::{CpuWindow, Percentiles, micros_between, now_ns, round2};
-use super::{Counters, Errors, Outcome, Plan, Run};
 
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;

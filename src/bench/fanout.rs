@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::client::{Conn, Status, Target, read_stamp, stamped_payload};
+use super::plan::Plan;
+use super::shared::{Counters, Errors, Outcome, Run};
 use super::stats::{CpuWindow, Percentiles, micros_between, now_ns, round2};
-use super::{Counters, Errors, Outcome, Plan, Run};
 
 const PUBLISHING: u8 = 0;
 const PUBLISHED: u8 = 1;

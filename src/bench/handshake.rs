@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::client::{Conn, ConnectError};
+use super::plan::Plan;
+use super::shared::{Counters, Errors, Outcome, Progress};
 use super::stats::{CpuWindow, Percentiles, micros_between, now_ns, round2};
-use super::{Counters, Errors, Outcome, Plan, Progress};
 
 #[derive(Debug, Default)]
 struct WorkerResult {

@@ -13,8 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::client::{Conn, Status};
+use super::plan::Plan;
+use super::shared::{Counters, Errors, Outcome, Progress, connect_many};
 use super::stats::{CpuWindow, round2, rss_bytes};
-use super::{Counters, Errors, Outcome, Plan, Progress, connect_many};
 
 #[derive(Debug, Default)]
 struct Hold {

@@ -14,8 +14,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 
 use super::client::{Conn, FrameTemplate, Status, read_stamp};
+use super::plan::Plan;
+use super::shared::{Counters, Errors, Outcome, Run};
 use super::stats::{CpuWindow, Percentiles, micros_between, now_ns, round2};
-use super::{Counters, Errors, Outcome, Plan, Run};
 
 const STOP: u64 = u64::MAX;
 

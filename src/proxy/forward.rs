@@ -13,10 +13,11 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::balance::Active;
+use super::error::Error;
 use super::headers::{prepare_request, remove_hop_by_hop};
 use super::idle::ReadIdle;
-use super::{Error, Proxy, ReqBody};
-use crate::server::{Body, BoxError};
+use super::state::{Proxy, ReqBody};
+use crate::reply::{Body, BoxError};
 
 /// A body passed through frame by frame, without its trailers (wsgate does not forward
 /// trailers: they would need `TE: trailers` end to end, which no browser sends). It can hold a
@@ -169,7 +170,7 @@ pub async fn forward(
         // The pool connects inside `request`, so read_timeout also covers connecting; the
         // connector's own connect_timeout (5 s by default, below read_timeout's 60 s) still
         // reports a hanging connect as such.
-        let res = tokio::time::timeout(up.read_timeout, proxy.clients[ui].request(out)).await;
+        let res = tokio::time::timeout(up.read_timeout, proxy.pool(ui).request(out)).await;
         let err = match res {
             Ok(Ok(resp)) => {
                 up.succeeded(si);

@@ -20,27 +20,29 @@
 //! counts thousands of times. It holds no buffer while idle: reads land in a per-thread scratch
 //! buffer, a pending buffer exists only while the destination is not accepting bytes, and a timer
 //! is boxed only while one is armed (closing, or the opt-in `idle_timeout`/`max_lifetime`). Pings
-//! come from one timing wheel ([`crate::ws::Heartbeat`]) for all tunnels, not a timer per tunnel.
+//! come from one timing wheel ([`crate::ws::Heartbeat`]) for all tunnels, not a timer per tunnel;
+//! a tunnel's place in it is its [`TunnelEntry`].
+//!
+//! The tunnel runs on any [`Transport`] on either side; when both are plain TCP and io_uring is
+//! available, [`super::uring`] drives the same logic instead.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::{Proxy, TunnelSettings};
-use crate::ws::Heartbeat;
-use crate::ws::close::CloseCode;
+use crate::lifecycle::Shutdown;
+use crate::transport::Transport;
+use crate::ws::close::{CloseCode, CloseReason};
 use crate::ws::frame::{self, OpCode};
-use crate::ws::outbox::{Outbox, Signals};
+use crate::ws::heartbeat::{Beat, Entry, Heartbeat};
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
@@ -55,6 +57,115 @@ const TOKEN_LEN: usize = 8;
 
 /// Longest frame header: 2 + 8 (length) + 4 (mask).
 const MAX_HDR: usize = 14;
+
+/// Per-tunnel settings.
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub close_timeout: Duration,
+}
+
+/// What every tunnel shares, whichever engine drives it.
+#[derive(Debug)]
+pub struct Env {
+    /// The heartbeat wheel of tunnels: pings and the registry shutdown walks.
+    pub heartbeat: Arc<Heartbeat<TunnelEntry>>,
+    pub settings: TunnelSettings,
+    pub shutdown: Shutdown,
+}
+
+/// A tunnel's one place in the heartbeat wheel, for both of its sides: its beat's `last_rx` is
+/// the quieter side's, so the wheel asks for a Ping when either side is due, and the tunnel pings
+/// only the side(s) that are (see [`TunnelEntry::heard`]). Shutdown reaches it too.
+#[derive(Debug)]
+pub struct TunnelEntry {
+    beat: Beat,
+    signals: Mutex<Signals>,
+}
+
+/// What the wheel and shutdown asked of a tunnel since it last looked.
+#[derive(Debug, Default)]
+pub(super) struct Signals {
+    pub(super) ping: bool,
+    pub(super) close: Option<CloseReason>,
+    waker: Option<Waker>,
+}
+
+impl TunnelEntry {
+    fn new(now_ms: u64) -> Self {
+        TunnelEntry {
+            beat: Beat::new(now_ms),
+            signals: Mutex::new(Signals::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Signals> {
+        // Plain flags set in single steps: a poisoned lock is still consistent.
+        self.signals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the pending Ping request and the close request (which stays set), and registers
+    /// `waker` for the next signal.
+    pub(super) fn take(&self, waker: &Waker) -> Signals {
+        let mut s = self.lock();
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            s.waker = Some(waker.clone());
+        }
+        Signals {
+            ping: std::mem::take(&mut s.ping),
+            close: s.close,
+            waker: None,
+        }
+    }
+
+    fn signal(&self, f: impl FnOnce(&mut Signals)) {
+        let waker = {
+            let mut s = self.lock();
+            f(&mut s);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Records what the tunnel heard: `last_rx` is when the quieter of its two sides last sent
+    /// anything, and `answered` says that no Ping the tunnel sent is still unanswered. The
+    /// tunnel pings only the side that is due, so the other side may have stayed quiet since the
+    /// wheel's Ping request; `answered` settles that request anyway, or the wheel would take the
+    /// unpinged side's silence for a pong timeout.
+    pub(super) fn heard(&self, last_rx: u64, answered: bool) {
+        self.beat.heard(last_rx);
+        // A request raised while the tunnel is mid-poll may be cleared before the tunnel sees
+        // it. The tunnel still sends that Ping, and the wheel, finding the side silent on its
+        // next visit, raises a new request: the pong timeout comes one visit late, no Ping is
+        // lost and no live tunnel is closed.
+        if answered {
+            self.beat.settle();
+        }
+    }
+}
+
+impl Entry for TunnelEntry {
+    fn beat(&self) -> &Beat {
+        &self.beat
+    }
+
+    fn request_ping(&self) {
+        self.signal(|s| s.ping = true);
+    }
+
+    fn request_close(&self, why: CloseReason) {
+        self.signal(|s| {
+            s.close.get_or_insert(why);
+        });
+    }
+
+    fn is_closing(&self) -> bool {
+        self.lock().close.is_some()
+    }
+}
 
 /// One direction of the tunnel: what is known about the frame passing through it. Small
 /// integers and flat arrays instead of `usize`s and `Option`s: two of these are most of an idle
@@ -237,8 +348,8 @@ enum End {
     CloseTimeout,
 }
 
-/// Writes as much of `buf` as the socket takes now; returns the count, or an error.
-fn write_now(io: &mut TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> io::Result<usize> {
+/// Writes as much of `buf` as the transport takes now; returns the count, or an error.
+fn write_now<T: Transport>(io: &mut T, cx: &mut Context<'_>, buf: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match Pin::new(&mut *io).poll_write(cx, &buf[done..]) {
@@ -275,9 +386,9 @@ enum Step {
 /// Moves bytes from `src` to `dst` until one of them would block. `ping` is the token for a
 /// Ping to `dst`; reads are dated with heartbeat time `now_ms`.
 #[allow(clippy::too_many_arguments)]
-fn pump(
-    src: &mut TcpStream,
-    dst: &mut TcpStream,
+fn pump<S: Transport, D: Transport>(
+    src: &mut S,
+    dst: &mut D,
     d: &mut Dir,
     ping: &[u8; TOKEN_LEN],
     now_ms: u64,
@@ -310,11 +421,10 @@ fn pump(
                 let mut scratch = s.borrow_mut();
                 let mut out = o.borrow_mut();
                 out.clear();
-                let mut rb = ReadBuf::new(&mut scratch[..]);
-                let n = match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                let n = match src.poll_recv(cx, &mut scratch[..]) {
                     Poll::Pending => return Step::Blocked,
                     Poll::Ready(Err(_)) => 0,
-                    Poll::Ready(Ok(())) => rb.filled().len(),
+                    Poll::Ready(Ok(n)) => n,
                 };
                 if n == 0 {
                     return Step::SrcEnded;
@@ -401,26 +511,26 @@ impl Limits {
 pub(super) fn requested_close(
     sig: &Signals,
     limits: Option<&Limits>,
-    settings: &TunnelSettings,
-    hb: &Heartbeat,
+    env: &Env,
     c2u: &mut Dir,
     u2c: &mut Dir,
     discard: bool,
 ) -> Option<(u16, &'static str)> {
+    let (settings, hb) = (&env.settings, &env.heartbeat);
     if sig.ping {
         ping_due(hb.now_ms(), hb.interval_ms(), c2u, u2c);
     }
     if discard {
         return None;
     }
-    let mut close = sig.close.as_ref().map(|req| {
-        if req.code == CloseCode::GOING_AWAY {
-            (1001, "wsgate is shutting down")
-        } else if silent_side(c2u, u2c) == Side::Client {
+    let mut close = sig.close.map(|why| match why {
+        CloseReason::Shutdown => (1001, "wsgate is shutting down"),
+        CloseReason::PongTimeout if silent_side(c2u, u2c) == Side::Client => {
             (1001, "client stopped answering pings")
-        } else {
-            (1014, "upstream stopped answering pings")
         }
+        CloseReason::PongTimeout => (1014, "upstream stopped answering pings"),
+        // A tunnel has no queue of its own to overflow; a slow side only slows its source.
+        CloseReason::SlowConsumer => (1013, "slow consumer"),
     });
     if let Some(l) = limits {
         let t = Instant::now();
@@ -434,8 +544,8 @@ pub(super) fn requested_close(
 }
 
 /// Tells the wheel what the tunnel heard: when the quieter side last sent anything, and whether
-/// every Ping the tunnel sent is answered (see [`Outbox::heard`]).
-pub(super) fn report_heard(beat: &Outbox, c2u: &Dir, u2c: &Dir) {
+/// every Ping the tunnel sent is answered (see [`TunnelEntry::heard`]).
+pub(super) fn report_heard(beat: &TunnelEntry, c2u: &Dir, u2c: &Dir) {
     beat.heard(c2u.heard.min(u2c.heard), !c2u.pinged && !u2c.pinged);
 }
 
@@ -521,14 +631,12 @@ impl Lost {
 /// passed). Dropping it closes both sockets and leaves the heartbeat wheel.
 #[derive(Debug)]
 #[must_use = "a tunnel relays nothing unless it is awaited or spawned"]
-pub struct Tunnel {
-    client: TcpStream,
-    upstream: TcpStream,
-    proxy: Arc<Proxy>,
-    /// The tunnel's one place in the heartbeat wheel, for both sides: its `last_rx` is the
-    /// quieter side's, so the wheel asks for a Ping when either side is due, and the tunnel
-    /// pings only the side(s) that are (see [`Outbox::heard`]). Shutdown reaches it too.
-    beat: Arc<Outbox>,
+pub struct Tunnel<C = TcpStream, U = TcpStream> {
+    client: C,
+    upstream: U,
+    env: Arc<Env>,
+    /// The tunnel's one place in the heartbeat wheel, for both sides.
+    beat: Arc<TunnelEntry>,
     /// Client to upstream: its frames are masked.
     c2u: Dir,
     /// Upstream to client.
@@ -546,12 +654,12 @@ pub struct Tunnel {
 /// tunnel enrolled after shutdown began is asked to close at once; so enrol right after the
 /// 101 goes out, before anything else can run, or a client that got its 101 just before the
 /// shutdown would lose the grace.
-pub(super) fn enroll(proxy: &Proxy) -> Arc<Outbox> {
-    let hb = &proxy.heartbeat;
-    let beat = Arc::new(Outbox::new(0, usize::MAX, hb.now_ms()));
+pub(super) fn enroll(env: &Env) -> Arc<TunnelEntry> {
+    let hb = &env.heartbeat;
+    let beat = Arc::new(TunnelEntry::new(hb.now_ms()));
     hb.register(&beat);
-    if proxy.shutting_down.load(Ordering::Relaxed) {
-        beat.request_close(crate::ws::session::SHUTDOWN);
+    if env.shutdown.is_begun() {
+        beat.request_close(CloseReason::Shutdown);
     }
     beat
 }
@@ -559,15 +667,15 @@ pub(super) fn enroll(proxy: &Proxy) -> Arc<Outbox> {
 /// Starts a tunnel between `client` and `upstream`; `client_leftover`/`upstream_leftover` are
 /// bytes that already arrived from each side with the handshake (both sockets with TCP_NODELAY
 /// set). Await the result, or spawn it.
-pub fn run(
-    client: TcpStream,
+pub fn run<C: Transport, U: Transport>(
+    client: C,
     client_leftover: Bytes,
-    upstream: TcpStream,
+    upstream: U,
     upstream_leftover: Bytes,
-    proxy: &Arc<Proxy>,
-) -> Tunnel {
-    let beat = enroll(proxy);
-    let now = proxy.heartbeat.now_ms();
+    env: &Arc<Env>,
+) -> Tunnel<C, U> {
+    let beat = enroll(env);
+    let now = env.heartbeat.now_ms();
     // The leftovers go through the frame parser now, straight into the pending output, so the
     // tunnel keeps neither them nor a slot for them.
     let mut c2u = Dir::new(true, now);
@@ -578,11 +686,11 @@ pub fn run(
     let mut pre = Vec::new();
     u2c.process(&upstream_leftover, &mut pre);
     u2c.pending = pre;
-    let limits = Limits::for_settings(&proxy.tunnel);
+    let limits = Limits::for_settings(&env.settings);
     Tunnel {
         client,
         upstream,
-        proxy: proxy.clone(),
+        env: env.clone(),
         beat,
         c2u,
         u2c,
@@ -593,25 +701,31 @@ pub fn run(
     }
 }
 
-impl Future for Tunnel {
+impl<C: Transport, U: Transport> Future for Tunnel<C, U> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         let end = std::task::ready!(this.poll_relay(cx));
         tracing::debug!(?end, "tunnel closed");
+        if end == End::CloseTimeout {
+            // Whatever is still unsent will not be taken: drop it now rather than let the
+            // kernel retry it for minutes.
+            this.client.abort();
+            this.upstream.abort();
+        }
         Poll::Ready(())
     }
 }
 
-impl Tunnel {
+impl<C: Transport, U: Transport> Tunnel<C, U> {
     /// Handles the wheel's signals and the limits, pumps both directions, and decides when the
     /// tunnel is over.
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let Tunnel {
             client,
             upstream,
-            proxy,
+            env,
             beat,
             c2u,
             u2c,
@@ -620,19 +734,10 @@ impl Tunnel {
             discard,
             closing,
         } = self;
-        let settings = &proxy.tunnel;
-        let now_ms = proxy.heartbeat.now_ms();
-        // Nobody queues frames to a tunnel's outbox; this stays empty and unallocated.
-        let sig = beat.take(&mut VecDeque::new(), cx.waker());
-        let asked = requested_close(
-            &sig,
-            limits.as_deref(),
-            settings,
-            &proxy.heartbeat,
-            c2u,
-            u2c,
-            *discard,
-        );
+        let settings = &env.settings;
+        let now_ms = env.heartbeat.now_ms();
+        let sig = beat.take(cx.waker());
+        let asked = requested_close(&sig, limits.as_deref(), env, c2u, u2c, *discard);
         if let Some((code, reason)) = asked {
             queue_closes(code, reason, c2u, u2c);
             *discard = true;
@@ -668,11 +773,13 @@ impl Tunnel {
         }
         // Once a direction's source is done and its output flushed, pass the EOF on: the other
         // direction may still be carrying data, so this is a half-close.
-        for (d, dst) in [(&mut *c2u, &mut *upstream), (&mut *u2c, &mut *client)] {
-            if d.src_done && d.pending.is_empty() && !d.dst_shut {
-                let _ = Pin::new(dst).poll_shutdown(cx);
-                d.dst_shut = true;
-            }
+        if c2u.src_done && c2u.pending.is_empty() && !c2u.dst_shut {
+            let _ = Pin::new(&mut *upstream).poll_shutdown(cx);
+            c2u.dst_shut = true;
+        }
+        if u2c.src_done && u2c.pending.is_empty() && !u2c.dst_shut {
+            let _ = Pin::new(&mut *client).poll_shutdown(cx);
+            u2c.dst_shut = true;
         }
         if c2u.src_done && u2c.src_done && c2u.dst_shut && u2c.dst_shut {
             return Poll::Ready(End::Closed);
@@ -747,7 +854,7 @@ fn masked_close(code: u16, reason: &str) -> Vec<u8> {
 /// matches it by accident.
 fn token() -> [u8; TOKEN_LEN] {
     use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -893,8 +1000,48 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_tunnel_runs_over_in_memory_streams() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let env = Arc::new(Env {
+            heartbeat: Heartbeat::new(Duration::from_secs(25), Duration::from_secs(10)),
+            settings: TunnelSettings {
+                idle_timeout: Duration::ZERO,
+                max_lifetime: Duration::ZERO,
+                close_timeout: Duration::from_secs(5),
+            },
+            shutdown: Shutdown::new(),
+        });
+        let (mut client, c_end) = tokio::io::duplex(4096);
+        let (u_end, mut upstream) = tokio::io::duplex(4096);
+        let task = tokio::spawn(run(c_end, Bytes::new(), u_end, Bytes::new(), &env));
+        let from_client = frames(true, &[(OpCode::Text, true, b"up")]);
+        client.write_all(&from_client).await.unwrap();
+        let mut got = vec![0u8; from_client.len()];
+        upstream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, from_client, "masked frames pass unchanged");
+        let from_upstream = frames(false, &[(OpCode::Binary, true, b"down")]);
+        upstream.write_all(&from_upstream).await.unwrap();
+        let mut got = vec![0u8; from_upstream.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, from_upstream);
+        // The upstream vanishes without a Close: the client learns why, with 1014.
+        drop(upstream);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let h = frame::parse_header(&rest).expect("a close frame");
+        assert_eq!(h.opcode_raw, OpCode::Close as u8);
+        assert_eq!(&rest[h.size..h.size + 2], &1014u16.to_be_bytes());
+        // The client goes too, as a browser does after a Close: the tunnel is over.
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the tunnel ends")
+            .unwrap();
+    }
+
     /// An idle tunnel's memory is its task, two socket registrations (256 bytes each, tokio's)
-    /// and one outbox (144): keeping this struct small is what keeps an idle tunnel under 4 KB
+    /// and one heartbeat entry: keeping this struct small is what keeps an idle tunnel under 4 KB
     /// (BENCHMARKS.md, issue 4). Two sockets (2 x 32), two directions (2 x 88: frame header,
     /// held Pong, pending buffer, ping state) and a few pointers come to 280 bytes. That is also
     /// the budget: tokio aligns a task to 128 bytes, and the task `upgrade` spawns around this

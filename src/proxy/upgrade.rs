@@ -19,7 +19,6 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -31,11 +30,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::balance::Active;
+use super::error::Error;
 use super::h1::{self, Field, Framing};
 use super::headers::Forwarding;
-use super::{Error, Proxy};
+use super::state::Proxy;
+use super::tunnel;
+use super::uring;
+use crate::lifecycle::Slot;
 use crate::metrics::METRICS;
-use crate::server::{Body, Rewind, reply_and_close};
+use crate::reply::{Body, reply_and_close};
+use crate::transport::{Rewind, Transport};
 use crate::ws::handshake::accept_key;
 
 /// What an upstream 426 to a forwarded upgrade means; logged and sent as `X-Wsgate-Diagnosis`.
@@ -109,14 +113,14 @@ impl Refusal {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut r = crate::server::text(StatusCode::SERVICE_UNAVAILABLE, self.body());
+        let mut r = crate::reply::text(StatusCode::SERVICE_UNAVAILABLE, self.body());
         for (n, v) in self.extra() {
             r.headers_mut().insert(*n, HeaderValue::from_static(v));
         }
         r
     }
 
-    async fn reply(self, client: &mut TcpStream) {
+    async fn reply<S: Transport>(self, client: &mut S) {
         reply_and_close(
             client,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -130,26 +134,26 @@ impl Refusal {
 /// A place among `server.max_connections` tunnels, taken before the upstream is asked (so
 /// concurrent handshakes cannot overshoot the limit) and given back when dropped.
 struct TunnelSlot {
-    proxy: Arc<Proxy>,
+    _slot: Slot,
     /// Whether the tunnel opened (and so counts in the tunnel gauge).
     opened: bool,
 }
 
 impl TunnelSlot {
-    fn take(proxy: &Arc<Proxy>, peer: SocketAddr) -> Result<TunnelSlot, Refusal> {
-        if proxy.shutting_down.load(Ordering::Relaxed) {
+    fn take(proxy: &Proxy, peer: SocketAddr) -> Result<TunnelSlot, Refusal> {
+        if proxy.tunnels.shutdown.is_begun() {
             return Err(Refusal::ShuttingDown);
         }
-        let max = proxy.max_tunnels;
-        if proxy.open.fetch_add(1, Ordering::AcqRel) >= max {
-            proxy.open.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(%peer, max, "tunnel refused: server.max_connections reached");
-            return Err(Refusal::Full { max });
+        match proxy.slots.take() {
+            Ok(slot) => Ok(TunnelSlot {
+                _slot: slot,
+                opened: false,
+            }),
+            Err(full) => {
+                tracing::warn!(%peer, max = full.max, "tunnel refused: server.max_connections reached");
+                Err(Refusal::Full { max: full.max })
+            }
         }
-        Ok(TunnelSlot {
-            proxy: proxy.clone(),
-            opened: false,
-        })
     }
 
     fn open(&mut self) {
@@ -161,7 +165,6 @@ impl TunnelSlot {
 
 impl Drop for TunnelSlot {
     fn drop(&mut self) {
-        self.proxy.open.fetch_sub(1, Ordering::AcqRel);
         if self.opened {
             METRICS.proxy_tunnels.dec();
         }
@@ -444,14 +447,15 @@ fn note_refusal(proxy: &Proxy, ui: usize, a: &Answer, path: &str) {
     }
 }
 
-/// Starts the tunnel over both sockets; `head`, when given, is the 101 to write to the client
-/// first.
+/// Starts the tunnel between `client` and `upstream`; `head`, when given, is the 101 to write
+/// to the client first. Both on plain TCP with io_uring started: an engine relays it; otherwise
+/// a tokio task does.
 #[allow(clippy::too_many_arguments)]
-fn spawn_tunnel(
+fn spawn_tunnel<C: Transport>(
     proxy: &Arc<Proxy>,
     mut slot: TunnelSlot,
     active: Active,
-    mut client: TcpStream,
+    mut client: C,
     c_pre: Bytes,
     upstream: TcpStream,
     u_pre: Bytes,
@@ -464,7 +468,7 @@ fn spawn_tunnel(
         let _active = active;
         // Tunnel frames are small and latency-bound, whichever engine relays them (the
         // upstream side got this at connect).
-        let _ = client.set_nodelay(true);
+        client.set_nodelay();
         // The 101 goes out from this task, right before the tunnel registers itself: a tunnel
         // registered after shutdown began closes at once, so a client that got its 101 just
         // before a shutdown must not wait for a task switch first (it would lose the grace).
@@ -476,24 +480,32 @@ fn spawn_tunnel(
                 return;
             }
         }
-        if let Some(engines) = proxy.engines() {
-            let beat = super::tunnel::enroll(&proxy);
-            match (into_fd(client), into_fd(upstream)) {
-                (Ok(client), Ok(upstream)) => engines.hand_over(super::uring::Handoff {
-                    client,
-                    client_leftover: c_pre,
-                    upstream,
-                    upstream_leftover: u_pre,
-                    beat,
-                    guard: Box::new((_slot, _active)),
-                }),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "could not hand a tunnel to io_uring; closed it");
+        let env = proxy.tunnels.clone();
+        let client = match proxy.engines() {
+            None => client,
+            // Not plain TCP: the tokio tunnel below takes any transport.
+            Some(engines) => match client.into_tcp() {
+                Err(other) => other,
+                Ok(tcp) => {
+                    let beat = tunnel::enroll(&env);
+                    match (into_fd(tcp), into_fd(upstream)) {
+                        (Ok(client), Ok(upstream)) => engines.hand_over(uring::Handoff {
+                            client,
+                            client_leftover: c_pre,
+                            upstream,
+                            upstream_leftover: u_pre,
+                            beat,
+                            guard: Box::new((_slot, _active)),
+                        }),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::warn!(error = %e, "could not hand a tunnel to io_uring; closed it");
+                        }
+                    }
+                    return;
                 }
-            }
-            return;
-        }
-        super::tunnel::run(client, c_pre, upstream, u_pre, &proxy).await;
+            },
+        };
+        tunnel::run(client, c_pre, upstream, u_pre, &env).await;
     });
 }
 
@@ -506,13 +518,13 @@ fn into_fd(s: TcpStream) -> std::io::Result<std::os::fd::OwnedFd> {
 /// pipelined bytes after it) when that request is a WebSocket upgrade that `route` sends to a
 /// proxy upstream, and proxies it without hyper on either side. Anything else gives the
 /// connection back untouched for hyper to serve.
-pub async fn serve_first(
+pub async fn serve_first<S: Transport>(
     proxy: &Arc<Proxy>,
-    client: TcpStream,
+    client: S,
     first: &[u8],
     peer: SocketAddr,
     route: impl FnOnce(&str) -> Option<usize>,
-) -> Result<(), TcpStream> {
+) -> Result<(), S> {
     let mut hs = [const { MaybeUninit::uninit() }; h1::MAX_FAST_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let Ok(httparse::Status::Complete(head_len)) = req.parse_with_uninit_headers(first, &mut hs)
@@ -550,10 +562,10 @@ pub async fn serve_first(
 
 /// The fast path: the client's head is parsed (`fields`); `after` is what came behind it.
 #[allow(clippy::too_many_arguments)]
-async fn upgrade_raw<'a>(
+async fn upgrade_raw<'a, S: Transport>(
     proxy: &Arc<Proxy>,
     ui: usize,
-    mut client: TcpStream,
+    mut client: S,
     after: &[u8],
     target: &str,
     fields: impl Iterator<Item = Field<'a>> + Clone,
@@ -607,7 +619,7 @@ async fn upgrade_raw<'a>(
 
 /// Relays a non-101 answer to the client on the fast path, then closes: the status and
 /// end-to-end fields as they are, the body re-framed for this hop (chunked stays chunked).
-async fn relay_raw(mut client: TcpStream, answer: Answer) {
+async fn relay_raw<S: Transport>(mut client: S, answer: Answer) {
     let mut out = pooled();
     let framing = {
         let mut hs = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
@@ -703,7 +715,7 @@ pub async fn upgrade(
     } else {
         h1::response_framing(answer.status, h1::fields(r.headers)).unwrap_or(Framing::Eof)
     };
-    let mut resp = Response::new(crate::server::full(Bytes::new()));
+    let mut resp = Response::new(crate::reply::full(Bytes::new()));
     *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (n, v) in client_fields(answer.status, h1::fields(r.headers), framing) {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
@@ -741,22 +753,34 @@ pub async fn upgrade(
                 return;
             }
         };
-        let Ok(c) = client.downcast::<TokioIo<Rewind>>() else {
-            tracing::error!("client connection has an unexpected type; this is a bug");
-            return;
-        };
-        // Copy the bytes that came with the handshake and let go of everything else now: the
-        // `Bytes` handed back point into hyper's and the head reader's read buffers (several
-        // KiB each), which would otherwise live as long as the tunnel.
-        let (cs, c_pre) = {
-            let (cs, unread) = c.io.into_inner().into_parts();
-            let mut pre = BytesMut::with_capacity(unread.len() + c.read_buf.len());
-            pre.extend_from_slice(&unread);
-            pre.extend_from_slice(&c.read_buf);
-            (cs, pre.freeze())
-        };
-        drop(c.read_buf);
-        spawn_tunnel(&proxy, slot, active, cs, c_pre, upstream, u_pre, None);
+        match client.downcast::<TokioIo<Rewind<TcpStream>>>() {
+            Ok(c) => {
+                // Plain TCP underneath: copy the bytes that came with the handshake and let go
+                // of everything else now: the `Bytes` handed back point into hyper's and the
+                // head reader's read buffers (several KiB each), which would otherwise live as
+                // long as the tunnel.
+                let (cs, c_pre) = {
+                    let (cs, unread) = c.io.into_inner().into_parts();
+                    let mut pre = BytesMut::with_capacity(unread.len() + c.read_buf.len());
+                    pre.extend_from_slice(&unread);
+                    pre.extend_from_slice(&c.read_buf);
+                    (cs, pre.freeze())
+                };
+                drop(c.read_buf);
+                spawn_tunnel(&proxy, slot, active, cs, c_pre, upstream, u_pre, None);
+            }
+            // Any other connection (TLS, ...): the upgraded stream replays what it buffered.
+            Err(upgraded) => spawn_tunnel(
+                &proxy,
+                slot,
+                active,
+                TokioIo::new(upgraded),
+                Bytes::new(),
+                upstream,
+                u_pre,
+                None,
+            ),
+        }
     });
     resp
 }

@@ -12,14 +12,13 @@
 //! The handshake stays on tokio; once the 101 is through, [`Engines::hand_over`] moves both
 //! sockets to one of the engine threads. Frame parsing, Pong swallowing, Close codes and the
 //! limits are [`super::tunnel`]'s (`Dir`, `requested_close`, `Lost`): only the I/O differs.
-//! Pings are asked for by the same heartbeat wheel, through the tunnel's `Outbox`, whose waker
-//! posts the tunnel to its engine's mailbox.
+//! Pings are asked for by the same heartbeat wheel, through the tunnel's `TunnelEntry`, whose
+//! waker posts the tunnel to its engine's mailbox.
 //!
 //! This module knows nothing about HTTP, routes or upstream choice.
 
-use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
@@ -29,10 +28,7 @@ use bytes::Bytes;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tokio::time::Instant;
 
-use super::TunnelSettings;
-use super::tunnel::{self, Dir, Limits, Lost};
-use crate::ws::Heartbeat;
-use crate::ws::outbox::Outbox;
+use super::tunnel::{self, Dir, Env, Limits, Lost, TunnelEntry};
 
 /// Size of each pooled receive buffer; a read never takes more.
 const BUF_SIZE: usize = 16 * 1024;
@@ -69,7 +65,7 @@ pub struct Handoff {
     pub upstream: OwnedFd,
     pub upstream_leftover: Bytes,
     /// Its place in the heartbeat wheel ([`super::tunnel::enroll`]).
-    pub beat: Arc<Outbox>,
+    pub beat: Arc<TunnelEntry>,
     /// Dropped when the tunnel ends (the tunnel gauge, the upstream's active count).
     pub guard: Box<dyn Send>,
 }
@@ -129,13 +125,6 @@ impl Wake for TunnelWake {
     }
 }
 
-/// What the engines need from the proxy.
-#[derive(Clone)]
-pub struct Env {
-    pub heartbeat: Arc<Heartbeat>,
-    pub settings: TunnelSettings,
-}
-
 /// The engine threads of one proxy; tunnels are spread over them in turn.
 pub struct Engines {
     mailboxes: Vec<Arc<Mailbox>>,
@@ -151,7 +140,7 @@ impl std::fmt::Debug for Engines {
 impl Engines {
     /// Starts `n` engine threads. Fails when the kernel refuses io_uring (too old, or disabled
     /// by seccomp or `kernel.io_uring_disabled`), so the caller can fall back to epoll.
-    pub fn start(n: usize, env: &Env) -> io::Result<Engines> {
+    pub fn start(n: usize, env: &Arc<Env>) -> io::Result<Engines> {
         // Multishot recv (6.0) is what keeps idle tunnels bufferless; an older kernel would
         // accept the ring and then fail every tunnel's first read.
         if let Some(v) = kernel_version()
@@ -329,7 +318,7 @@ struct Tunnel {
     fd: [OwnedFd; 2],
     d: [Dir; 2],
     io: [Io; 2],
-    beat: Arc<Outbox>,
+    beat: Arc<TunnelEntry>,
     waker: Waker,
     limits: Option<Box<Limits>>,
     /// Once closing: when to give up on the closing handshake.
@@ -369,7 +358,7 @@ struct Engine {
     free: Vec<u32>,
     live: usize,
     mailbox: Arc<Mailbox>,
-    env: Env,
+    env: Arc<Env>,
     wake_buf: Box<u64>,
     /// Directions whose multishot recv ended for want of buffers: re-armed after the batch.
     starved: Vec<(u64, usize)>,
@@ -380,7 +369,7 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(mailbox: Arc<Mailbox>, env: Env) -> io::Result<Engine> {
+    fn new(mailbox: Arc<Mailbox>, env: Arc<Env>) -> io::Result<Engine> {
         let mut b = IoUring::builder();
         b.setup_cqsize(16 * 1024)
             .setup_single_issuer()
@@ -574,22 +563,16 @@ impl Engine {
         if t.ending {
             return;
         }
-        let sig = t.beat.take(&mut VecDeque::new(), &t.waker);
+        let sig = t.beat.take(&t.waker);
         let [c2u, u2c] = &mut t.d;
-        if let Some((code, reason)) = tunnel::requested_close(
-            &sig,
-            t.limits.as_deref(),
-            &self.env.settings,
-            &self.env.heartbeat,
-            c2u,
-            u2c,
-            t.discard,
-        ) {
+        if let Some((code, reason)) =
+            tunnel::requested_close(&sig, t.limits.as_deref(), &self.env, c2u, u2c, t.discard)
+        {
             tunnel::queue_closes(code, reason, c2u, u2c);
             t.discard = true;
         }
         // A Ping request may find no side due (the wheel's clock moved on): saying so settles
-        // it, or the wheel would take the silence for a pong timeout (see `Outbox::heard`).
+        // it, or the wheel would take the silence for a pong timeout (see `TunnelEntry::heard`).
         tunnel::report_heard(&t.beat, &t.d[0], &t.d[1]);
         self.settle(k);
     }
@@ -832,6 +815,10 @@ impl Engine {
             }
             if t.close_at.is_some_and(|at| now >= at) {
                 tracing::debug!("tunnel close deadline passed");
+                // What is still unsent will not be taken: the close is a reset.
+                for fd in &t.fd {
+                    crate::transport::reset_on_close(fd.as_fd());
+                }
                 self.end(k);
                 continue;
             }

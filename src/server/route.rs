@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use crate::config::{self, OnMessage};
+use crate::hub::group::check_name;
+use crate::uri::percent_decode;
 use crate::ws::session::RouteCtx;
 
 /// A route ready for matching.
@@ -129,48 +131,8 @@ impl Route {
         for (name, value) in &params {
             group = group.replace(&format!("{{{name}}}"), value);
         }
-        Some(check_group(&group, self.max_group_bytes).map(|()| Some(group)))
+        Some(check_name(&group, self.max_group_bytes).map(|()| Some(group)))
     }
-}
-
-/// Checks a group name taken from a URL; the error says what is wrong with it.
-pub fn check_group(group: &str, max_bytes: usize) -> Result<(), String> {
-    if group.is_empty() {
-        return Err("the group name is empty".into());
-    }
-    if group.len() > max_bytes {
-        return Err(format!(
-            "the group name is {} bytes long; the limit is {max_bytes} (websocket.max_group_bytes)",
-            group.len()
-        ));
-    }
-    if group.chars().any(char::is_control) {
-        return Err("the group name contains control characters".into());
-    }
-    Ok(())
-}
-
-/// Decodes `%XX` escapes; malformed escapes and invalid UTF-8 are kept as they are.
-pub fn percent_decode(s: &str) -> String {
-    if !s.contains('%') {
-        return s.to_string();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 #[cfg(test)]
@@ -242,8 +204,6 @@ mod tests {
             room().matches("/room/caf%C3%A9"),
             Some(Ok(Some("room:café".into())))
         );
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%41%zz"), "A%zz");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
-use crate::server::Body;
+use crate::reply::{Body, full, text};
 
 /// The demo page: join a group by name, see messages arrive, send and publish.
 pub const DEMO_HTML: &str = include_str!("demo.html");
@@ -11,7 +11,7 @@ pub const DEMO_HTML: &str = include_str!("demo.html");
 /// Serves the demo page for GET and HEAD.
 pub fn demo_page<B>(req: &Request<B>) -> Response<Body> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
-        let mut r = crate::server::text(
+        let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "405 Method Not Allowed: the demo page is read with GET.\n",
         );
@@ -19,9 +19,7 @@ pub fn demo_page<B>(req: &Request<B>) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut r = Response::new(crate::server::full(Bytes::from_static(
-        DEMO_HTML.as_bytes(),
-    )));
+    let mut r = Response::new(full(Bytes::from_static(DEMO_HTML.as_bytes())));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

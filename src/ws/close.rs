@@ -10,9 +10,10 @@
 //! | 1011 | nothing arrived within `websocket.pong_timeout` after a Ping | yes, with backoff |
 //! | 1013 | the client read too slowly and its queue passed `websocket.send_queue_bytes` | yes, with backoff |
 //!
-//! A Close the client sends is answered with the same code, as Autobahn expects.
-
-use super::frame::ProtocolError;
+//! A Close the client sends is answered with the same code, as Autobahn expects. Closes that
+//! wsgate starts on its own have a [`CloseReason`]; from the moment one is due, the peer has
+//! `websocket.close_timeout` to take our Close and answer it, or the connection is dropped (reset
+//! when our Close could not even be written), so a client that stops reading cannot hold its slot.
 
 /// A WebSocket close status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,66 @@ impl CloseCode {
     pub const BAD_GATEWAY: CloseCode = CloseCode(1014);
 }
 
+/// A protocol failure: the close code to send and a reason for the peer and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: CloseCode, reason: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why wsgate closes a connection on its own initiative (neither answering the peer's Close nor
+/// failing the connection for a protocol error). Sessions and proxy tunnels map each reason to
+/// their own frames; [`CloseReason::code`] and [`CloseReason::text`] are a session's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server is shutting down: 1001; queued messages go out first.
+    Shutdown,
+    /// Nothing arrived within `pong_timeout` after a Ping: 1011; the queue is dropped and the
+    /// peer's Close is not waited for (it is not answering).
+    PongTimeout,
+    /// The send queue passed `send_queue_bytes`: 1013; the queue is dropped.
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// The code a session sends.
+    pub fn code(self) -> CloseCode {
+        match self {
+            CloseReason::Shutdown => CloseCode::GOING_AWAY,
+            CloseReason::PongTimeout => CloseCode::INTERNAL_ERROR,
+            CloseReason::SlowConsumer => CloseCode::TRY_AGAIN_LATER,
+        }
+    }
+
+    /// The reason text a session sends.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::PongTimeout => "pong timeout: nothing received after a ping",
+            CloseReason::SlowConsumer => "slow consumer",
+        }
+    }
+
+    /// Whether messages still queued are dropped rather than delivered before the Close.
+    pub fn discards_queue(self) -> bool {
+        matches!(self, CloseReason::PongTimeout | CloseReason::SlowConsumer)
+    }
+
+    /// Whether the peer gets time to answer our Close (a peer that stopped answering does not).
+    pub fn waits_for_peer(self) -> bool {
+        !matches!(self, CloseReason::PongTimeout)
+    }
+}
+
 /// Whether a peer may send `code` in a Close frame (§7.4.1, §7.4.2 and the IANA registry).
 pub fn is_valid_received(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -42,21 +103,23 @@ pub fn is_valid_received(code: u16) -> bool {
 pub fn parse_payload(payload: &[u8]) -> Result<(Option<u16>, String), ProtocolError> {
     match payload.len() {
         0 => Ok((None, String::new())),
-        1 => Err(ProtocolError {
-            code: CloseCode::PROTOCOL_ERROR,
-            reason: "close frame with a 1-byte payload".into(),
-        }),
+        1 => Err(ProtocolError::new(
+            CloseCode::PROTOCOL_ERROR,
+            "close frame with a 1-byte payload",
+        )),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !is_valid_received(code) {
-                return Err(ProtocolError {
-                    code: CloseCode::PROTOCOL_ERROR,
-                    reason: format!("close code {code} may not be sent"),
-                });
+                return Err(ProtocolError::new(
+                    CloseCode::PROTOCOL_ERROR,
+                    format!("close code {code} may not be sent"),
+                ));
             }
-            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolError {
-                code: CloseCode::INVALID_PAYLOAD,
-                reason: "close reason is not valid UTF-8".into(),
+            let reason = std::str::from_utf8(&payload[2..]).map_err(|_| {
+                ProtocolError::new(
+                    CloseCode::INVALID_PAYLOAD,
+                    "close reason is not valid UTF-8",
+                )
             })?;
             Ok((Some(code), reason.to_string()))
         }

@@ -8,7 +8,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::close::{self, CloseCode};
+use super::close::{self, CloseCode, ProtocolError};
 
 /// Frame opcodes (RFC 6455 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,22 +176,6 @@ pub fn parse_header(buf: &[u8]) -> Option<Header> {
     })
 }
 
-/// A protocol failure: the close code to send and a reason for the peer and the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProtocolError {
-    pub code: CloseCode,
-    pub reason: String,
-}
-
-impl ProtocolError {
-    fn new(code: CloseCode, reason: impl Into<String>) -> Self {
-        ProtocolError {
-            code,
-            reason: reason.into(),
-        }
-    }
-}
-
 /// A complete message from the client, stored behind room for an outgoing header.
 #[derive(Debug)]
 pub struct Message {
@@ -202,6 +186,11 @@ pub struct Message {
 impl Message {
     pub fn payload(&self) -> &[u8] {
         &self.buf[SERVER_HEADER_MAX..]
+    }
+
+    /// The payload alone, without copying it.
+    pub fn into_payload(self) -> Bytes {
+        self.buf.freeze().slice(SERVER_HEADER_MAX..)
     }
 
     /// Turns the message into a ready-to-send unmasked frame without copying the payload.

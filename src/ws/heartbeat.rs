@@ -1,38 +1,84 @@
 //! Heartbeats for every connection from one timing wheel, instead of a timer per socket.
 //!
-//! Each connection sits in exactly one slot of the wheel. A single task ticks through the slots;
-//! for each connection it finds there it decides, from two timestamps the session keeps up to
-//! date, whether to send a Ping, to give up on a peer that did not answer within `pong_timeout`,
-//! or simply to look again later. An idle connection therefore costs one pointer in a slot and
-//! one wake-up per `ping_interval`. The wheel is also the registry that shutdown walks to send
-//! every client its Close.
+//! Each connection's entry sits in exactly one slot of the wheel. A single task ticks through the
+//! slots; for each entry it finds there it decides, from the two timestamps of the entry's
+//! [`Beat`], whether to ask for a Ping, to give up on a peer that did not answer within
+//! `pong_timeout` ([`CloseReason::PongTimeout`]), or simply to look again later. An idle
+//! connection therefore costs one pointer in a slot and one wake-up per `ping_interval`. The
+//! wheel is also the registry that shutdown walks to close every connection.
+//!
+//! The wheel does not send anything itself: an entry ([`Entry`]) is told that a Ping or a Close
+//! is wanted, and its owner acts on it. Sessions' entries are their outboxes; proxy tunnels have
+//! an entry of their own, for both of their sides.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::close::CloseCode;
-use super::outbox::{CloseRequest, Outbox};
+use super::close::CloseReason;
+
+/// What the wheel knows of one connection: when its peer last sent anything and whether a Ping
+/// is waiting for an answer, both in the wheel's coarse clock ([`Heartbeat::now_ms`]).
+#[derive(Debug)]
+pub struct Beat {
+    /// When the peer last sent anything.
+    last_rx: AtomicU64,
+    /// When the outstanding Ping was asked for, or 0.
+    ping_sent: AtomicU64,
+}
+
+impl Beat {
+    /// A connection that was just heard from at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Beat {
+            last_rx: AtomicU64::new(now_ms),
+            ping_sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Records that the peer sent something at `now_ms` (any byte answers a Ping).
+    pub fn heard(&self, now_ms: u64) {
+        self.last_rx.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Settles the outstanding Ping, if any, without a new `last_rx` (see the tunnel's entry).
+    pub fn settle(&self) {
+        if self.ping_sent.load(Ordering::Relaxed) != 0 {
+            self.ping_sent.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A connection the wheel looks after.
+pub trait Entry: Send + Sync + 'static {
+    fn beat(&self) -> &Beat;
+    /// The peer has been silent for `ping_interval`: send it a Ping soon.
+    fn request_ping(&self);
+    /// Close for `why`; the first request wins.
+    fn request_close(&self, why: CloseReason);
+    /// A close was requested (or is under way): the wheel stops pinging.
+    fn is_closing(&self) -> bool;
+}
 
 /// The wheel and its coarse clock.
 #[derive(Debug)]
-pub struct Heartbeat {
+pub struct Heartbeat<E> {
     epoch: Instant,
     /// Milliseconds since `epoch`, advanced by the ticking task.
     now_ms: AtomicU64,
     tick_ms: u64,
     interval_ms: u64,
     pong_timeout_ms: u64,
-    wheel: Mutex<Wheel>,
+    wheel: Mutex<Wheel<E>>,
 }
 
 #[derive(Debug)]
-struct Wheel {
-    slots: Vec<Vec<Weak<Outbox>>>,
+struct Wheel<E> {
+    slots: Vec<Vec<Weak<E>>>,
     cursor: usize,
 }
 
-impl Heartbeat {
+impl<E: Entry> Heartbeat<E> {
     /// `interval` zero turns pings off (the wheel still tracks connections for shutdown).
     pub fn new(interval: Duration, pong_timeout: Duration) -> Arc<Self> {
         let interval_ms = interval.as_millis() as u64;
@@ -70,12 +116,12 @@ impl Heartbeat {
         self.interval_ms
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Wheel> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Wheel<E>> {
         self.wheel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts tracking a connection.
-    pub fn register(&self, conn: &Arc<Outbox>) {
+    pub fn register(&self, conn: &Arc<E>) {
         let ahead = if self.interval_ms == 0 {
             1
         } else {
@@ -88,7 +134,7 @@ impl Heartbeat {
     }
 
     /// Every live connection, for shutdown.
-    pub fn connections(&self) -> Vec<Arc<Outbox>> {
+    pub fn connections(&self) -> Vec<Arc<E>> {
         let w = self.lock();
         w.slots.iter().flatten().filter_map(Weak::upgrade).collect()
     }
@@ -119,10 +165,10 @@ impl Heartbeat {
             let c = w.cursor;
             (std::mem::take(&mut w.slots[c]), c, w.slots.len())
         };
-        let mut again: Vec<(usize, Weak<Outbox>)> = Vec::new();
+        let mut again: Vec<(usize, Weak<E>)> = Vec::new();
         for weak in due {
             let Some(conn) = weak.upgrade() else { continue };
-            if let Some(at) = self.visit(&conn, now) {
+            if let Some(at) = self.visit(&*conn, now) {
                 let ahead = (at.saturating_sub(now))
                     .div_ceil(self.tick_ms)
                     .clamp(1, n as u64 - 1);
@@ -139,24 +185,20 @@ impl Heartbeat {
 
     /// Decides what one connection needs now; returns when to look at it next, or `None` when
     /// it is done for.
-    fn visit(&self, conn: &Outbox, now: u64) -> Option<u64> {
+    fn visit(&self, conn: &E, now: u64) -> Option<u64> {
         if conn.is_closing() {
             // Keep it listed (shutdown may still need it) but never ping it again.
             return Some(now + self.interval_ms.max(self.tick_ms));
         }
-        let last_rx = conn.last_rx.load(Ordering::Relaxed);
-        let sent = conn.ping_sent.load(Ordering::Relaxed);
+        let beat = conn.beat();
+        let last_rx = beat.last_rx.load(Ordering::Relaxed);
+        let sent = beat.ping_sent.load(Ordering::Relaxed);
         if sent != 0 {
             if last_rx >= sent {
-                conn.ping_sent.store(0, Ordering::Relaxed);
+                beat.ping_sent.store(0, Ordering::Relaxed);
             } else if now >= sent + self.pong_timeout_ms {
                 crate::metrics::METRICS.pong_timeouts.inc();
-                conn.request_close(CloseRequest {
-                    code: CloseCode::INTERNAL_ERROR,
-                    reason: "pong timeout: nothing received after a ping",
-                    discard_queue: true,
-                    abort: true,
-                });
+                conn.request_close(CloseReason::PongTimeout);
                 return Some(now + self.interval_ms);
             } else {
                 return Some(sent + self.pong_timeout_ms);
@@ -164,11 +206,69 @@ impl Heartbeat {
         }
         let due = last_rx + self.interval_ms;
         if now >= due {
-            conn.ping_sent.store(now, Ordering::Relaxed);
+            beat.ping_sent.store(now, Ordering::Relaxed);
             conn.request_ping();
             Some(now + self.pong_timeout_ms)
         } else {
             Some(due)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[derive(Default)]
+    struct Probe {
+        beat: Option<Beat>,
+        pings: AtomicU32,
+        closed: Mutex<Option<CloseReason>>,
+    }
+
+    impl Entry for Probe {
+        fn beat(&self) -> &Beat {
+            self.beat.as_ref().expect("set")
+        }
+        fn request_ping(&self) {
+            self.pings.fetch_add(1, Ordering::Relaxed);
+        }
+        fn request_close(&self, why: CloseReason) {
+            self.closed.lock().unwrap().get_or_insert(why);
+        }
+        fn is_closing(&self) -> bool {
+            self.closed.lock().unwrap().is_some()
+        }
+    }
+
+    #[test]
+    fn a_silent_entry_gets_a_ping_then_a_pong_timeout_and_an_answering_one_does_not() {
+        let hb: Arc<Heartbeat<Probe>> =
+            Heartbeat::new(Duration::from_millis(100), Duration::from_millis(100));
+        let quiet = Probe {
+            beat: Some(Beat::new(0)),
+            ..Default::default()
+        };
+        let chatty = Probe {
+            beat: Some(Beat::new(0)),
+            ..Default::default()
+        };
+        assert_eq!(hb.visit(&quiet, 50), Some(100), "not due yet");
+        assert_eq!(
+            hb.visit(&quiet, 100),
+            Some(200),
+            "due: a ping, then the timeout"
+        );
+        assert_eq!(quiet.pings.load(Ordering::Relaxed), 1);
+        hb.visit(&chatty, 100);
+        chatty.beat().heard(150);
+        hb.visit(&chatty, 200);
+        assert!(!chatty.is_closing(), "an answer settles the ping");
+        hb.visit(&quiet, 200);
+        assert_eq!(
+            *quiet.closed.lock().unwrap(),
+            Some(CloseReason::PongTimeout)
+        );
     }
 }

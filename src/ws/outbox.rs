@@ -7,30 +7,26 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Waker;
 
 use bytes::Bytes;
 
-use super::close::CloseCode;
-
-/// Why a session was asked to close by someone other than its peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseRequest {
-    pub code: CloseCode,
-    pub reason: &'static str,
-    /// Drop queued messages instead of delivering them first (slow consumer, dead peer).
-    pub discard_queue: bool,
-    /// Do not wait for the peer's Close (it is not answering anyway).
-    pub abort: bool,
-}
+use super::close::CloseReason;
+use super::codec::Protocol;
+use super::heartbeat::{Beat, Entry};
+use crate::hub::{Codec, Member};
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Bytes>,
+    /// The session's waker: a close or Ping request always uses it; a push only while `idle`.
     waker: Option<Waker>,
+    /// The session found nothing queued when it last looked: a push must wake it. While it is
+    /// busy writing (or blocked on a full socket) pushes just queue, without a wake-up each.
+    idle: bool,
     ping: bool,
-    close: Option<CloseRequest>,
+    close: Option<CloseReason>,
     /// The session queued its Close: nothing may follow it on the wire.
     sealed: bool,
 }
@@ -43,28 +39,30 @@ pub struct Outbox {
     /// Bytes queued or not yet written by the session.
     queued: AtomicUsize,
     limit: usize,
-    /// Heartbeat clock (ms) of the last byte received from the peer.
-    pub(super) last_rx: AtomicU64,
-    /// Heartbeat clock (ms) of the outstanding Ping, or 0.
-    pub(super) ping_sent: AtomicU64,
+    /// The connection's heartbeat state (this outbox is its entry in the wheel).
+    pub(super) beat: Beat,
+    /// How publications are encoded for this connection.
+    protocol: Protocol,
 }
 
 /// What the session found in its outbox.
 #[derive(Debug, Default)]
 pub struct Signals {
     pub ping: bool,
-    pub close: Option<CloseRequest>,
+    pub close: Option<CloseReason>,
 }
 
 impl Outbox {
-    pub fn new(id: u64, limit: usize, now_ms: u64) -> Self {
+    /// The outbox of connection `id` speaking `protocol`, holding at most `limit` queued bytes,
+    /// heard from at heartbeat time `now_ms`.
+    pub fn new(id: u64, limit: usize, now_ms: u64, protocol: Protocol) -> Self {
         Outbox {
             id,
             state: Mutex::new(State::default()),
             queued: AtomicUsize::new(0),
             limit,
-            last_rx: AtomicU64::new(now_ms),
-            ping_sent: AtomicU64::new(0),
+            beat: Beat::new(now_ms),
+            protocol,
         }
     }
 
@@ -82,13 +80,10 @@ impl Outbox {
         // One message always fits an empty queue, so a single large message is never "slow".
         if before > 0 && before + len > self.limit {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            crate::metrics::METRICS.slow_consumers.inc();
-            self.request_close(CloseRequest {
-                code: CloseCode::TRY_AGAIN_LATER,
-                reason: "slow consumer",
-                discard_queue: true,
-                abort: false,
-            });
+            // Counted once per connection, not once per message it could not take.
+            if self.request_close(CloseReason::SlowConsumer) {
+                crate::metrics::METRICS.slow_consumers.inc();
+            }
             return false;
         }
         let waker = {
@@ -99,7 +94,11 @@ impl Outbox {
                 return false;
             }
             st.queue.push_back(frame.clone());
-            st.waker.take()
+            if std::mem::take(&mut st.idle) {
+                st.waker.take()
+            } else {
+                None
+            }
         };
         if let Some(w) = waker {
             w.wake();
@@ -120,22 +119,23 @@ impl Outbox {
         }
     }
 
-    /// Asks the session to close; the first request wins.
-    pub fn request_close(&self, req: CloseRequest) {
+    /// Asks the session to close; the first request wins. Returns whether this one did.
+    pub fn request_close(&self, why: CloseReason) -> bool {
         let waker = {
             let mut st = self.lock();
             if st.close.is_some() {
-                return;
+                return false;
             }
-            st.close = Some(req);
+            st.close = Some(why);
             st.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
         }
+        true
     }
 
-    pub(super) fn request_ping(&self) {
+    fn request_ping(&self) {
         let waker = {
             let mut st = self.lock();
             st.ping = true;
@@ -146,40 +146,26 @@ impl Outbox {
         }
     }
 
-    /// Moves queued frames to `out` and takes pending signals; registers `waker` when there was
-    /// nothing to take, so the next push wakes the session.
+    /// Moves queued frames to `out`, takes pending signals and registers `waker`: the next
+    /// close or Ping request wakes the session whatever it is doing (a session blocked on a peer
+    /// that stopped reading must still learn that its Close is due), and the next push wakes it
+    /// when there was nothing to take.
     pub(crate) fn take(&self, out: &mut VecDeque<Bytes>, waker: &Waker) -> Signals {
         let mut st = self.lock();
         let signals = Signals {
             ping: std::mem::take(&mut st.ping),
-            close: st.close.clone(),
+            close: st.close,
         };
-        if st.queue.is_empty() {
-            if !st.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                st.waker = Some(waker.clone());
-            }
-        } else if out.is_empty() {
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            st.waker = Some(waker.clone());
+        }
+        st.idle = st.queue.is_empty();
+        if out.is_empty() {
             std::mem::swap(out, &mut st.queue);
         } else {
             out.extend(st.queue.drain(..));
         }
         signals
-    }
-
-    /// Records what a proxy tunnel heard: `last_rx` is when the quieter of its two sides last
-    /// sent anything, and `answered` says that no Ping the tunnel sent is still unanswered. The
-    /// tunnel pings only the side that is due, so the other side may have stayed quiet since the
-    /// wheel's Ping request; `answered` settles that request anyway, or the wheel would take the
-    /// unpinged side's silence for a pong timeout.
-    pub fn heard(&self, last_rx: u64, answered: bool) {
-        self.last_rx.store(last_rx, Ordering::Relaxed);
-        // A request raised while the tunnel is mid-poll may be cleared before the tunnel sees
-        // it. The tunnel still sends that Ping, and the wheel, finding the side silent on its
-        // next visit, raises a new request: the pong timeout comes one visit late, no Ping is
-        // lost and no live tunnel is closed.
-        if answered && self.ping_sent.load(Ordering::Relaxed) != 0 {
-            self.ping_sent.store(0, Ordering::Relaxed);
-        }
     }
 
     /// Records that `n` queued bytes were written (or discarded).
@@ -205,13 +191,35 @@ impl Outbox {
     }
 }
 
-impl crate::hub::Member for Outbox {
+impl Member for Outbox {
     fn id(&self) -> u64 {
         self.id
     }
 
-    fn deliver(&self, message: &Bytes) -> bool {
-        self.push(message)
+    fn codec(&self) -> &'static dyn Codec {
+        self.protocol.codec()
+    }
+
+    fn deliver(&self, frame: &Bytes) -> bool {
+        self.push(frame)
+    }
+}
+
+impl Entry for Outbox {
+    fn beat(&self) -> &Beat {
+        &self.beat
+    }
+
+    fn request_ping(&self) {
+        Outbox::request_ping(self);
+    }
+
+    fn request_close(&self, why: CloseReason) {
+        let _ = Outbox::request_close(self, why);
+    }
+
+    fn is_closing(&self) -> bool {
+        Outbox::is_closing(self)
     }
 }
 
@@ -222,19 +230,19 @@ mod tests {
 
     #[test]
     fn a_consumer_past_its_limit_is_told_to_close_with_1013() {
-        let o = Outbox::new(1, 100, 0);
+        let o = Outbox::new(1, 100, 0, Protocol::Raw);
         let frame = Bytes::from(vec![0u8; 60]);
         assert!(o.push(&frame));
         assert!(!o.push(&frame), "120 bytes exceed the 100 byte limit");
         let mut out = VecDeque::new();
         let sig = o.take(&mut out, Waker::noop());
-        assert_eq!(sig.close.unwrap().code, CloseCode::TRY_AGAIN_LATER);
+        assert_eq!(sig.close, Some(CloseReason::SlowConsumer));
         assert!(!o.push(&frame), "a closing connection takes nothing more");
     }
 
     #[test]
     fn one_large_message_fits_an_empty_queue() {
-        let o = Outbox::new(1, 100, 0);
+        let o = Outbox::new(1, 100, 0, Protocol::Raw);
         assert!(o.push(&Bytes::from(vec![0u8; 1000])));
         assert!(!o.is_closing());
     }

@@ -1,9 +1,16 @@
 //! One browser connection after the 101: read frames, act on messages, write queued frames,
 //! answer pings, and close with the right code.
 //!
-//! The session is a single task that polls the socket and its [`Outbox`] itself. It holds no read
-//! buffer while idle: a read lands in a per-thread scratch buffer and the decoder keeps only a
-//! partial frame header or an unfinished message. Writes are vectored over the queued frames.
+//! The session is a single task that polls its transport and its [`Outbox`] itself. It runs on
+//! any [`Transport`]; on plain TCP that means readiness-based reads and `writev`. It holds no
+//! read buffer while idle: a read lands in a per-thread scratch buffer and the decoder keeps only
+//! a partial frame header or an unfinished message. Writes are vectored over the queued frames.
+//!
+//! # Closing
+//! From the moment a Close of ours is due (asked for by the wheel, shutdown or the hub, or our
+//! answer to the peer's), the peer has `websocket.close_timeout` to take it and answer. A peer
+//! that does not even read it by then (its receive window full) is reset, so the connection's
+//! slot comes back whatever the client does.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -11,22 +18,23 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::close::CloseCode;
-use super::frame::{self, Decoder, Event, OpCode, ProtocolError};
+use super::close::{CloseReason, ProtocolError};
+use super::frame::{self, Decoder, Event, OpCode};
 use super::heartbeat::Heartbeat;
-use super::outbox::{CloseRequest, Outbox};
+use super::outbox::Outbox;
+use crate::broker::{Kind, Publication};
 use crate::config::OnMessage;
 use crate::hub::Hub;
+use crate::lifecycle::Slots;
 use crate::metrics::METRICS;
+use crate::transport::Transport;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
@@ -36,6 +44,8 @@ thread_local! {
 const MAX_IOV: usize = 64;
 /// Reads handled in one poll before yielding, so one busy client cannot starve the others.
 const READS_PER_POLL: usize = 16;
+/// How long to drain a peer after our last byte.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Everything a session needs to know about the route it was accepted on.
 #[derive(Debug)]
@@ -49,18 +59,19 @@ pub struct RouteCtx {
 #[derive(Debug)]
 pub struct Env {
     pub hub: Arc<Hub>,
-    pub heartbeat: Arc<Heartbeat>,
-    /// How long to wait for the peer's Close after sending ours.
+    pub heartbeat: Arc<Heartbeat<Outbox>>,
+    /// How long the peer has to take and answer our Close once it is due.
     pub close_timeout: Duration,
-    /// WebSocket connections open or being upgraded; each session gives its slot back on drop.
-    pub open: AtomicUsize,
+    /// WebSocket connections open or being upgraded; each session gives its place back when
+    /// dropped.
+    pub slots: Arc<Slots>,
 }
 
 /// A session ready to run: a future that ends when the connection is closed. Dropping it (at
 /// the end, or when the runtime shuts down) leaves the group and frees the connection slot.
 #[derive(Debug)]
-pub struct Session {
-    io: TcpStream,
+pub struct Session<S = TcpStream> {
+    io: S,
     outbox: Arc<Outbox>,
     route: Arc<RouteCtx>,
     group: Option<Arc<str>>,
@@ -75,14 +86,28 @@ pub struct Session {
     close_received: bool,
     /// Stop reading: the peer broke the protocol or went away.
     read_done: bool,
-    /// Leave without waiting for the peer's Close.
-    abort: bool,
+    /// Leave once our Close is out, without waiting for the peer's.
+    no_wait: bool,
     /// The extra bytes that arrived with the handshake.
     pending: Option<Bytes>,
     phase: Phase,
+    /// The deadline of the closing phase: armed when our Close becomes due, then reset for the
+    /// linger. Boxed, and only while closing: an idle session carries no timer.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
-/// How a session ended, for logs and metrics.
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Our Close is out; waiting (until the close deadline) for the peer's.
+    CloseWait,
+    /// Write side shut; draining the peer's last bytes (bounded).
+    Linger,
+    Done,
+}
+
+/// How the open phase ended, for logs and metrics.
 #[derive(Debug, PartialEq, Eq)]
 enum End {
     Closed,
@@ -90,11 +115,11 @@ enum End {
     Io(io::ErrorKind),
 }
 
-impl Session {
-    /// Takes over a member already in its group (if any) and a connection slot already counted
-    /// in `env.open`; both are given back when the session is dropped.
+impl<S: Transport> Session<S> {
+    /// Takes over a member already in its group (if any) and a connection slot already taken
+    /// from `env.slots` (and kept); both are given back when the session is dropped.
     pub fn new(
-        io: TcpStream,
+        io: S,
         leftover: Bytes,
         outbox: Arc<Outbox>,
         route: Arc<RouteCtx>,
@@ -102,7 +127,7 @@ impl Session {
         env: Arc<Env>,
     ) -> Self {
         let decoder = Decoder::new(route.max_message_bytes);
-        let _ = io.set_nodelay(true);
+        io.set_nodelay();
         METRICS.connections.inc();
         METRICS.connections_total.inc();
         Session {
@@ -118,21 +143,38 @@ impl Session {
             close_sent: false,
             close_received: false,
             read_done: false,
-            abort: false,
+            no_wait: false,
             pending: (!leftover.is_empty()).then_some(leftover),
             phase: Phase::Open,
+            timer: None,
         }
     }
 
-    /// After our Close went out, or the connection failed: what to do next.
+    /// Sets the closing phase's deadline `after` from now.
+    fn arm(&mut self, after: Duration) {
+        let at = tokio::time::Instant::now() + after;
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Whether the closing deadline has passed (registering for it when it has not).
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// After the open phase ended: what to do next.
     fn after_open(&mut self, end: End, cx: &mut Context<'_>) -> Phase {
         tracing::debug!(conn = self.outbox.id, ?end, "websocket closing");
-        if self.abort {
+        if self.no_wait {
             return Phase::Done;
         }
         if end == End::Closed && self.close_sent && !self.close_received {
-            // We closed first: give the peer close_timeout to answer before dropping it.
-            return Phase::CloseWait(Box::pin(tokio::time::sleep(self.env.close_timeout)));
+            // We closed first: the peer answers within the close deadline, already running.
+            return Phase::CloseWait;
         }
         self.start_linger(cx)
     }
@@ -140,30 +182,26 @@ impl Session {
     /// Half-closes and then drains what the peer still sends (bounded), so unread input does not
     /// turn our final Close into a reset (RFC 6455 §7.1.1: the server closes TCP first).
     fn start_linger(&mut self, cx: &mut Context<'_>) -> Phase {
-        use tokio::io::AsyncWrite;
-        // A TCP shutdown(SHUT_WR) completes at once; anything but Ready(Ok) means the socket is gone.
+        // A TCP shutdown(SHUT_WR) completes at once; anything but Ready(Ok) means the socket is
+        // gone (or, on another transport, cannot close cleanly now: then there is nothing to
+        // linger for either).
         if !matches!(
             Pin::new(&mut self.io).poll_shutdown(cx),
             Poll::Ready(Ok(()))
         ) {
             return Phase::Done;
         }
-        Phase::Linger(Box::pin(tokio::time::sleep(LINGER)))
+        self.arm(LINGER);
+        Phase::Linger
     }
 
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READS_PER_POLL {
-            match self.io.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) => {}
-            }
-            let r = SCRATCH.with(|s| self.io.try_read(&mut s.borrow_mut()));
+            let r = SCRATCH.with(|s| self.io.poll_recv(cx, &mut s.borrow_mut()));
             match r {
-                Ok(0) => return Poll::Ready(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => {}
             }
         }
         cx.waker().wake_by_ref();
@@ -188,20 +226,23 @@ impl Session {
     }
 
     /// Queues our Close behind everything already queued (nothing may follow a Close, RFC 6455
-    /// §5.5.1), or behind only the frame being written, with `discard`.
+    /// §5.5.1), or behind only the frame being written, with `discard`; the close deadline
+    /// starts now.
     fn send_close(&mut self, code: u16, reason: &str, discard: bool) {
-        if !self.close_sent {
-            self.close_sent = true;
-            if discard {
-                let keep = usize::from(self.offset > 0);
-                let dropped: usize = self.out.iter().skip(keep).map(Bytes::len).sum();
-                self.out.truncate(keep);
-                self.ctrl_end = self.ctrl_end.min(self.out.len());
-                self.outbox.sent(dropped);
-            }
-            self.outbox.seal(&mut self.out, discard);
-            self.enqueue_own(frame::encode_close(code, reason));
+        if self.close_sent {
+            return;
         }
+        self.close_sent = true;
+        if discard {
+            let keep = usize::from(self.offset > 0);
+            let dropped: usize = self.out.iter().skip(keep).map(Bytes::len).sum();
+            self.out.truncate(keep);
+            self.ctrl_end = self.ctrl_end.min(self.out.len());
+            self.outbox.sent(dropped);
+        }
+        self.outbox.seal(&mut self.out, discard);
+        self.enqueue_own(frame::encode_close(code, reason));
+        self.arm(self.env.close_timeout);
     }
 
     fn fail(&mut self, e: ProtocolError) {
@@ -224,12 +265,7 @@ impl Session {
                 match self.route.on_message {
                     OnMessage::Drop => {}
                     OnMessage::Echo => self.enqueue_own(m.into_frame()),
-                    OnMessage::Broadcast => {
-                        if let Some(g) = &self.group {
-                            let except = (!self.route.echo_to_sender).then_some(self.outbox.id);
-                            self.env.hub.publish(g, &m.into_frame(), except);
-                        }
-                    }
+                    OnMessage::Broadcast => self.publish(m),
                 }
             }
             Event::Ping(p) => self.enqueue_control(frame::encode(OpCode::Pong, &p)),
@@ -243,46 +279,53 @@ impl Session {
         }
     }
 
+    /// Publishes a client's message to the route's group.
+    fn publish(&mut self, m: frame::Message) {
+        let Some(g) = &self.group else { return };
+        let kind = if m.text { Kind::Text } else { Kind::Binary };
+        let mut p = Publication::new(g.clone(), m.into_payload(), kind);
+        if !self.route.echo_to_sender {
+            p = p.except(self.outbox.id);
+        }
+        // The broker keeps this session's publishes in call order; only a failure matters here.
+        if let Some(Err(e)) = self.env.hub.publish(p).now() {
+            tracing::warn!(conn = self.outbox.id, group = %g, error = %e, "a client's message was not published");
+        }
+    }
+
     fn take_signals(&mut self, cx: &mut Context<'_>) {
         let sig = self.outbox.take(&mut self.out, cx.waker());
         if sig.ping && !self.close_sent {
             self.enqueue_control(frame::encode(OpCode::Ping, b""));
         }
-        if let Some(req) = sig.close.filter(|_| !self.close_sent) {
-            self.close_for(req);
+        if let Some(why) = sig.close.filter(|_| !self.close_sent) {
+            self.close_for(why);
         }
     }
 
-    fn close_for(&mut self, req: CloseRequest) {
-        if req.abort {
-            self.abort = true;
+    fn close_for(&mut self, why: CloseReason) {
+        if !why.waits_for_peer() {
+            self.no_wait = true;
             self.read_done = true;
         }
-        tracing::debug!(
-            conn = self.outbox.id,
-            code = req.code.0,
-            reason = req.reason,
-            "closing"
-        );
-        self.send_close(req.code.0, req.reason, req.discard_queue);
+        tracing::debug!(conn = self.outbox.id, reason = ?why, "closing");
+        self.send_close(why.code().0, why.text(), why.discards_queue());
     }
 
-    /// Writes queued frames until the socket would block or nothing is left.
+    /// Writes queued frames until the transport would block or nothing is left.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, io::Error> {
         let mut progressed = false;
         while !self.out.is_empty() {
-            if self.io.poll_write_ready(cx).is_pending() {
-                return Ok(progressed);
-            }
             let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
             let mut n_iov = 0;
             for (i, b) in self.out.iter().take(MAX_IOV).enumerate() {
                 iov[i] = IoSlice::new(if i == 0 { &b[self.offset..] } else { b });
                 n_iov += 1;
             }
-            match self.io.try_write_vectored(&iov[..n_iov]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut n) => {
+            match self.io.poll_send(cx, &iov[..n_iov]) {
+                Poll::Pending => return Ok(progressed),
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(mut n)) => {
                     progressed = true;
                     self.outbox.sent(n);
                     while n > 0 {
@@ -298,8 +341,7 @@ impl Session {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Poll::Ready(Err(e)) => return Err(e),
             }
         }
         if self.out.capacity() > 1024 {
@@ -316,33 +358,22 @@ impl Session {
             return Ok(false);
         }
         let mut events = Vec::new();
-        let result = loop {
-            match self.io.poll_read_ready(cx) {
-                Poll::Pending => return Ok(false),
-                Poll::Ready(Err(e)) => return Err(End::Io(e.kind())),
-                Poll::Ready(Ok(())) => {}
-            }
-            let res = SCRATCH.with(|s| {
-                let mut buf = s.borrow_mut();
-                match read_clearing(&self.io, &mut buf) {
-                    Ok(0) => Err(End::PeerGone),
-                    Ok(n) => {
-                        self.outbox
-                            .last_rx
-                            .store(self.env.heartbeat.now_ms(), Ordering::Relaxed);
-                        Ok(Some(
-                            self.decoder.feed(&mut buf[..n], &mut |e| events.push(e)),
-                        ))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                    Err(e) => Err(End::Io(e.kind())),
+        let fed = SCRATCH.with(|s| {
+            let mut buf = s.borrow_mut();
+            match self.io.poll_recv(cx, &mut buf) {
+                Poll::Pending => Ok(None),
+                Poll::Ready(Ok(0)) => Err(End::PeerGone),
+                Poll::Ready(Ok(n)) => {
+                    self.outbox.beat.heard(self.env.heartbeat.now_ms());
+                    Ok(Some(
+                        self.decoder.feed(&mut buf[..n], &mut |e| events.push(e)),
+                    ))
                 }
-            })?;
-            // On WouldBlock the readiness was cleared but no waker is registered yet: poll the
-            // readiness again so it is, or we would sleep until the next heartbeat.
-            if let Some(r) = res {
-                break r;
+                Poll::Ready(Err(e)) => Err(End::Io(e.kind())),
             }
+        })?;
+        let Some(result) = fed else {
+            return Ok(false);
         };
         for ev in events {
             self.on_event(ev);
@@ -371,7 +402,7 @@ impl Session {
                 Err(e) => return Poll::Ready(End::Io(e.kind())),
             };
             if self.close_sent && self.out.is_empty() {
-                // Our Close is out; `run` waits (bounded) for the peer's answer if it is owed.
+                // Our Close is out; the peer's answer is waited for (bounded) if it is owed.
                 return Poll::Ready(End::Closed);
             }
             let read = if self.read_done {
@@ -391,81 +422,58 @@ impl Session {
     }
 
     /// After our Close went out: read (discarding data) until the peer's Close or EOF.
-    fn poll_close_wait(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll_close_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READS_PER_POLL {
             if self.close_received {
-                return Poll::Ready(End::Closed);
+                return Poll::Ready(());
             }
             match self.poll_read(cx) {
                 Ok(true) => {}
                 Ok(false) => return Poll::Pending,
-                Err(End::PeerGone) => return Poll::Ready(End::Closed),
-                Err(e) => return Poll::Ready(e),
+                Err(_) => return Poll::Ready(()),
             }
         }
         cx.waker().wake_by_ref();
         Poll::Pending
     }
-}
 
-/// Reads once; a short read also clears the socket's read readiness, as tokio's own
-/// `poll_read` does on unix, so the next poll parks instead of paying for a `recv` that can only
-/// return EAGAIN. Data that arrives meanwhile raises a new readiness event, so nothing is missed.
-fn read_clearing(io: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let cap = buf.len();
-    let mut got = 0;
-    let r = io.try_io(Interest::READABLE, || {
-        let n = io.try_read(buf)?;
-        got = n;
-        if n > 0 && n < cap {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(n)
-        }
-    });
-    match r {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        other => other,
+    /// Our Close is due but the peer did not take it in time: give the connection up.
+    fn give_up(&mut self) -> Phase {
+        METRICS.close_timeouts.inc();
+        tracing::debug!(
+            conn = self.outbox.id,
+            unsent = self.outbox.queued_bytes(),
+            "close deadline passed before our Close went out; resetting the connection"
+        );
+        self.io.abort();
+        Phase::Done
     }
 }
 
-/// Where a session is in its life.
-#[derive(Debug)]
-enum Phase {
-    Open,
-    /// Our Close is out; waiting (bounded) for the peer's.
-    CloseWait(Pin<Box<Sleep>>),
-    /// Write side shut; draining the peer's last bytes (bounded).
-    Linger(Pin<Box<Sleep>>),
-    Done,
-}
-
-/// How long to drain a peer after our last byte.
-const LINGER: Duration = Duration::from_secs(2);
-
-impl Future for Session {
+impl<S: Transport> Future for Session<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            let next = match &mut this.phase {
+            let next = match this.phase {
                 Phase::Open => match this.poll_open(cx) {
-                    Poll::Pending => return Poll::Pending,
                     Poll::Ready(end) => this.after_open(end, cx),
+                    Poll::Pending if this.close_sent && this.deadline_passed(cx) => this.give_up(),
+                    Poll::Pending => return Poll::Pending,
                 },
-                Phase::CloseWait(deadline) => {
-                    if deadline.as_mut().poll(cx).is_ready() {
+                Phase::CloseWait => {
+                    if this.deadline_passed(cx) {
                         this.start_linger(cx)
                     } else {
                         match this.poll_close_wait(cx) {
                             Poll::Pending => return Poll::Pending,
-                            Poll::Ready(_) => this.start_linger(cx),
+                            Poll::Ready(()) => this.start_linger(cx),
                         }
                     }
                 }
-                Phase::Linger(deadline) => {
-                    if deadline.as_mut().poll(cx).is_ready() {
+                Phase::Linger => {
+                    if this.deadline_passed(cx) {
                         Phase::Done
                     } else {
                         match this.poll_linger(cx) {
@@ -481,27 +489,22 @@ impl Future for Session {
     }
 }
 
-impl Drop for Session {
+impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         if let Some(g) = &self.group {
             self.env.hub.leave(g, self.outbox.id);
         }
         METRICS.connections.dec();
-        self.env.open.fetch_sub(1, Ordering::AcqRel);
+        self.env.slots.give_back();
     }
 }
-
-/// Close code used when the server shuts down.
-pub const SHUTDOWN: CloseRequest = CloseRequest {
-    code: CloseCode::GOING_AWAY,
-    reason: "server shutting down",
-    discard_queue: false,
-    abort: false,
-};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::memory::Memory;
+    use crate::ws::codec::Protocol;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// The session is the whole state of an idle connection's task: keeping it small is what
     /// keeps 19,000 idle sockets under 2 KB each (BENCHMARKS.md). Timers and drain buffers are
@@ -510,5 +513,141 @@ mod tests {
     fn an_idle_session_stays_small() {
         let size = std::mem::size_of::<Session>();
         assert!(size <= 384, "Session grew to {size} bytes");
+    }
+
+    fn env(close_timeout: Duration) -> Arc<Env> {
+        Arc::new(Env {
+            hub: Hub::new(Arc::new(Memory::new())),
+            heartbeat: Heartbeat::new(Duration::from_secs(25), Duration::from_secs(10)),
+            close_timeout,
+            slots: Slots::new(10),
+        })
+    }
+
+    /// A session on one end of an in-memory pipe of `capacity` bytes; returns the other end.
+    fn start(
+        env: &Arc<Env>,
+        on_message: OnMessage,
+        group: Option<&str>,
+        capacity: usize,
+    ) -> (DuplexStream, Arc<Outbox>, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let outbox = Arc::new(Outbox::new(1, 1 << 20, 0, Protocol::Raw));
+        env.heartbeat.register(&outbox);
+        let group: Option<Arc<str>> = group.map(Arc::from);
+        if let Some(g) = &group {
+            env.hub.join(g, outbox.clone());
+        }
+        env.slots.take().unwrap().keep();
+        let route = Arc::new(RouteCtx {
+            on_message,
+            echo_to_sender: true,
+            max_message_bytes: 1024,
+        });
+        let s = Session::new(
+            server,
+            Bytes::new(),
+            outbox.clone(),
+            route,
+            group,
+            env.clone(),
+        );
+        (client, outbox, tokio::spawn(s))
+    }
+
+    async fn read_frame(c: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let mut buf = Vec::new();
+        loop {
+            if let Some(h) = frame::parse_header(&buf)
+                && buf.len() >= h.size + h.len as usize
+            {
+                return (h.opcode_raw, buf[h.size..h.size + h.len as usize].to_vec());
+            }
+            let mut b = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+                .await
+                .expect("a frame within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed before a whole frame");
+            buf.extend_from_slice(&b[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_runs_over_an_in_memory_stream() {
+        let env = env(Duration::from_secs(5));
+        let (mut c, _, task) = start(&env, OnMessage::Echo, None, 4096);
+        c.write_all(&frame::encode_masked(
+            OpCode::Text,
+            true,
+            b"hello",
+            [1, 2, 3, 4],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(read_frame(&mut c).await, (1, b"hello".to_vec()));
+        c.write_all(&frame::encode_masked(
+            OpCode::Close,
+            true,
+            &1000u16.to_be_bytes(),
+            [9, 9, 9, 9],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            read_frame(&mut c).await,
+            (8, 1000u16.to_be_bytes().to_vec())
+        );
+        drop(c);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the session ends after the closing handshake")
+            .unwrap();
+        assert_eq!(env.slots.open(), 0, "the slot came back");
+    }
+
+    #[tokio::test]
+    async fn publications_reach_a_member_over_an_in_memory_stream() {
+        let env = env(Duration::from_secs(5));
+        let (mut c, _, _task) = start(&env, OnMessage::Broadcast, Some("g"), 4096);
+        let p = Publication::new("g", Bytes::from_static(b"news"), Kind::Text);
+        let r = env.hub.publish(p).now().unwrap().unwrap();
+        assert_eq!(r.local_recipients, 1);
+        assert_eq!(read_frame(&mut c).await, (1, b"news".to_vec()));
+        // A client message on a broadcast route goes through the hub and back to the sender.
+        c.write_all(&frame::encode_masked(
+            OpCode::Text,
+            true,
+            b"mine",
+            [5, 6, 7, 8],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(read_frame(&mut c).await, (1, b"mine".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_reads_is_dropped_at_the_close_deadline() {
+        let env = env(Duration::from_millis(300));
+        // 1 KiB of pipe and a client that never reads: our Close cannot go out.
+        let (c, outbox, task) = start(&env, OnMessage::Drop, Some("g"), 1024);
+        for _ in 0..8 {
+            let p = Publication::new("g", Bytes::from(vec![b'x'; 1000]), Kind::Text);
+            drop(env.hub.publish(p));
+        }
+        let due = tokio::time::Instant::now();
+        outbox.request_close(CloseReason::Shutdown);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the session gives up at the close deadline")
+            .unwrap();
+        let took = due.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "ended {took:?} after the close was due"
+        );
+        assert_eq!(env.slots.open(), 0, "the slot came back");
+        assert_eq!(env.hub.member_count("g"), 0, "it left its group");
+        drop(c);
     }
 }

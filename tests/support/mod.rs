@@ -29,7 +29,7 @@ pub async fn start(toml: &str) -> Running {
     let mut cfg: Config =
         wsgate::config::load_str("test.toml", toml, &env).expect("test config is valid");
     cfg.server.listen = "127.0.0.1:0".into();
-    wsgate::app::raise_nofile_limit();
+    wsgate::lifecycle::raise_nofile_limit();
     wsgate::app::start(cfg).await.expect("server starts")
 }
 

@@ -1,0 +1,124 @@
+//! The `wsgate bench` command line: what to measure and with which settings.
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// N connections, each keeping K messages in flight to an echo endpoint: messages/s, RTT.
+    Echo,
+    /// N members of one group each send one message per iteration; the server broadcasts each
+    /// to all members: deliveries/s and iteration latency.
+    Room,
+    /// N subscribers; messages published over HTTP at a set rate: publish->deliver latency,
+    /// loss, duplicates and order per subscriber.
+    Fanout,
+    /// N connections held idle (answering pings): server RSS and CPU per connection (--pid).
+    Idle,
+    /// C workers loop connect + upgrade + close: handshakes/s.
+    Handshake,
+}
+
+impl Mode {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Room => "room",
+            Mode::Fanout => "fanout",
+            Mode::Idle => "idle",
+            Mode::Handshake => "handshake",
+        }
+    }
+
+    /// The URL used without --url: wsgate's defaults on 127.0.0.1:8080.
+    pub(super) fn default_url(self) -> &'static str {
+        match self {
+            Mode::Echo | Mode::Handshake | Mode::Idle => "ws://127.0.0.1:8080/ws/echo",
+            Mode::Room => "ws://127.0.0.1:8080/room/bench/",
+            Mode::Fanout => "ws://127.0.0.1:8080/room/fanout/",
+        }
+    }
+}
+
+const LONG_ABOUT: &str = "\
+Measure a WebSocket server on this machine: wsgate or any peer speaking the same protocol.
+Prints a progress line on stderr and one JSON object on stdout; exits 1 if anything was lost or
+failed, 2 on bad arguments or a target that is not a loopback address.";
+
+const EXAMPLES: &str = "\
+Examples (against `wsgate serve` on 127.0.0.1:8080):
+  wsgate bench echo --conns 100 --duration 5
+  wsgate bench room --conns 1000 --iterations 50
+  wsgate bench fanout --conns 10000 --rate 100 --msgs 500 \\
+      --publish-url http://127.0.0.1:8080/api/groups/room:fanout/messages
+  wsgate bench idle --conns 19000 --hold 30 --pid $(pgrep -n wsgate)
+  wsgate bench handshake --total 20000 --concurrency 50";
+
+/// `wsgate bench` arguments. Durations are in seconds and may have a fraction.
+#[derive(Debug, Clone, clap::Args)]
+#[command(long_about = LONG_ABOUT, after_help = EXAMPLES)]
+pub struct Args {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// WebSocket URL, loopback only (ws://127.x.x.x, ws://[::1], ws://localhost). Default:
+    /// wsgate's echo route for echo/idle/handshake, /room/bench/ for room, /room/fanout/ for fanout.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// fanout: where to POST each message (HTTP/1.1, one keep-alive connection). Default:
+    /// wsgate's publish API for the group of the default fanout URL.
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Connections (echo, room, idle) or subscribers (fanout).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub conns: usize,
+    /// Message payload size in bytes (at least 24: time, sequence number and sender).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// echo: messages each connection keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    pub inflight: usize,
+    /// echo: measured seconds (after --warmup); handshake: the most seconds to run.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// echo: seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// room: measured iterations (each member sends one message per iteration).
+    #[arg(long, default_value_t = 50)]
+    pub iterations: u64,
+    /// room: iterations run before measuring.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_iterations: u64,
+    /// fanout: messages to publish.
+    #[arg(long, default_value_t = 500)]
+    pub msgs: u64,
+    /// fanout, room: seconds between the last connection's handshake and the first message, so
+    /// the server has joined every connection to its group (wsgate joins after the 101).
+    #[arg(long, default_value_t = 0.2)]
+    pub settle: f64,
+    /// fanout: publishes per second (sequential requests: the rate achieved is also bounded by
+    /// the request round trip).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// idle: seconds to hold the connections open after they are all up.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// handshake: connect + upgrade + close cycles in total.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// handshake: parallel workers; idle, room, fanout: handshakes in flight while connecting.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    pub concurrency: usize,
+    /// Server process id: report its CPU (and, for idle, its RSS) over the measurement window.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Client threads: 1 = a single-threaded runtime (at most one core for the client).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seconds any single wait may take (a connect, an iteration, the drain after the last
+    /// message) before the run is failed.
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Seconds between progress lines on stderr; 0 turns them off.
+    #[arg(long, default_value_t = 1.0)]
+    pub progress: f64,
+}

@@ -1,0 +1,59 @@
+//! What flows from publishers (the API, sessions) through the broker to every node's hub: a
+//! [`Publication`], and its place in its group's stream ([`Position`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Whether a publication is text (UTF-8, checked by whoever made it) or binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Binary,
+}
+
+/// Where a publication sits in its group's stream. Offsets grow by one per publication of the
+/// group; the epoch names one life of the stream: when the stream is lost (a restart, history
+/// evicted), the epoch changes, so a client that remembers an old position can tell "nothing
+/// missed" from "history gone".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
+/// One message published to one group.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub group: Arc<str>,
+    /// The message as published (not framed, not encoded for any client protocol).
+    pub data: Bytes,
+    pub kind: Kind,
+    /// Set by the broker when the group keeps a stream.
+    pub position: Option<Position>,
+    /// The node it was published on (see [`crate::broker::Broker::node`]); 0 until the hub
+    /// stamps it.
+    pub origin: u64,
+    /// The connection on the origin node that published it and must not get it back (a route
+    /// with `echo_to_sender = false`), if any.
+    pub sender: Option<u64>,
+}
+
+impl Publication {
+    pub fn new(group: impl Into<Arc<str>>, data: Bytes, kind: Kind) -> Self {
+        Publication {
+            group: group.into(),
+            data,
+            kind,
+            position: None,
+            origin: 0,
+            sender: None,
+        }
+    }
+
+    /// The same, but not delivered back to connection `sender` of this node.
+    pub fn except(mut self, sender: u64) -> Self {
+        self.sender = Some(sender);
+        self
+    }
+}

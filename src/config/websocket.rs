@@ -1,0 +1,124 @@
+//! `[websocket]`: per-connection WebSocket behaviour on hub routes.
+
+use serde::Deserialize;
+
+use super::duration::Duration;
+use super::validate::{Seg, keys};
+
+/// `[websocket]`: per-connection WebSocket behaviour.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    /// Send a Ping after this long without receiving anything. Default 25 s; "0s" disables.
+    pub ping_interval: Duration,
+    /// Close the connection when nothing arrives this long after a Ping. Default 10 s.
+    pub pong_timeout: Duration,
+    /// Largest message a client may send (all fragments together); larger closes with 1009.
+    /// Default 65536.
+    pub max_message_bytes: usize,
+    /// Bytes that may wait in one connection's outbound queue; a consumer that falls further
+    /// behind is closed with 1013 "slow consumer". Default 1048576 (1 MiB).
+    pub send_queue_bytes: usize,
+    /// How long to wait for the peer's Close after sending ours. Default 5 s.
+    pub close_timeout: Duration,
+    /// Path of the built-in echo route used for conformance testing; "" disables it.
+    /// Default "/ws/echo".
+    pub echo_path: String,
+    /// Longest group name, in bytes, from a URL or the publish API; longer gets 400.
+    /// Default 255.
+    pub max_group_bytes: usize,
+    /// Browser origins allowed to open WebSockets on hub routes, e.g. `https://example.com` or
+    /// `https://*.example.com`; others get 403, which stops cross-site WebSocket hijacking.
+    /// Clients that send no `Origin` (not browsers) are not affected. Default: any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            max_message_bytes: 64 * 1024,
+            send_queue_bytes: 1024 * 1024,
+            close_timeout: Duration::from_secs(5),
+            echo_path: "/ws/echo".into(),
+            max_group_bytes: 255,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl WebSocket {
+    /// Reports what is wrong with this section.
+    pub(super) fn check(&self, report: &mut impl FnMut(Vec<Seg>, String)) {
+        let w = self;
+        if !w.ping_interval.is_zero() && w.pong_timeout.is_zero() {
+            report(
+                keys(&["websocket", "pong_timeout"]),
+                "must be more than 0s while pings are on (ping_interval > 0)".into(),
+            );
+        }
+        if w.max_message_bytes == 0 {
+            report(
+                keys(&["websocket", "max_message_bytes"]),
+                "must be at least 1".into(),
+            );
+        }
+        if w.send_queue_bytes == 0 {
+            report(
+                keys(&["websocket", "send_queue_bytes"]),
+                "must be at least 1".into(),
+            );
+        }
+        if w.close_timeout.is_zero() {
+            report(
+                keys(&["websocket", "close_timeout"]),
+                "must be more than 0s, e.g. \"5s\"".into(),
+            );
+        }
+        for o in &w.allowed_origins {
+            if let Err(m) = check_origin(o) {
+                report(keys(&["websocket", "allowed_origins"]), m);
+            }
+        }
+        if !w.echo_path.is_empty() && !w.echo_path.starts_with('/') {
+            report(
+                keys(&["websocket", "echo_path"]),
+                format!(
+                    "{:?} must start with '/' (or be \"\" to turn the echo route off)",
+                    w.echo_path
+                ),
+            );
+        }
+
+        if w.max_group_bytes == 0 {
+            report(
+                keys(&["websocket", "max_group_bytes"]),
+                "must be at least 1".into(),
+            );
+        }
+    }
+}
+
+/// An allowed origin is what a browser sends in `Origin`: `scheme://host[:port]`, no path; the
+/// host may start with `*.` for every subdomain.
+pub(super) fn check_origin(o: &str) -> Result<(), String> {
+    let Some((scheme, authority)) = o.split_once("://") else {
+        return Err(format!(
+            "{o:?} is not an origin; write it as a browser sends it, e.g. \"https://example.com\""
+        ));
+    };
+    if scheme.is_empty() || authority.is_empty() || authority.contains('/') {
+        return Err(format!(
+            "{o:?} is not an origin: scheme://host[:port] with no path, e.g. \"https://example.com:8443\""
+        ));
+    }
+    if authority.contains('*')
+        && !(authority.starts_with("*.") && authority[2..].find('*').is_none())
+    {
+        return Err(format!(
+            "{o:?}: a wildcard may only stand for subdomains, as in \"https://*.example.com\""
+        ));
+    }
+    Ok(())
+}

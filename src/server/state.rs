@@ -1,0 +1,85 @@
+//! What every connection of the server shares: the configuration, the matched routes, the hub
+//! and the session environment, the proxy, the API, and the shutdown signal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::route::Route;
+use crate::api::Api;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::lifecycle::{Shutdown, Slots};
+use crate::proxy::Proxy;
+use crate::ws::heartbeat::Heartbeat;
+use crate::ws::outbox::Outbox;
+use crate::ws::session::Env;
+
+/// The parts a server is built from (see `app`, which builds each from the config).
+#[derive(Debug)]
+pub struct Parts {
+    pub hub: Arc<Hub>,
+    pub heartbeat: Arc<Heartbeat<Outbox>>,
+    pub proxy: Arc<Proxy>,
+    pub api: Api,
+    pub shutdown: Shutdown,
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Server {
+    pub config: Arc<Config>,
+    /// Hub routes, matched before proxy prefixes.
+    pub routes: Vec<Route>,
+    /// The built-in echo route: a convenience, so it yields to every configured route, proxy
+    /// prefixes included (a `path_prefix = "/"` proxy gets `/ws/echo` too).
+    pub echo: Option<Route>,
+    pub hub: Arc<Hub>,
+    pub heartbeat: Arc<Heartbeat<Outbox>>,
+    /// What every session shares, its connection slots included.
+    pub sessions: Arc<Env>,
+    /// Proxy routes, upstreams and tunnels.
+    pub proxy: Arc<Proxy>,
+    pub api: Api,
+    pub shutdown: Shutdown,
+    next_id: AtomicU64,
+}
+
+impl Server {
+    pub fn new(config: Arc<Config>, parts: Parts) -> Self {
+        let routes: Vec<Route> = config
+            .effective_routes()
+            .iter()
+            .map(|r| Route::new(r, &config.websocket))
+            .collect();
+        let echo = (!config.websocket.echo_path.is_empty())
+            .then(|| Route::echo(&config.websocket.echo_path, &config.websocket));
+        let sessions = Arc::new(Env {
+            hub: parts.hub.clone(),
+            heartbeat: parts.heartbeat.clone(),
+            close_timeout: config.websocket.close_timeout.get(),
+            slots: Slots::new(config.server.max_connections),
+        });
+        Server {
+            config,
+            routes,
+            echo,
+            hub: parts.hub,
+            heartbeat: parts.heartbeat,
+            sessions,
+            proxy: parts.proxy,
+            api: parts.api,
+            shutdown: parts.shutdown,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// WebSocket connections open now (or being upgraded).
+    pub fn open_connections(&self) -> usize {
+        self.sessions.slots.open()
+    }
+
+    /// A connection id, unique for the life of the process.
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
