@@ -11,7 +11,9 @@
 # IDLE_HOLD (30; 60+ for a long hold), HS_TOTAL (20000), HS_WORKERS (50), SIZE (64),
 # CORE_CAP (0.3: cores each worker may use in the `scaling` figure),
 # OUT (results folder; reuse one to add figures to a run), WSLOAD (path to a built wsload for the cross-check; default ../shared/wsload/target/release/wsload
-# or /tmp/wsload/target/release/wsload when present).
+# or /tmp/wsload/target/release/wsload when present), BASE_BIN (another wsgate binary, e.g. the
+# one before a change: echo, room, fan-out, idle and handshake also run against it as
+# "wsgate-base", right before wsgate, and tables.md gains a before/after table).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -62,11 +64,11 @@ cleanup() {
 trap cleanup EXIT
 
 
-# start_wsgate [workers]: wsgate on a free port, ready when /healthz answers.
+# start_wsgate [workers] [binary]: wsgate on a free port, ready when /healthz answers.
 start_wsgate() {
   PORT="$(free_port)"
   WSGATE_SERVER__MAX_CONNECTIONS=30000 WSGATE_SERVER__WORKERS="${1:-0}" WSGATE_LOG=warn \
-    "$BIN" serve --listen "127.0.0.1:$PORT" 2>>"$OUT/wsgate.log" &
+    "${2:-$BIN}" serve --listen "127.0.0.1:$PORT" 2>>"$OUT/wsgate.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return 0
@@ -146,26 +148,38 @@ run_room() {
   wsload_run "wsload-room.$who.$rep" room --url "ws://127.0.0.1:$PORT$path" --conns "$ROOM_CONNS" --iterations "$ROOM_ITERS" --warmup-iterations 1 --timeout 30
 }
 
+# wsgates: the wsgate binaries of a figure, "name binary" per line (the base first).
+wsgates() {
+  [ -n "${BASE_BIN:-}" ] && echo "wsgate-base $BASE_BIN"
+  echo "wsgate $BIN"
+}
+
 for rep in $(seq "$REPS"); do
   for fig in "${FIGURES[@]}"; do
     case "$fig" in
       echo)
-        start_wsgate; run_echo wsgate "$rep" /ws/echo; stop_server
+        while read -r who bin; do
+          start_wsgate 0 "$bin"; run_echo "$who" "$rep" /ws/echo; stop_server
+        done < <(wsgates)
         start_node echo; run_echo node "$rep" /; stop_server
         ;;
       room)
-        start_wsgate; run_room wsgate "$rep" /room/bench/; stop_server
+        while read -r who bin; do
+          start_wsgate 0 "$bin"; run_room "$who" "$rep" /room/bench/; stop_server
+        done < <(wsgates)
         start_node room; run_room node "$rep" /; stop_server
         ;;
       fanout)
-        start_wsgate
-        bench "fanout.wsgate.$rep" fanout --url "ws://127.0.0.1:$PORT/room/fanout/" \
-          --publish-url "http://127.0.0.1:$PORT/api/groups/room:fanout/messages" \
-          --conns "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE" --concurrency 200
-        wsload_run "wsload-fanout.wsgate.$rep" fanout --url "ws://127.0.0.1:$PORT/room/fanout2/" \
-          --publish-url "http://127.0.0.1:$PORT/api/groups/room:fanout2/messages" \
-          --subs "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE"
-        stop_server
+        while read -r who bin; do
+          start_wsgate 0 "$bin"
+          bench "fanout.$who.$rep" fanout --url "ws://127.0.0.1:$PORT/room/fanout/" \
+            --publish-url "http://127.0.0.1:$PORT/api/groups/room:fanout/messages" \
+            --conns "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE" --concurrency 200
+          [ "$who" = wsgate ] && wsload_run "wsload-fanout.wsgate.$rep" fanout --url "ws://127.0.0.1:$PORT/room/fanout2/" \
+            --publish-url "http://127.0.0.1:$PORT/api/groups/room:fanout2/messages" \
+            --subs "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE"
+          stop_server
+        done < <(wsgates)
         start_node fanout
         bench "fanout.node.$rep" fanout --url "ws://127.0.0.1:$PORT/" \
           --publish-url "http://127.0.0.1:$PORT/publish" \
@@ -173,17 +187,21 @@ for rep in $(seq "$REPS"); do
         stop_server
         ;;
       idle)
-        start_wsgate
-        bench "idle.wsgate.$rep" idle --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --concurrency 200 --timeout 30
-        stop_server
+        while read -r who bin; do
+          start_wsgate 0 "$bin"
+          bench "idle.$who.$rep" idle --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --concurrency 200 --timeout 30
+          stop_server
+        done < <(wsgates)
         start_node echo
         bench "idle.node.$rep" idle --url "ws://127.0.0.1:$PORT/" --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --concurrency 200 --timeout 30
         stop_server
         ;;
       handshake)
-        start_wsgate
-        bench "handshake.wsgate.$rep" handshake --url "ws://127.0.0.1:$PORT/ws/echo" --total "$HS_TOTAL" --concurrency "$HS_WORKERS" --duration 60
-        stop_server
+        while read -r who bin; do
+          start_wsgate 0 "$bin"
+          bench "handshake.$who.$rep" handshake --url "ws://127.0.0.1:$PORT/ws/echo" --total "$HS_TOTAL" --concurrency "$HS_WORKERS" --duration 60
+          stop_server
+        done < <(wsgates)
         start_node echo
         bench "handshake.node.$rep" handshake --url "ws://127.0.0.1:$PORT/" --total "$HS_TOTAL" --concurrency "$HS_WORKERS" --duration 60
         stop_server

@@ -68,6 +68,36 @@ def table(header, rows):
 CPU_HEAD = ["server CPU % of core", "client CPU % of core", "machine busy %"]
 
 
+# (figure, JSON path, label, True when higher is better)
+AB_FIGURES = [
+    ("echo", "msgs_per_s", "echo messages/s", True),
+    ("echo", "latency_us.p99", "echo RTT p99 µs", False),
+    ("echo", "server_cpu_us_per_msg", "echo server CPU µs per message", False),
+    ("room", "deliveries_per_s", "room deliveries/s", True),
+    ("fanout", "deliveries_per_s", "fan-out deliveries/s", True),
+    ("fanout", "latency_us.p99", "fan-out latency p99 µs", False),
+    ("idle", "server_rss.bytes_per_conn", "idle RSS bytes per connection", False),
+    ("idle", "server_cpu_us_per_conn_s", "idle CPU µs per connection-second", False),
+    ("handshake", "handshakes_per_s", "handshakes/s", True),
+    ("handshake", "server_cpu_us_per_handshake", "server CPU µs per handshake", False),
+]
+
+
+def before_after(runs):
+    """Rows comparing wsgate-base with wsgate (means over reps) for every figure both ran."""
+    out = []
+    for fig, path, label, higher in AB_FIGURES:
+        f = runs.get(fig, {})
+        b, a = mean(f.get("wsgate-base", []), path), mean(f.get("wsgate", []), path)
+        if b is None or a is None:
+            continue
+        r = a / b if b else None
+        ok = r is not None and (r >= 0.95 if higher else r <= 1.05)
+        out.append([label, fmt(b, 2), fmt(a, 2), f"{r:.3f}" if r else "–", "higher" if higher else "lower",
+                    "yes" if ok else "**no**"])
+    return out
+
+
 def main():
     args = sys.argv[1:]
     write = None
@@ -164,6 +194,10 @@ def main():
         parts.append(title + "\n\n" + table(["figure", "workers", "value"] + CPU_HEAD + ["clean"], out))
         best = max((float(v[:-1]) for v in scale.values() if v != "–"), default=0)
         verdicts.append((f"2 workers vs 1 >= 1.7x ({prefix})", best >= 1.7, ", ".join(f"{k} {v}" for k, v in scale.items())))
+    ab = before_after(runs)
+    if ab:
+        parts.append("### before / after: wsgate-base (BASE_BIN) against this wsgate, same run\n\n"
+                     + table(["figure", "wsgate-base", "wsgate", "after / before", "better is", "within 5 % or better"], ab))
     cross = [k for k in runs if k.startswith("wsload-")]
     if cross:
         out = []
