@@ -13,6 +13,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod hub;
 pub mod metrics;
 pub mod proxy;
