@@ -77,7 +77,7 @@ async fn a_proxy_that_strips_upgrade_headers_is_blamed_with_the_nginx_fix() {
     assert_has_all(
         text(up, "detail"),
         &[
-            "426 Upgrade Required where 101 was expected.",
+            "426 Upgrade Required where 101 was expected: the upgrade headers were lost on the way\n",
             "doctor sent Upgrade: websocket and Connection: Upgrade, but wsgate, which answered, got the request without them",
             "a proxy or load balancer between doctor and it most likely removed them",
             "hop-by-hop headers (RFC 9110 section 7.6.1)",
@@ -101,7 +101,7 @@ async fn a_proxy_that_strips_upgrade_headers_is_blamed_with_the_nginx_fix() {
     assert_has_all(
         &human.stdout,
         &[
-            "FAIL  upgrade  426 Upgrade Required where 101 was expected.",
+            "FAIL  upgrade  426 Upgrade Required where 101 was expected: the upgrade headers were lost on the way\n",
             "      fix:     nginx: in the location that proxies to the WebSocket server add",
             "                   proxy_set_header Upgrade $http_upgrade;",
             "\nnot ok: upgrade failed",

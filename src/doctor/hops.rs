@@ -136,7 +136,7 @@ impl Hops {
         };
         format!(
             "doctor sent Upgrade: websocket and Connection: Upgrade, but {app} got the request without \
-them: {hop} most likely removed them. They are hop-by-hop headers (RFC 9110 section 7.6.1), which \
+them: {hop} most likely removed them.\nThey are hop-by-hop headers (RFC 9110 section 7.6.1), which \
 every proxy drops unless it is told to pass the upgrade on"
         )
     }
@@ -206,7 +206,7 @@ pub fn idle_cut_cause(secs: f64, front: Option<Proxy>) -> String {
     let known = IDLE_LIMITS
         .iter()
         .find(|(limit, _)| (secs - limit).abs() <= 2.0)
-        .map(|(_, what)| format!(" It matches {what}."))
+        .map(|(_, what)| format!("; the time matches {what}"))
         .unwrap_or_default();
     let who = match front {
         Some(Proxy::Nginx) => {
@@ -229,7 +229,7 @@ tunnel or a load balancer's idle timeout; raise it, or let the server send pings
 websocket.ping_interval, 25 s by default) so the tunnel is never silent that long"
         }
     };
-    format!("{who}.{known}")
+    format!("{who}{known}")
 }
 
 #[cfg(test)]
@@ -303,12 +303,15 @@ mod tests {
     #[test]
     fn an_idle_cut_near_sixty_seconds_is_named() {
         let t = idle_cut_cause(60.4, None);
-        assert!(t.contains("It matches nginx's proxy_read_timeout"), "{t}");
+        assert!(
+            t.contains("; the time matches nginx's proxy_read_timeout"),
+            "{t}"
+        );
         let t = idle_cut_cause(2.0, Some(Proxy::Nginx));
         assert!(
             t.starts_with("nginx answered the upgrade: its proxy_read_timeout"),
             "{t}"
         );
-        assert!(!t.contains("It matches"), "{t}");
+        assert!(!t.contains("matches"), "{t}");
     }
 }

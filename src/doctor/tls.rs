@@ -267,7 +267,7 @@ or the port the server serves TLS on (usually 443)",
             let mut s = Step::fail("tls", detail).with_hint(hint);
             if let Some(seen) = &seen {
                 s.detail.push('\n');
-                s.detail.push_str(&describe_chain(&seen.chain, target));
+                s.detail.push_str(&describe_chain(&seen.chain));
             }
             s
         }
@@ -320,7 +320,7 @@ fn judge(
             .with_hint("the server sent no certificate; configure one on the server");
     };
     let leaf = Cert::parse(seen.chain.first());
-    lines.push(describe_chain(&seen.chain, target));
+    lines.push(describe_chain(&seen.chain));
     if let Some(leaf) = &leaf {
         step_facts.push(("days_left", leaf.days_left.into()));
         step_facts.push(("not_after", leaf.not_after.clone().into()));
@@ -431,7 +431,7 @@ fn ip_text(b: &[u8]) -> Option<String> {
 }
 
 /// Lines describing the leaf and the rest of the chain as the server sent it.
-fn describe_chain(chain: &[CertificateDer<'_>], target: &Target) -> String {
+fn describe_chain(chain: &[CertificateDer<'_>]) -> String {
     let mut lines = Vec::new();
     for (i, der) in chain.iter().enumerate() {
         let Some(c) = Cert::parse(Some(der)) else {
@@ -465,10 +465,7 @@ fn describe_chain(chain: &[CertificateDer<'_>], target: &Target) -> String {
         }
     }
     if chain.len() == 1 {
-        lines.push(format!(
-            "the server sent 1 certificate (no intermediates) for {}",
-            target.host
-        ));
+        lines.push("the server sent only this certificate (no intermediates)".to_string());
     }
     lines.join("\n")
 }

@@ -655,10 +655,10 @@ fn judge_refusal(
                 "the server speaks an old draft of the WebSocket protocol; upgrade it to RFC 6455".into(),
             )
         }
-        426 => refusal(format!("{expected}. {}", hops.stripped_story()), hops.upgrade_fix()),
-        400 if mentions_upgrade(body) => {
-            refusal(format!("{expected}. {}", hops.stripped_story()), hops.upgrade_fix())
-        }
+        426 | 400 if status == 426 || mentions_upgrade(body) => refusal(
+            format!("{expected}: the upgrade headers were lost on the way\n{}", hops.stripped_story()),
+            hops.upgrade_fix(),
+        ),
         400 => refusal(
             format!("{expected}: the server found the handshake malformed"),
             "compare the request above with what the server says in its body; a hop may have changed \
