@@ -63,9 +63,10 @@ pub async fn doctor_within(args: &[&str], limit: Duration) -> Run {
     }
 }
 
-/// Runs `wsgate doctor ARGS`, bounded by the usual wait.
+/// Runs `wsgate doctor ARGS`, bounded by the usual wait plus room for doctor's own 10 s step
+/// timeout to fire first.
 pub async fn doctor(args: &[&str]) -> Run {
-    doctor_within(args, WAIT).await
+    doctor_within(args, WAIT + Duration::from_secs(5)).await
 }
 
 /// Runs `wsgate doctor ARGS --json` and returns the exit code and the report.
