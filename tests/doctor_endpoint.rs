@@ -24,15 +24,7 @@ async fn wsgate_hub_and_echo_routes_pass_every_step_and_exit_0() {
             (0, &true.into(), &url.clone().into())
         );
         for s in report["steps"].as_array().unwrap() {
-            for key in [
-                "name",
-                "url",
-                "verdict",
-                "detail",
-                "hint",
-                "elapsed_ms",
-                "facts",
-            ] {
+            for key in wsgate::doctor::STEP_FIELDS {
                 assert!(s.get(key).is_some(), "{key} missing in {s}");
             }
             assert_eq!(s["url"], url.as_str());
@@ -67,12 +59,7 @@ async fn a_proxy_that_strips_upgrade_headers_is_blamed_with_the_nginx_fix() {
     let srv = start("").await;
     let proxy = strip_proxy(srv.addr).await;
     let url = format!("ws://{proxy}/room/x/");
-    let (code, report) = doctor_json(&[&url]).await;
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
+    let up = &refused_upgrade(&[&url]).await;
     assert_eq!(up["facts"]["status"], 426);
     assert_has_all(
         text(up, "detail"),
@@ -111,6 +98,38 @@ async fn a_proxy_that_strips_upgrade_headers_is_blamed_with_the_nginx_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsgate_in_front_passes_on_what_its_upstream_did_wrong() {
+    // wsgate (proxy) -> a hop that strips the upgrade headers -> wsgate (hub), which answers 426.
+    let hub = start("").await;
+    let stripper = strip_proxy(hub.addr).await;
+    let front = start(&format!(
+        "[websocket]\necho_path = \"\"\n[[upstream]]\nname = \"app\"\nservers = [\"{stripper}\"]\n\
+[[route]]\npath_prefix = \"/\"\nproxy_pass = \"app\"\n"
+    ))
+    .await;
+    let up = &refused_upgrade(&[&format!("ws://{}/room/x/", front.addr)]).await;
+    assert_eq!(up["facts"]["status"], 426);
+    assert_has_all(
+        text(up, "detail"),
+        &[
+            "wsgate in front forwarded the upgrade with Upgrade and Connection, and says: the upstream answered 426",
+            "answered by wsgate (by its X-Wsgate-Diagnosis header)",
+        ],
+    );
+    let hint = text(up, "hint");
+    assert!(
+        hint.contains("proxy_set_header Upgrade $http_upgrade;"),
+        "{hint}"
+    );
+    assert!(
+        !hint.contains("wsgate: zero config"),
+        "wsgate is already in front: {hint}"
+    );
+    front.shutdown().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_with_a_wrong_accept_fails_the_upgrade_and_stops_there() {
     let (addr, served) = answering_server(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -118,12 +137,7 @@ Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
             .into(),
     )
     .await;
-    let (code, report) = doctor_json(&[&format!("ws://{addr}/ws")]).await;
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
+    let up = &refused_upgrade(&[&format!("ws://{addr}/ws")]).await;
     assert_has_all(
         text(up, "detail"),
         &[
@@ -149,12 +163,7 @@ async fn a_redirect_says_where_it_points_and_is_followed_with_follow() {
     ))
     .await;
     let url = format!("ws://{addr}/old/");
-    let (code, report) = doctor_json(&[&url]).await;
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
+    let up = &refused_upgrade(&[&url]).await;
     assert_eq!(up["facts"]["location"], target.as_str());
     assert!(
         text(up, "detail").starts_with(&format!("301 Moved Permanently: redirects to {target}."))
@@ -201,12 +210,7 @@ async fn a_redirect_loop_is_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_names_the_path_and_shows_what_the_server_lists() {
     let srv = start("").await;
-    let (code, report) = doctor_json(&[&format!("ws://{}/chat/1/", srv.addr)]).await;
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
+    let up = &refused_upgrade(&[&format!("ws://{}/chat/1/", srv.addr)]).await;
     assert_eq!(up["facts"]["status"], 404);
     assert_has_all(
         text(up, "detail"),
@@ -224,12 +228,7 @@ async fn a_404_names_the_path_and_shows_what_the_server_lists() {
 async fn an_origin_refusal_names_the_origin_and_the_setting() {
     let srv = start("[websocket]\nallowed_origins = [\"https://app.example.com\"]\n").await;
     let url = format!("ws://{}/room/x/", srv.addr);
-    let (code, report) = doctor_json(&[&url, "--origin", "https://evil.example"]).await;
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
+    let up = &refused_upgrade(&[&url, "--origin", "https://evil.example"]).await;
     assert_eq!(up["facts"]["status"], 403);
     assert!(text(up, "detail").starts_with(
         "403 Forbidden where 101 was expected: the server refused the Origin doctor sent (https://evil.example)"
@@ -260,12 +259,7 @@ async fn a_refused_subprotocol_is_reported_and_an_accepted_one_named() {
     )
     .await;
     let url = format!("ws://{}/feed/1", srv.addr);
-    let (code, report) = doctor_json(&[&url, "--subprotocol", "v9.feed"]).await;
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
+    let up = &refused_upgrade(&[&url, "--subprotocol", "v9.feed"]).await;
     assert!(text(up, "detail").starts_with(
         "101 Switching Protocols, but it chose no subprotocol although doctor offered v9.feed"
     ));
@@ -324,13 +318,8 @@ async fn a_server_that_never_answers_is_cut_at_the_step_timeout() {
         }
     });
     let started = std::time::Instant::now();
-    let (code, report) = doctor_json(&[&format!("ws://{addr}/"), "--timeout", "500ms"]).await;
+    let up = &refused_upgrade(&[&format!("ws://{addr}/"), "--timeout", "500ms"]).await;
     let took = started.elapsed();
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
     assert!(text(up, "detail").starts_with("no answer to the upgrade request within the timeout"));
     assert!(text(up, "hint").contains("A TLS port waits silently"));
     assert!(took < Duration::from_secs(5), "took {took:?}");

@@ -18,18 +18,13 @@ async fn probe_through(cut: Cut) -> (i32, Value, String) {
     let srv = start("").await;
     let proxy = cutting_proxy(srv.addr, CUT, cut).await;
     let url = format!("ws://{proxy}/ws/echo");
-    let run = doctor_within(
-        &[&url, "--idle-probe", "3s", "--json"],
-        WAIT + Duration::from_secs(3),
-    )
-    .await;
-    let report = run.json();
+    let (code, report) = doctor_idle(&url, "3s", &[]).await;
     assert_eq!(
         verdicts(&report),
         "dns=pass tcp=pass upgrade=pass ping=pass idle=fail",
         "{report:#}"
     );
-    assert_eq!((run.code, &report["ok"]), (1, &false.into()));
+    assert_eq!((code, &report["ok"]), (1, &false.into()));
     let idle = step(&report, "idle").clone();
     let after = idle["facts"]["ended_after_s"].as_f64().unwrap();
     assert!(
@@ -37,7 +32,7 @@ async fn probe_through(cut: Cut) -> (i32, Value, String) {
         "cut after {after} s, the proxy cuts after {CUT:?}: {idle:#}"
     );
     srv.shutdown().await;
-    (run.code, idle, format!("{after:.1}"))
+    (code, idle, format!("{after:.1}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,15 +104,13 @@ async fn a_server_that_pings_keeps_the_silent_connection_open() {
             "PASS  close    sent Close 1000",
         ],
     );
-    let run = doctor_within(
-        &[&url, "--idle-probe", "2s", "--json"],
-        WAIT + Duration::from_secs(2),
-    )
-    .await;
-    let report = run.json();
+    let (code, report) = doctor_idle(&url, "2s", &[]).await;
     assert_eq!(
-        verdicts(&report),
-        "dns=pass tcp=pass upgrade=pass ping=pass idle=pass close=pass"
+        (code, verdicts(&report).as_str()),
+        (
+            0,
+            "dns=pass tcp=pass upgrade=pass ping=pass idle=pass close=pass"
+        )
     );
     let idle = step(&report, "idle");
     assert_eq!(idle["facts"]["ended"], "open");

@@ -112,12 +112,7 @@ async fn nginx_without_upgrade_headers_is_named_with_its_fix_and_after_the_fix_i
 
     let nginx = Nginx::start(srv.addr, BROKEN).await;
     let url = format!("ws://127.0.0.1:{}/room/x/", nginx.port);
-    let (code, report) = doctor_json(&[&url]).await;
-    assert_eq!(
-        (code, verdicts(&report).as_str()),
-        (1, "dns=pass tcp=pass upgrade=fail")
-    );
-    let up = step(&report, "upgrade");
+    let up = &refused_upgrade(&[&url]).await;
     let status = up["facts"]["status"].as_u64().unwrap();
     assert!(status == 426 || status == 400, "{up:#}");
     assert!(
@@ -150,18 +145,12 @@ async fn nginx_without_upgrade_headers_is_named_with_its_fix_and_after_the_fix_i
 
     let nginx = Nginx::start(srv.addr, FIXED).await;
     let url = format!("ws://127.0.0.1:{}/room/x/", nginx.port);
-    let run = doctor_within(
-        &[&url, "--idle-probe", "4s", "--json"],
-        WAIT + Duration::from_secs(4),
-    )
-    .await;
-    let report = run.json();
+    let (code, report) = doctor_idle(&url, "4s", &[]).await;
     assert_eq!(
-        verdicts(&report),
-        "dns=pass tcp=pass upgrade=pass ping=pass idle=fail",
+        (code, verdicts(&report).as_str()),
+        (1, "dns=pass tcp=pass upgrade=pass ping=pass idle=fail"),
         "{report:#}"
     );
-    assert_eq!(run.code, 1);
     let idle = step(&report, "idle");
     let after = idle["facts"]["ended_after_s"].as_f64().unwrap();
     assert!(

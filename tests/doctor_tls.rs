@@ -6,14 +6,39 @@ mod support;
 
 use support::doctor::*;
 use support::*;
+use wsgate::app::Running;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wss_passes_with_the_test_ca() {
+/// wsgate behind a TLS front whose leaf has `days_left` days left, and the test CA written to
+/// a file (in the returned dir).
+struct Setup {
+    srv: Running,
+    front: std::net::SocketAddr,
+    ca: String,
+    _dir: TempDir,
+}
+
+async fn setup(days_left: i64) -> Setup {
     let srv = start("").await;
-    let pki = Pki::with_days_left(90);
+    let pki = Pki::with_days_left(days_left);
     let dir = TempDir::new("doctor-tls");
     let ca = pki.write_ca(&dir.0);
     let front = tls_front(&pki, srv.addr).await;
+    Setup {
+        srv,
+        front,
+        ca,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_passes_with_the_test_ca() {
+    let Setup {
+        srv,
+        front,
+        ca,
+        _dir,
+    } = setup(90).await;
     for host in ["127.0.0.1".to_string(), "localhost".to_string()] {
         let url = format!("wss://{host}:{}/room/x/", front.port());
         let (code, report) = doctor_json(&[&url, "--ca", &ca]).await;
@@ -52,9 +77,7 @@ async fn wss_passes_with_the_test_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_ca_the_chain_fails_as_an_unknown_issuer_with_a_hint() {
-    let srv = start("").await;
-    let pki = Pki::with_days_left(90);
-    let front = tls_front(&pki, srv.addr).await;
+    let Setup { srv, front, .. } = setup(90).await;
     let (code, report) = doctor_json(&[&format!("wss://127.0.0.1:{}/room/x/", front.port())]).await;
     // A browser stops at the certificate; doctor goes on to say the rest works.
     assert_eq!(
@@ -84,11 +107,12 @@ async fn without_the_ca_the_chain_fails_as_an_unknown_issuer_with_a_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_certificate_is_reported_as_expired() {
-    let srv = start("").await;
-    let pki = Pki::with_days_left(-3);
-    let dir = TempDir::new("doctor-tls");
-    let ca = pki.write_ca(&dir.0);
-    let front = tls_front(&pki, srv.addr).await;
+    let Setup {
+        srv,
+        front,
+        ca,
+        _dir,
+    } = setup(-3).await;
     let (code, report) = doctor_json(&[
         &format!("wss://localhost:{}/room/x/", front.port()),
         "--ca",
@@ -116,11 +140,12 @@ async fn an_expired_certificate_is_reported_as_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_expiring_soon_is_a_warning() {
-    let srv = start("").await;
-    let pki = Pki::with_days_left(5);
-    let dir = TempDir::new("doctor-tls");
-    let ca = pki.write_ca(&dir.0);
-    let front = tls_front(&pki, srv.addr).await;
+    let Setup {
+        srv,
+        front,
+        ca,
+        _dir,
+    } = setup(5).await;
     let (code, report) = doctor_json(&[
         &format!("wss://127.0.0.1:{}/room/x/", front.port()),
         "--ca",

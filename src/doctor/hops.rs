@@ -43,6 +43,9 @@ pub struct Hops {
     pub via: Option<String>,
     /// `Server` as sent.
     pub server: Option<String>,
+    /// The body says the request arrived over HTTP/1.0 (nginx before 1.29.7 without
+    /// `proxy_http_version 1.1`).
+    pub saw_http10: bool,
 }
 
 impl Hops {
@@ -92,6 +95,7 @@ impl Hops {
             wsgate_diagnosis,
             via,
             server,
+            saw_http10: body.contains("HTTP/1.0"),
         }
     }
 
@@ -134,9 +138,14 @@ impl Hops {
             }
             _ => "a proxy or load balancer between doctor and it".to_string(),
         };
+        let downgraded = if self.saw_http10 {
+            " (and passed it on over HTTP/1.0, which cannot upgrade)"
+        } else {
+            ""
+        };
         format!(
             "doctor sent Upgrade: websocket and Connection: Upgrade, but {app} got the request without \
-them: {hop} most likely removed them.\nThey are hop-by-hop headers (RFC 9110 section 7.6.1), which \
+them: {hop} most likely removed them{downgraded}.\nThey are hop-by-hop headers (RFC 9110 section 7.6.1), which \
 every proxy drops unless it is told to pass the upgrade on"
         )
     }
@@ -144,15 +153,13 @@ every proxy drops unless it is told to pass the upgrade on"
     /// The fix for the proxy that most likely lost the upgrade headers; every known fix when the
     /// proxy is not known.
     pub fn upgrade_fix(&self) -> String {
-        let front = match (&self.front, &self.wsgate_diagnosis) {
-            // wsgate passes upgrades; the culprit is behind it, unknown.
-            (_, Some(_)) => None,
-            (Some((p, _)), _) => Some(*p),
-            (None, _) => None,
-        };
-        match front {
-            Some(p) => fix_for(p),
-            None => [Proxy::Nginx, Proxy::Caddy, Proxy::Haproxy, Proxy::Wsgate]
+        match (&self.front, &self.wsgate_diagnosis) {
+            // wsgate passes upgrades; the culprit is behind it, and unknown.
+            (_, Some(_)) => [Proxy::Nginx, Proxy::Caddy, Proxy::Haproxy]
+                .map(fix_for)
+                .join("\n"),
+            (Some((p, _)), None) => fix_for(*p),
+            (None, None) => [Proxy::Nginx, Proxy::Caddy, Proxy::Haproxy, Proxy::Wsgate]
                 .map(fix_for)
                 .join("\n"),
         }
@@ -289,6 +296,7 @@ mod tests {
                 .starts_with("wsgate in front forwarded the upgrade")
         );
         assert!(h.upgrade_fix().contains("nginx:"));
+        assert!(!h.upgrade_fix().contains("wsgate: zero config"));
     }
 
     #[test]

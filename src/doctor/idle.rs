@@ -35,8 +35,8 @@ pub async fn probe<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let after = start.elapsed().as_secs_f64();
-    let pings = conn.pings - pings_before;
-    let messages = conn.messages - messages_before;
+    let pings = conn.pings.saturating_sub(pings_before);
+    let messages = conn.messages.saturating_sub(messages_before);
     let sent = match (pings, messages) {
         (0, 0) => "the server sent nothing".to_string(),
         (p, 0) => format!("the server sent {p} ping(s)"),

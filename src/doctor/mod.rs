@@ -35,7 +35,7 @@ use std::time::Duration;
 use rustls::crypto::{CryptoProvider, SecureRandom};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use report::{Report, Step, Verdict};
+pub use report::{Report, STEP_FIELDS, Step, Verdict};
 pub use target::Target;
 pub use tls::CaError;
 

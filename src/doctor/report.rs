@@ -29,6 +29,17 @@ impl Verdict {
     }
 }
 
+/// The fields of each step in `--json`, in order.
+pub const STEP_FIELDS: [&str; 7] = [
+    "name",
+    "url",
+    "verdict",
+    "detail",
+    "hint",
+    "elapsed_ms",
+    "facts",
+];
+
 /// One check: `dns`, `tcp`, `tls`, `upgrade`, `redirect`, `ping`, `idle` or `close`.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -220,18 +231,17 @@ fn indented(out: &mut String, first: &str, text: &str) {
 
 /// Splits a line at spaces into pieces of at most [`WIDTH`] characters (a longer word stays whole).
 fn wrap(line: &str) -> Vec<String> {
-    let mut pieces = vec![String::new()];
+    let mut pieces = Vec::new();
+    let mut cur = String::new();
     for word in line.split(' ') {
-        let cur = pieces.last_mut().expect("pieces is never empty");
         if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > WIDTH {
-            pieces.push(word.to_string());
-        } else {
-            if !cur.is_empty() {
-                cur.push(' ');
-            }
-            cur.push_str(word);
+            pieces.push(std::mem::take(&mut cur));
+        } else if !cur.is_empty() {
+            cur.push(' ');
         }
+        cur.push_str(word);
     }
+    pieces.push(cur);
     pieces
 }
 
@@ -283,15 +293,7 @@ mod tests {
         let v = report(&[("upgrade", Verdict::Pass)]).to_json();
         assert_eq!(v["ok"], true);
         let s = &v["steps"][0];
-        for key in [
-            "name",
-            "url",
-            "verdict",
-            "detail",
-            "hint",
-            "elapsed_ms",
-            "facts",
-        ] {
+        for key in STEP_FIELDS {
             assert!(s.get(key).is_some(), "{key} missing in {s}");
         }
         assert_eq!(s["verdict"], "pass");

@@ -81,9 +81,9 @@ pub struct Conn<S> {
     skip: u64,
     random: &'static dyn SecureRandom,
     /// Server Pings seen (each answered).
-    pub pings: u32,
+    pub pings: u64,
     /// Complete data messages the server sent.
-    pub messages: u32,
+    pub messages: u64,
     /// When the last frame from the server arrived.
     pub last_frame: Instant,
 }
@@ -130,7 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match self.parse_frame() {
                 Err(v) => return Some(Event::Violation(v)),
                 Ok(Some(Frame::Ping(p))) => {
-                    self.pings += 1;
+                    self.pings = self.pings.saturating_add(1);
                     if let Err(e) = self.send(OpCode::Pong, &p).await {
                         return Some(io_event(&e));
                     }
@@ -180,6 +180,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 h.opcode_raw
             ));
         };
+        if h.len > i64::MAX as u64 {
+            return Err("the server sent a frame length with the most significant bit set (RFC 6455 section 5.2)".into());
+        }
         if op.is_control() && (h.len > MAX_CONTROL || !h.fin) {
             return Err(format!(
                 "the server sent a {op:?} frame of {} bytes{} (control frames are at most 125 bytes, unfragmented)",
@@ -191,7 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let total = h.size as u64 + h.len;
         if !op.is_control() {
             if h.fin {
-                self.messages += 1;
+                self.messages = self.messages.saturating_add(1);
             }
             if (self.buf.len() as u64) < total {
                 self.skip = total - self.buf.len() as u64;

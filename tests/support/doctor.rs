@@ -77,6 +77,29 @@ pub async fn doctor_json(args: &[&str]) -> (i32, Value) {
     (run.code, run.json())
 }
 
+/// Runs `wsgate doctor URL --idle-probe HOLD --json ARGS` (HOLD like "3s"), bounded by the
+/// usual wait plus the hold; returns the exit code and the report.
+pub async fn doctor_idle(url: &str, hold: &str, args: &[&str]) -> (i32, Value) {
+    let mut all = vec![url, "--idle-probe", hold, "--json"];
+    all.extend_from_slice(args);
+    let held =
+        Duration::from_secs_f64(hold.trim_end_matches('s').parse().expect("HOLD in seconds"));
+    let run = doctor_within(&all, WAIT + held).await;
+    (run.code, run.json())
+}
+
+/// Runs `wsgate doctor ARGS --json` for an endpoint whose upgrade is refused: asserts exit 1
+/// and that DNS and TCP passed, and returns the failed `upgrade` step.
+pub async fn refused_upgrade(args: &[&str]) -> Value {
+    let (code, report) = doctor_json(args).await;
+    assert_eq!(
+        (code, verdicts(&report).as_str()),
+        (1, "dns=pass tcp=pass upgrade=fail"),
+        "{report:#}"
+    );
+    step(&report, "upgrade").clone()
+}
+
 /// The step named `name` (the first one), with its fields as JSON.
 pub fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["steps"]
