@@ -44,13 +44,6 @@ const MAX_REDIRECTS: usize = 5;
 /// The longest `--timeout` or `--idle-probe`.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-const LONG_ABOUT: &str = "\
-Diagnose a WebSocket endpoint step by step, as a browser meets it: DNS, TCP, TLS (certificate
-chain, expiry, ALPN), the HTTP upgrade (request and answer shown), a Ping, optionally an idle hold,
-and the Close. Each step gets pass, warn or fail with a fix in plain words: a 426 or 400 names the
-proxy that most likely dropped Upgrade/Connection and prints its fix (nginx, Caddy, HAProxy,
-wsgate). Exit 0 only when the endpoint works; 1 otherwise; 2 on bad arguments.";
-
 const EXAMPLES: &str = "\
 Examples:
   wsgate doctor ws://127.0.0.1:8080/room/lobby/
@@ -61,7 +54,7 @@ Examples:
 
 /// `wsgate doctor` arguments.
 #[derive(Debug, Clone, clap::Args)]
-#[command(long_about = LONG_ABOUT, after_help = EXAMPLES)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// The endpoint: ws://, wss://, http:// or https:// (http(s) is checked as ws(s)).
     #[arg(value_parser = target::parse_arg)]
