@@ -161,37 +161,48 @@ pub fn run(args: Args) -> ExitCode {
     };
     let json = args.json;
     if !json {
-        print!("{}", report::render_header(&plan.target.url));
+        out(&report::render_header(&plan.target.url));
     }
     let mut prev_url = plan.target.url.clone();
     let report = rt.block_on(diagnose(&plan, &mut |step: &Step| {
         if json {
             return;
         }
-        print!("{}", report::render_step(&prev_url, step));
+        out(&report::render_step(&prev_url, step));
         if !step.url.is_empty() {
             prev_url = step.url.clone();
         }
         if let (Some(hold), "ping", Verdict::Pass | Verdict::Warn) =
             (plan.idle_probe, step.name, step.verdict)
         {
-            println!(
-                "{:15}(holding the connection silent for {:.1} s)",
+            out(&format!(
+                "{:15}(holding the connection silent for {:.1} s)\n",
                 "",
                 hold.as_secs_f64()
-            );
+            ));
         }
     }));
+    // A lookup still stuck in the resolver must not keep the process alive.
+    rt.shutdown_background();
     if json {
-        println!("{}", report.to_json());
+        out(&format!("{}\n", report.to_json()));
     } else {
-        print!("{}", report.render_summary());
+        out(&report.render_summary());
     }
     if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Writes to stdout as the report goes; a closed stdout (`| head`) is not an error worth a
+/// panic, and the exit code still tells the outcome.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 /// Runs every step against the plan's URL (and, with `--follow`, where it redirects);
