@@ -272,8 +272,7 @@ or the port the server serves TLS on (usually 443)",
             s
         }
         Ok(Ok(stream)) => {
-            let step = judge(&stream, seen, target, &roots_name);
-            let mut step = step;
+            let mut step = judge(&stream, seen, target, &roots_name);
             step.elapsed_ms = ms_since(start);
             return (step, Some(stream));
         }
@@ -307,33 +306,42 @@ fn judge(
         Some(p) => format!("ALPN {p}"),
         None => "no ALPN (the server chose none; HTTP/1.1 is assumed)".to_string(),
     };
-    let mut lines = vec![format!("{version} ({suite}), {alpn_text}")];
-    let mut verdict = Verdict::Pass;
-    let mut hint = None;
-    let mut step_facts: Vec<(&str, serde_json::Value)> = vec![
-        ("tls_version", version.clone().into()),
-        ("cipher_suite", suite.into()),
-        ("alpn", alpn.clone().into()),
-    ];
+    let lines = vec![format!("{version} ({suite}), {alpn_text}")];
     let Some(seen) = seen else {
         return Step::fail("tls", lines.join("\n"))
             .with_hint("the server sent no certificate; configure one on the server");
     };
+    let mut step = judge_chain(&seen, target, roots_name, lines)
+        .with_fact("tls_version", version)
+        .with_fact("cipher_suite", suite)
+        .with_fact("alpn", alpn.clone());
+    if matches!(alpn.as_deref(), Some(p) if p != "http/1.1") {
+        step.verdict = Verdict::Fail;
+        step.hint = Some(
+            "the server picked an ALPN protocol doctor did not offer; fix its TLS config".into(),
+        );
+    }
+    step
+}
+
+/// The verdict on the certificate chain: verification, and the leaf's expiry. Both problems are
+/// named when both are there.
+fn judge_chain(seen: &Seen, target: &Target, roots_name: &str, mut lines: Vec<String>) -> Step {
+    let mut verdict = Verdict::Pass;
+    let mut hints = Vec::new();
     let leaf = Cert::parse(seen.chain.first());
     lines.push(describe_chain(&seen.chain));
     if let Some(leaf) = &leaf {
-        step_facts.push(("days_left", leaf.days_left.into()));
-        step_facts.push(("not_after", leaf.not_after.clone().into()));
         if leaf.days_left < 0 {
             verdict = Verdict::Fail;
-            hint = Some(format!(
+            hints.push(format!(
                 "renew the certificate (certbot renew, or your ACME client) and reload the server; it \
 expired on {}",
                 leaf.not_after
             ));
         } else if leaf.days_left < WARN_DAYS {
             verdict = Verdict::Warn;
-            hint = Some(format!(
+            hints.push(format!(
                 "renew the certificate before {}; check that automatic renewal runs",
                 leaf.not_after
             ));
@@ -348,30 +356,26 @@ expired on {}",
 to check the rest)"
             ));
             verdict = Verdict::Fail;
-            // An expiry hint from above says the same thing in more detail.
-            if !matches!(
+            let expiry = matches!(
                 e,
                 rustls::Error::InvalidCertificate(
                     CertificateError::Expired | CertificateError::ExpiredContext { .. }
                 )
-            ) || hint.is_none()
-            {
-                hint = Some(fix);
+            );
+            // The expiry hint above already says it, with the date.
+            if !(expiry && leaf.is_some()) {
+                hints.push(fix);
             }
         }
     }
-    if matches!(alpn.as_deref(), Some(p) if p != "http/1.1") {
-        verdict = Verdict::Fail;
-        hint = Some(
-            "the server picked an ALPN protocol doctor did not offer; fix its TLS config".into(),
-        );
-    }
     let mut step =
         Step::new("tls", verdict, lines.join("\n")).with_fact("verified", seen.verified.is_ok());
-    for (k, v) in step_facts {
-        step = step.with_fact(k, v);
+    if let Some(leaf) = &leaf {
+        step = step
+            .with_fact("days_left", leaf.days_left)
+            .with_fact("not_after", leaf.not_after.clone());
     }
-    step.hint = hint;
+    step.hint = (!hints.is_empty()).then(|| hints.join("\n"));
     step
 }
 
