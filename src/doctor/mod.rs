@@ -4,8 +4,9 @@
 //! 1. `dns`: resolve the host (`net.rs`);
 //! 2. `tcp`: connect to one of its addresses (`net.rs`);
 //! 3. `tls` for `wss://`/`https://`: chain, expiry, version, ALPN (`tls.rs`);
-//! 4. `upgrade`: the handshake, request and answer shown, refusals explained with the hop that
-//!    most likely lost the upgrade headers and its fix (`upgrade.rs`, `hops.rs`); a redirect is
+//! 4. `upgrade`: the handshake, request and answer shown (`upgrade.rs`), the 101 checked and
+//!    refusals explained (`answer.rs`) with the hop that most likely lost the upgrade headers and
+//!    its fix (`hops.rs`); a redirect is
 //!    followed with `--follow`, starting again at `dns` for the new URL;
 //! 5. `ping`: a Ping and its Pong (`session.rs`);
 //! 6. `idle` with `--idle-probe`: hold a silent connection and report how it ended (`idle.rs`);
@@ -18,6 +19,7 @@
 //! `proxy`), changes no state on the server (no data frames are sent), and uses only
 //! `crate::ws` for framing and the accept key. The report types live in `report.rs`.
 
+mod answer;
 mod hops;
 mod idle;
 mod net;
