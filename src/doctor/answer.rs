@@ -320,9 +320,7 @@ mod tests {
     use crate::doctor::upgrade::parse_head;
 
     fn sent(protocols: &[&str], origin: Option<&str>) -> Sent {
-        let t = Target::parse("ws://h:1/p").unwrap();
-        let protocols: Vec<String> = protocols.iter().map(|s| s.to_string()).collect();
-        Sent::new(&t, "dGhlIHNhbXBsZSBub25jZQ==".into(), origin, &protocols)
+        Sent::for_test(protocols, origin)
     }
 
     fn head(raw: &str) -> Head {

@@ -197,6 +197,16 @@ Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
     }
 }
 
+#[cfg(test)]
+impl Sent {
+    /// The request to `ws://h:1/p` with RFC 6455's sample key, for unit tests.
+    pub fn for_test(protocols: &[&str], origin: Option<&str>) -> Sent {
+        let protocols: Vec<String> = protocols.iter().map(|s| s.to_string()).collect();
+        let t = Target::parse("ws://h:1/p").expect("a valid URL");
+        Sent::new(&t, "dGhlIHNhbXBsZSBub25jZQ==".into(), origin, &protocols)
+    }
+}
+
 /// What the upgrade led to.
 #[derive(Debug)]
 pub enum Outcome {
@@ -508,9 +518,7 @@ mod tests {
     use super::*;
 
     fn sent(protocols: &[&str], origin: Option<&str>) -> Sent {
-        let t = Target::parse("ws://h:1/p").unwrap();
-        let protocols: Vec<String> = protocols.iter().map(|s| s.to_string()).collect();
-        Sent::new(&t, "dGhlIHNhbXBsZSBub25jZQ==".into(), origin, &protocols)
+        Sent::for_test(protocols, origin)
     }
 
     #[test]
