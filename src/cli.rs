@@ -15,6 +15,9 @@ Examples:
                                            any config key from the environment
   wsgate check-config wsgate.toml          validate a config file and exit
   wsgate bench echo --conns 100            measure a server on this machine (see bench --help)
+  wsgate doctor wss://example.com/ws       diagnose an endpoint step by step (see doctor --help)
+  wsgate doctor ws://127.0.0.1:8080/room/lobby/ --idle-probe 75s
+                                           also report when and how a silent connection is cut
 
 Then open http://127.0.0.1:8080/ and publish from any backend:
   curl -H 'Content-Type: text/plain' -d 'hello' http://127.0.0.1:8080/api/groups/room:lobby/messages";
@@ -44,6 +47,9 @@ pub enum Command {
     /// Measure a WebSocket server on this machine (wsgate or a peer): echo, room, fanout, idle
     /// or handshake. One JSON object on stdout; exit 1 on any loss or error.
     Bench(crate::bench::Args),
+    /// Diagnose a WebSocket endpoint step by step (DNS, TCP, TLS, upgrade, ping, idle, close),
+    /// each with pass/warn/fail and a fix. Exit 0 only when the endpoint works.
+    Doctor(crate::doctor::Args),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -62,6 +68,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Serve(args) => serve(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Doctor(args) => crate::doctor::run(args),
     }
 }
 

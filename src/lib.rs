@@ -16,6 +16,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod hub;
 pub mod lifecycle;
 pub mod metrics;
