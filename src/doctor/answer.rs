@@ -5,10 +5,10 @@
 //!
 //! Pure judgement over a parsed head and body; the reading and writing is in `upgrade.rs`.
 
+use super::head::{Head, Sent};
 use super::hops::Hops;
 use super::report::Verdict;
 use super::target::Target;
-use super::upgrade::{Head, Sent};
 
 /// What is wrong with a 101 and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,7 +317,7 @@ fn redirect(head: &Head, target: &Target, follow: bool, line: &str) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::upgrade::parse_head;
+    use crate::doctor::head::parse_head;
 
     fn sent(protocols: &[&str], origin: Option<&str>) -> Sent {
         Sent::for_test(protocols, origin)

@@ -4,7 +4,7 @@
 //!
 //! Pure text work over a response head and body; no I/O.
 
-use super::upgrade::Head;
+use super::head::Head;
 
 /// The kinds of front server doctor knows the fixes for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,7 +245,7 @@ mod tests {
 
     fn head(lines: &str) -> Head {
         let raw = format!("HTTP/1.1 426 Upgrade Required\r\n{lines}\r\n");
-        super::super::upgrade::parse_head(raw.as_bytes())
+        super::super::head::parse_head(raw.as_bytes())
             .expect("valid head")
             .expect("complete head")
             .0

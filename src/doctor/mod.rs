@@ -20,6 +20,7 @@
 //! `crate::ws` for framing and the accept key. The report types live in `report.rs`.
 
 mod answer;
+mod head;
 mod hops;
 mod idle;
 mod net;
@@ -280,7 +281,7 @@ impl Run<'_> {
     ) -> Option<Target> {
         let plan = self.plan;
         let random = plan.provider.secure_random;
-        let sent = upgrade::Sent::new(
+        let sent = head::Sent::new(
             target,
             fresh_key(random),
             plan.origin.as_deref(),
