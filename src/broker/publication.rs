@@ -37,6 +37,11 @@ pub struct Publication {
     /// The connection on the origin node that published it and must not get it back (a route
     /// with `echo_to_sender = false`), if any.
     pub sender: Option<u64>,
+    /// One encoding made for free by whoever created the publication, as (codec name, bytes):
+    /// a client's message arrives with room for its frame header, so it is already framed for
+    /// plain clients. The fan-out uses it instead of encoding again for that codec. It never
+    /// leaves this node.
+    pub encoded: Option<(&'static str, Bytes)>,
 }
 
 impl Publication {
@@ -48,7 +53,14 @@ impl Publication {
             position: None,
             origin: 0,
             sender: None,
+            encoded: None,
         }
+    }
+
+    /// The same, with `bytes` as its encoding for codec `codec` (see [`Publication::encoded`]).
+    pub fn with_encoding(mut self, codec: &'static str, bytes: Bytes) -> Self {
+        self.encoded = Some((codec, bytes));
+        self
     }
 
     /// The same, but not delivered back to connection `sender` of this node.

@@ -58,6 +58,47 @@ const TOKEN_LEN: usize = 8;
 /// Longest frame header: 2 + 8 (length) + 4 (mask).
 const MAX_HDR: usize = 14;
 
+/// A place among `server.max_connections` tunnels, given back when dropped.
+#[derive(Debug)]
+pub struct TunnelSlot {
+    _slot: crate::lifecycle::Slot,
+    /// Whether the tunnel opened (and so counts in the tunnel gauge).
+    opened: bool,
+}
+
+impl TunnelSlot {
+    pub(super) fn new(slot: crate::lifecycle::Slot) -> Self {
+        TunnelSlot {
+            _slot: slot,
+            opened: false,
+        }
+    }
+
+    pub(super) fn open(&mut self) {
+        self.opened = true;
+        crate::metrics::METRICS.proxy_tunnels.inc();
+        crate::metrics::METRICS.proxy_tunnels_total.inc();
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        if self.opened {
+            crate::metrics::METRICS.proxy_tunnels.dec();
+        }
+    }
+}
+
+/// What a tunnel holds for its whole life and gives back when it ends: its place among the
+/// tunnels and the upstream server's in-flight count. Kept inline (not boxed), so a tunnel
+/// handed to an engine leaves no small allocation behind on the tokio worker, where it would
+/// pin the pages of the handshake's freed task memory.
+#[derive(Debug)]
+pub struct Guard {
+    pub(super) _slot: TunnelSlot,
+    pub(super) _active: super::balance::Active,
+}
+
 /// Per-tunnel settings.
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {

@@ -34,9 +34,8 @@ use super::error::Error;
 use super::h1::{self, Field, Framing};
 use super::headers::Forwarding;
 use super::state::Proxy;
-use super::tunnel;
+use super::tunnel::{self, Guard, TunnelSlot};
 use super::uring;
-use crate::lifecycle::Slot;
 use crate::metrics::METRICS;
 use crate::reply::{Body, reply_and_close};
 use crate::transport::{Rewind, Transport};
@@ -131,42 +130,17 @@ impl Refusal {
     }
 }
 
-/// A place among `server.max_connections` tunnels, taken before the upstream is asked (so
-/// concurrent handshakes cannot overshoot the limit) and given back when dropped.
-struct TunnelSlot {
-    _slot: Slot,
-    /// Whether the tunnel opened (and so counts in the tunnel gauge).
-    opened: bool,
-}
-
-impl TunnelSlot {
-    fn take(proxy: &Proxy, peer: SocketAddr) -> Result<TunnelSlot, Refusal> {
-        if proxy.tunnels.shutdown.is_begun() {
-            return Err(Refusal::ShuttingDown);
-        }
-        match proxy.slots.take() {
-            Ok(slot) => Ok(TunnelSlot {
-                _slot: slot,
-                opened: false,
-            }),
-            Err(full) => {
-                tracing::warn!(%peer, max = full.max, "tunnel refused: server.max_connections reached");
-                Err(Refusal::Full { max: full.max })
-            }
-        }
+/// Takes a place among `server.max_connections` tunnels before the upstream is asked (so
+/// concurrent handshakes cannot overshoot the limit); it is given back when dropped.
+fn take_slot(proxy: &Proxy, peer: SocketAddr) -> Result<TunnelSlot, Refusal> {
+    if proxy.tunnels.shutdown.is_begun() {
+        return Err(Refusal::ShuttingDown);
     }
-
-    fn open(&mut self) {
-        self.opened = true;
-        METRICS.proxy_tunnels.inc();
-        METRICS.proxy_tunnels_total.inc();
-    }
-}
-
-impl Drop for TunnelSlot {
-    fn drop(&mut self) {
-        if self.opened {
-            METRICS.proxy_tunnels.dec();
+    match proxy.slots.take() {
+        Ok(slot) => Ok(TunnelSlot::new(slot)),
+        Err(full) => {
+            tracing::warn!(%peer, max = full.max, "tunnel refused: server.max_connections reached");
+            Err(Refusal::Full { max: full.max })
         }
     }
 }
@@ -464,7 +438,7 @@ fn spawn_tunnel<C: Transport>(
     slot.open();
     let proxy = proxy.clone();
     tokio::spawn(async move {
-        let _slot = slot;
+        let mut _slot = slot;
         let _active = active;
         // Tunnel frames are small and latency-bound, whichever engine relays them (the
         // upstream side got this at connect).
@@ -487,15 +461,13 @@ fn spawn_tunnel<C: Transport>(
             Some(engines) => match client.into_tcp() {
                 Err(other) => other,
                 Ok(tcp) => {
-                    let beat = tunnel::enroll(&env);
                     match (into_fd(tcp), into_fd(upstream)) {
                         (Ok(client), Ok(upstream)) => engines.hand_over(uring::Handoff {
                             client,
                             client_leftover: c_pre,
                             upstream,
                             upstream_leftover: u_pre,
-                            beat,
-                            guard: Box::new((_slot, _active)),
+                            guard: Guard { _slot, _active },
                         }),
                         (Err(e), _) | (_, Err(e)) => {
                             tracing::warn!(error = %e, "could not hand a tunnel to io_uring; closed it");
@@ -573,7 +545,7 @@ async fn upgrade_raw<'a, S: Transport>(
     peer: SocketAddr,
 ) {
     METRICS.proxy_requests.inc();
-    let slot = match TunnelSlot::take(proxy, peer) {
+    let slot = match take_slot(proxy, peer) {
         Ok(s) => s,
         Err(r) => return r.reply(&mut client).await,
     };
@@ -687,7 +659,7 @@ pub async fn upgrade(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let slot = match TunnelSlot::take(proxy, peer) {
+    let slot = match take_slot(proxy, peer) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };

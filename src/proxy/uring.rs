@@ -64,10 +64,8 @@ pub struct Handoff {
     pub client_leftover: Bytes,
     pub upstream: OwnedFd,
     pub upstream_leftover: Bytes,
-    /// Its place in the heartbeat wheel ([`super::tunnel::enroll`]).
-    pub beat: Arc<TunnelEntry>,
     /// Dropped when the tunnel ends (the tunnel gauge, the upstream's active count).
-    pub guard: Box<dyn Send>,
+    pub guard: tunnel::Guard,
 }
 
 /// What other threads leave for an engine.
@@ -326,7 +324,7 @@ struct Tunnel {
     discard: bool,
     /// Ending: every operation was cancelled; the slot is freed when the last one completes.
     ending: bool,
-    _guard: Box<dyn Send>,
+    _guard: tunnel::Guard,
 }
 
 impl Tunnel {
@@ -529,7 +527,7 @@ impl Engine {
             fd: [h.client, h.upstream],
             d,
             io: [Io::default(), Io::default()],
-            beat: h.beat,
+            beat: tunnel::enroll(&self.env),
             waker,
             limits,
             close_at: None,

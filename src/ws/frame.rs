@@ -188,11 +188,6 @@ impl Message {
         &self.buf[SERVER_HEADER_MAX..]
     }
 
-    /// The payload alone, without copying it.
-    pub fn into_payload(self) -> Bytes {
-        self.buf.freeze().slice(SERVER_HEADER_MAX..)
-    }
-
     /// Turns the message into a ready-to-send unmasked frame without copying the payload.
     pub fn into_frame(mut self) -> Bytes {
         let len = self.buf.len() - SERVER_HEADER_MAX;

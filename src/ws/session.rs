@@ -26,11 +26,13 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::close::{CloseReason, ProtocolError};
+use super::codec::RAW;
 use super::frame::{self, Decoder, Event, OpCode};
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
 use crate::broker::{Kind, Publication};
 use crate::config::OnMessage;
+use crate::hub::Codec;
 use crate::hub::Hub;
 use crate::lifecycle::Slots;
 use crate::metrics::METRICS;
@@ -283,7 +285,12 @@ impl<S: Transport> Session<S> {
     fn publish(&mut self, m: frame::Message) {
         let Some(g) = &self.group else { return };
         let kind = if m.text { Kind::Text } else { Kind::Binary };
-        let mut p = Publication::new(g.clone(), m.into_payload(), kind);
+        // The message has room for its frame header in front: framing it for plain clients
+        // costs no copy, and the payload is a view into the same bytes.
+        let framed = m.into_frame();
+        let header = frame::parse_header(&framed).map_or(0, |h| h.size);
+        let payload = framed.slice(header..);
+        let mut p = Publication::new(g.clone(), payload, kind).with_encoding(RAW.name(), framed);
         if !self.route.echo_to_sender {
             p = p.except(self.outbox.id);
         }
