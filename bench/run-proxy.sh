@@ -9,7 +9,8 @@
 # Settings (environment): ECHO_CONNS (100), ECHO_SECONDS (5), IDLE_CONNS (5000, keep <= 9000: a
 # proxy holds 2 fds per tunnel and open files are capped at 20,000), IDLE_HOLD (10), HS_TOTAL
 # (20000), HS_WORKERS (50), LONG_CONNS (10), LONG_HOLD (70), HOLD_BACKEND_PING (0s), SIZE (64),
-# OUT (results folder; reuse one to redo some figures), BASE_BIN (another wsgate binary, e.g. a
+# OUT (results folder; reuse one to redo some figures), WSGATE_BIN (the wsgate to measure, not built; default: a release build of this tree),
+# BASE_BIN (another wsgate binary, e.g. a
 # build of main: adds the target wsgate-base, that binary as the proxy, for before/after in one
 # run).
 # `profile` (not in the default list unless PROFILE=1) records `perf record -e cpu-clock -g` of
@@ -61,8 +62,10 @@ stop_system_services
 nginx -v 2>"$OUT/versions.txt"
 haproxy -v | head -1 >>"$OUT/versions.txt"
 
-cargo build --release --quiet
-BIN="$ROOT/target/release/wsgate"
+if [ -z "${WSGATE_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 "$BIN" --version >>"$OUT/versions.txt" 2>/dev/null || true
 
 PIDS=()

@@ -11,7 +11,8 @@
 # IDLE_HOLD (30; 60+ for a long hold), HS_TOTAL (20000), HS_WORKERS (50), SIZE (64),
 # CORE_CAP (0.3: cores each worker may use in the `scaling` figure),
 # OUT (results folder; reuse one to add figures to a run), WSLOAD (path to a built wsload for the cross-check; default ../shared/wsload/target/release/wsload
-# or /tmp/wsload/target/release/wsload when present), BASE_BIN (another wsgate binary, e.g. the
+# or /tmp/wsload/target/release/wsload when present), WSGATE_BIN (the wsgate to measure, not built; default: a release build of this tree),
+# BASE_BIN (another wsgate binary, e.g. the
 # one before a change: echo, room, fan-out, idle and handshake also run against it as
 # "wsgate-base", right before wsgate, and tables.md gains a before/after table).
 set -euo pipefail
@@ -48,8 +49,10 @@ OUT="${OUT:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 echo "results in $OUT" >&2
 
-cargo build --release --quiet
-BIN="$ROOT/target/release/wsgate"
+if [ -z "${WSGATE_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 (cd bench/peers && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund --silent; })
 
 SERVER_PID=""

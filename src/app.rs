@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::api::Api;
 use crate::broker::Broker;
-use crate::broker::memory::Memory;
+use crate::broker::memory::{self, Memory};
+use crate::broker::policy::{GroupPattern, Policies, StreamPolicy};
 use crate::config::{BrokerKind, Config};
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, raise_nofile_limit};
@@ -106,10 +107,35 @@ impl Deref for Running {
     }
 }
 
+/// Which groups keep history, from the hub routes that ask for it (first route wins).
+fn policies(config: &Config) -> Policies {
+    Policies::new(
+        config
+            .effective_routes()
+            .iter()
+            .filter_map(|r| {
+                let h = r.history?;
+                let template = r.group.as_deref()?;
+                Some((
+                    GroupPattern::new(template),
+                    StreamPolicy {
+                        size: h.size,
+                        ttl: h.ttl.get(),
+                    },
+                ))
+            })
+            .collect(),
+    )
+}
+
 /// The broker `config` asks for.
 fn broker(config: &Config) -> Arc<dyn Broker> {
     match config.broker.kind {
-        BrokerKind::Memory => Arc::new(Memory::new()),
+        BrokerKind::Memory => Arc::new(Memory::new(memory::Settings {
+            policies: policies(config),
+            max_bytes: config.hub.history_max_bytes,
+            meta_ttl: config.hub.history_meta_ttl.get(),
+        })),
     }
 }
 
@@ -130,7 +156,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let shutdown = Shutdown::new();
-    let hub = Hub::new(broker(&config));
+    let broker = broker(&config);
+    let broker_task = broker.clone().background();
+    let hub = Hub::new(broker);
     let ws = &config.websocket;
     let heartbeat = Heartbeat::new(ws.ping_interval.get(), ws.pong_timeout.get());
     let proxy = Arc::new(Proxy::new(&config, &shutdown));
@@ -150,11 +178,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
     ));
     let accept = tokio::spawn(listener::serve(listener, server.clone()));
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(heartbeat.run()),
         tokio::spawn(proxy.tunnels.heartbeat.clone().run()),
         tokio::spawn(proxy.clone().run_health_checks()),
     ];
+    tasks.extend(broker_task.map(tokio::spawn));
     Ok(Running {
         addr,
         handle: Handle(server),

@@ -38,6 +38,9 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -63,6 +66,12 @@ pub struct Metrics {
     pub proxy_tunnels: Gauge,
     pub proxy_tunnels_total: Counter,
     pub proxy_pongs_swallowed: Counter,
+    pub history_bytes: Gauge,
+    pub command_errors: Counter,
+    pub replayed: Counter,
+    pub recoveries_failed: Counter,
+    pub recoveries: Counter,
+    pub history_evictions: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -83,12 +92,18 @@ pub static METRICS: Metrics = Metrics {
     proxy_tunnels: Gauge::new(),
     proxy_tunnels_total: Counter::new(),
     proxy_pongs_swallowed: Counter::new(),
+    history_bytes: Gauge::new(),
+    command_errors: Counter::new(),
+    replayed: Counter::new(),
+    recoveries_failed: Counter::new(),
+    recoveries: Counter::new(),
+    history_evictions: Counter::new(),
 };
 
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 17] = [
+        let rows: [(&str, &str, &str, u64); 23] = [
             (
                 "wsgate_ws_connections",
                 "gauge",
@@ -190,6 +205,42 @@ impl Metrics {
                 "counter",
                 "Pongs answering wsgate's own tunnel pings, not forwarded",
                 self.proxy_pongs_swallowed.get(),
+            ),
+            (
+                "wsgate_hub_history_bytes",
+                "gauge",
+                "Bytes groups' history holds (payload + 64 per publication)",
+                self.history_bytes.get(),
+            ),
+            (
+                "wsgate_hub_history_evictions_total",
+                "counter",
+                "Groups whose history was dropped to stay under hub.history_max_bytes",
+                self.history_evictions.get(),
+            ),
+            (
+                "wsgate_ws_recoveries_total",
+                "counter",
+                "wsgate.v1 subscribes that recovered everything missed",
+                self.recoveries.get(),
+            ),
+            (
+                "wsgate_ws_recoveries_failed_total",
+                "counter",
+                "wsgate.v1 subscribes that could not recover (recovered: false)",
+                self.recoveries_failed.get(),
+            ),
+            (
+                "wsgate_hub_replayed_total",
+                "counter",
+                "Publications replayed to joining clients (replay and recovery)",
+                self.replayed.get(),
+            ),
+            (
+                "wsgate_ws_command_errors_total",
+                "counter",
+                "wsgate.v1 commands answered with an error",
+                self.command_errors.get(),
             ),
         ];
         let mut out = String::with_capacity(2048);

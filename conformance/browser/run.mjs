@@ -8,6 +8,7 @@
 // only when every test passed.
 
 import { chromium } from 'playwright-core';
+import { createServer } from 'node:http';
 import { mkdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -64,7 +65,7 @@ let browser;
 let context;
 const pages = new Map(); // name -> { page, room, logs: [] }
 
-async function openTab(name, room) {
+async function openTab(name, room, client = 'raw') {
   if (pages.has(name)) {
     const tab = pages.get(name);
     await waitState(tab, 'open');
@@ -82,12 +83,13 @@ async function openTab(name, room) {
     ws.on('socketerror', (e) => tab.logs.push(`websocket: error ${e}`));
   });
   page.setDefaultTimeout(OPEN_MS);
-  const url = `${BASE}/?room=${encodeURIComponent(room)}`;
+  const url = `${BASE}/?room=${encodeURIComponent(room)}${client === 'raw' ? '' : `&client=${client}`}`;
   const resp = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: OPEN_MS });
   assert(resp && resp.ok(), `GET ${url} answered ${resp ? resp.status() : 'nothing'}`);
   await waitState(tab, 'open');
   const wsUrl = await page.textContent('#ws-url');
-  const expected = `${BASE.replace(/^http/, 'ws')}/room/${encodeURIComponent(room)}/`;
+  const expected = `${BASE.replace(/^http/, 'ws')}/room/${encodeURIComponent(room)}/`
+    + (client === 'raw' ? '' : ' (wsgate.v1)');
   assert(wsUrl === expected, `#ws-url shows ${JSON.stringify(wsUrl)}, expected ${JSON.stringify(expected)}`);
   return tab;
 }
@@ -269,6 +271,103 @@ test('g. a binary message is shown as [binary N bytes]', async () => {
   const bytes = new Uint8Array(37).map((_, i) => (i * 7) & 0xff);
   assertDelivered(await publish(ROOM_A, bytes, 'application/octet-stream'), 1);
   await waitMessage(t1, '[binary 37 bytes]');
+});
+
+async function getJson(path) {
+  const res = await fetch(`${BASE}${path}`, { signal: AbortSignal.timeout(HTTP_MS) });
+  const raw = await res.text();
+  assert(res.ok, `GET ${path} answered ${res.status}: ${raw.slice(0, 300)}`);
+  return JSON.parse(raw);
+}
+
+// The .msg lines of a tab that look like `prefix-N`, in page order.
+async function progressLines(tab, prefix) {
+  return (await messages(tab)).filter((m) => m.includes(prefix)).map((m) => m.slice(m.indexOf(prefix)));
+}
+
+function assertOnceInOrder(lines, want, where) {
+  assert(JSON.stringify(lines) === JSON.stringify(want),
+    `${where}: expected every line once, in order; got ${JSON.stringify(lines)}`);
+}
+
+test('h. with wsgate.js, a socket the server cuts reconnects and every progress line shows once, in order', async () => {
+  const room = uid('bt-cut');
+  const tab = await openTab('t4', room, 'wsgate.js');
+  const prefix = uid('progress');
+  const want = Array.from({ length: 40 }, (_, i) => `${prefix}-${String(i).padStart(2, '0')}`);
+  let cut = false;
+  for (const [i, line] of want.entries()) {
+    if (i === 15) {
+      // Cut this page's socket from the server side, as an admin (or a restart) would.
+      const p = await getJson(`/api/groups/${encodeURIComponent(`room:${room}`)}/presence`);
+      assert(p.count === 1, `expected the page alone in the room: ${JSON.stringify(p)}`);
+      const id = p.connections[0].id;
+      const res = await fetch(`${BASE}/api/connections/${id}?code=1012&reason=cut%20by%20the%20test`,
+        { method: 'DELETE', signal: AbortSignal.timeout(HTTP_MS) });
+      assert(res.ok, `DELETE /api/connections/${id} answered ${res.status}`);
+      cut = true;
+    }
+    const r = await publish(room, line);
+    assert(r.status === 200, `publish answered ${r.status}: ${r.raw}`);
+    await sleep(30);
+  }
+  assert(cut, 'the socket was cut');
+  await waitMessage(tab, want[want.length - 1], OPEN_MS);
+  await tab.page.waitForFunction(() => [...document.querySelectorAll('#messages .note')]
+    .some((e) => e.textContent.includes('every missed message recovered')), null, { timeout: ARRIVE_MS });
+  assertOnceInOrder(await progressLines(tab, prefix), want, 'tab t4');
+  mkdirSync(OUT_DIR, { recursive: true });
+  await tab.page.screenshot({ path: join(OUT_DIR, 'wsgate-js-recovered.png'), fullPage: true });
+});
+
+test('i. a raw page replaced by a classic form POST shows every progress line the backend published meanwhile', async () => {
+  const room = uid('bt-form');
+  const prefix = uid('step');
+  const want = Array.from({ length: 10 }, (_, i) => `${prefix}-${i}`);
+  const wsUrl = `${BASE.replace(/^http/, 'ws')}/room/${encodeURIComponent(room)}/`;
+  const pageHtml = `<!doctype html><meta charset="utf-8"><title>upload</title>
+<form method="post" action="/upload" enctype="multipart/form-data">
+<input type="file" name="sheet"><button id="go">Upload</button></form>
+<div id="lines"></div>
+<script>
+const ws = new WebSocket(${JSON.stringify(wsUrl)});
+ws.onopen = () => document.body.dataset.open = "1";
+ws.onmessage = (e) => { const d = document.createElement("div"); d.className = "line"; d.textContent = e.data; document.getElementById("lines").appendChild(d); };
+</script>`;
+  // The backend: the POST handler publishes its progress, then answers with the new page, as
+  // a Django view does; the new page's socket joins after every publish.
+  const backend = createServer(async (req, res) => {
+    if (req.method === 'POST') {
+      for await (const _ of req) { /* read the upload */ }
+      for (const line of want) {
+        const r = await publish(room, line);
+        if (r.status !== 200) { res.writeHead(500); res.end(r.raw); return; }
+        await sleep(10);
+      }
+    }
+    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    res.end(pageHtml);
+  });
+  await new Promise((r) => backend.listen(0, '127.0.0.1', r));
+  const appUrl = `http://127.0.0.1:${backend.address().port}/`;
+  try {
+    const page = await context.newPage();
+    const tab = { name: 'form', page, room, logs: [], shown: 0 };
+    pages.set('form', tab);
+    await page.goto(appUrl, { waitUntil: 'domcontentloaded', timeout: OPEN_MS });
+    await page.waitForFunction(() => document.body.dataset.open === '1', null, { timeout: OPEN_MS });
+    await page.setInputFiles('input[name=sheet]', { name: 'sheet.csv', mimeType: 'text/csv', buffer: Buffer.from('a,b\n1,2\n') });
+    await Promise.all([page.waitForNavigation({ timeout: OPEN_MS }), page.click('#go')]);
+    await page.waitForFunction((n) => document.querySelectorAll('#lines .line').length >= n, want.length,
+      { timeout: ARRIVE_MS, polling: 50 });
+    await sleep(300);
+    const lines = await page.$$eval('#lines .line', (els) => els.map((e) => e.textContent));
+    assertOnceInOrder(lines, want, 'the page after the form POST');
+    mkdirSync(OUT_DIR, { recursive: true });
+    await page.screenshot({ path: join(OUT_DIR, 'form-post-replayed.png'), fullPage: true });
+  } finally {
+    backend.close();
+  }
 });
 
 // ---------------------------------------------------------------- main

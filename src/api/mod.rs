@@ -19,10 +19,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::broker::{Kind, Publication};
+use crate::broker::{HistoryQuery, Kind, Position, Publication, Recovery};
 use crate::config::Config;
-use crate::hub::Hub;
 use crate::hub::group::check_name;
+use crate::hub::{Hub, presence_json};
 use crate::metrics::METRICS;
 use crate::reply::{Body, json as json_response};
 use crate::uri::percent_decode;
@@ -41,6 +41,51 @@ pub struct Api {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// For a 405: the method the endpoint takes.
+    allow: &'static str,
+}
+
+/// The endpoints.
+#[derive(Debug)]
+enum Endpoint {
+    /// `POST /api/publish`
+    Publish,
+    /// `POST /api/groups/{group}/messages`
+    Messages(String),
+    /// `GET /api/groups/{group}/presence`
+    Presence(String),
+    /// `GET /api/groups/{group}/history`
+    History(String),
+    /// `DELETE /api/connections/{id}`
+    Disconnect(String),
+}
+
+impl Endpoint {
+    fn parse(path: &str) -> Option<Endpoint> {
+        if path == "/api/publish" {
+            return Some(Endpoint::Publish);
+        }
+        if let Some(id) = path.strip_prefix("/api/connections/") {
+            return (!id.is_empty() && !id.contains('/'))
+                .then(|| Endpoint::Disconnect(percent_decode(id)));
+        }
+        let (group, what) = path.strip_prefix("/api/groups/")?.split_once('/')?;
+        let group = percent_decode(group);
+        match what {
+            "messages" => Some(Endpoint::Messages(group)),
+            "presence" => Some(Endpoint::Presence(group)),
+            "history" => Some(Endpoint::History(group)),
+            _ => None,
+        }
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Endpoint::Publish | Endpoint::Messages(_) => Method::POST,
+            Endpoint::Presence(_) | Endpoint::History(_) => Method::GET,
+            Endpoint::Disconnect(_) => Method::DELETE,
+        }
+    }
 }
 
 impl ApiError {
@@ -48,6 +93,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            allow: "POST",
         }
     }
 
@@ -61,7 +107,7 @@ impl ApiError {
         match self.status {
             StatusCode::METHOD_NOT_ALLOWED => {
                 r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                    .insert(header::ALLOW, HeaderValue::from_static(self.allow));
             }
             StatusCode::UNAUTHORIZED => {
                 r.headers_mut()
@@ -100,31 +146,210 @@ impl Api {
         Ok(r.local_recipients)
     }
 
+    /// `DELETE /api/connections/{id}[?code=4000&reason=...]`: closes one connection of this
+    /// node (ids as presence shows them) with that code (default 1000) and reason; its queued
+    /// messages go out first.
+    fn disconnect(&self, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+        let (node, conn) = id
+            .split_once('.')
+            .and_then(|(n, c)| Some((u64::from_str_radix(n, 16).ok()?, c.parse::<u64>().ok()?)))
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "{id:?} is not a connection id; ids look like \"1.42\" (GET /api/groups/{{group}}/presence lists them)"
+                ))
+            })?;
+        let mut code = 1000u16;
+        let mut reason = String::from("closed by the server");
+        for (k, v) in query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+        {
+            let v = percent_decode(&v.replace('+', " "));
+            match k {
+                "code" => {
+                    code = v
+                        .parse()
+                        .ok()
+                        .filter(|c| valid_close_code(*c))
+                        .ok_or_else(|| {
+                            ApiError::bad(format!(
+                                "code={v} cannot close a connection; use 1000, 1001, 1008, 1011, 1012, 1013 or an application code 3000-4999"
+                            ))
+                        })?;
+                }
+                "reason" => {
+                    if v.len() > 123 {
+                        return Err(ApiError::bad(
+                            "reason is longer than the 123 bytes a Close frame carries",
+                        ));
+                    }
+                    reason = v;
+                }
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "unknown query parameter {k:?}; disconnect takes code and reason"
+                    )));
+                }
+            }
+        }
+        if node != self.hub.node() || !self.hub.disconnect(conn, code, &reason) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no connection {id} on this node; it may have closed already"),
+            ));
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "closed": id, "code": code, "reason": reason }),
+        ))
+    }
+
+    /// `GET /api/groups/{group}/presence`: who is in the group, on every node.
+    async fn presence(&self, group: &str) -> Result<Response<Body>, ApiError> {
+        check_name(group, self.max_group_bytes)
+            .map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
+        let list = self
+            .hub
+            .broker()
+            .presence(group)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let connections: Vec<Value> = list
+            .iter()
+            .map(|e| serde_json::from_str(&presence_json(e)).unwrap_or(Value::Null))
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "group": group, "count": list.len(), "connections": connections }),
+        ))
+    }
+
+    /// `GET /api/groups/{group}/history[?limit=N][&epoch=E&offset=O]`: the group's kept
+    /// publications (those after the given position, with `recovered`), oldest first.
+    async fn history(&self, group: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+        check_name(group, self.max_group_bytes)
+            .map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
+        let mut limit = 100usize;
+        let (mut epoch, mut offset) = (None, None);
+        for (k, v) in query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+        {
+            let v = percent_decode(v);
+            let number = || {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad(format!("{k}={v} is not a non-negative integer")))
+            };
+            match k {
+                "limit" => limit = number()?.clamp(1, 10_000) as usize,
+                "offset" => offset = Some(number()?),
+                "epoch" => epoch = Some(v),
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "unknown query parameter {k:?}; history takes limit, epoch and offset"
+                    )));
+                }
+            }
+        }
+        let q = match (epoch, offset) {
+            (Some(epoch), Some(offset)) => HistoryQuery::Since {
+                since: Position {
+                    epoch: Arc::from(epoch),
+                    offset,
+                },
+                limit,
+            },
+            (None, None) => HistoryQuery::Last {
+                last: limit,
+                within: std::time::Duration::MAX,
+            },
+            _ => {
+                return Err(ApiError::bad(
+                    "give epoch and offset together (the position to read after), or neither",
+                ));
+            }
+        };
+        let r = self
+            .hub
+            .broker()
+            .history(group, q)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let publications: Vec<Value> = r
+            .publications
+            .iter()
+            .map(|p| {
+                let mut o = serde_json::Map::new();
+                if let Some(pos) = &p.position {
+                    o.insert("offset".into(), json!(pos.offset));
+                }
+                match p.kind {
+                    Kind::Binary => {
+                        o.insert(
+                            "b64data".into(),
+                            json!(base64::engine::general_purpose::STANDARD.encode(&p.data)),
+                        );
+                    }
+                    Kind::Json => {
+                        let v = serde_json::from_slice(&p.data).unwrap_or(Value::Null);
+                        o.insert("data".into(), v);
+                    }
+                    _ => {
+                        o.insert("data".into(), json!(String::from_utf8_lossy(&p.data)));
+                    }
+                }
+                Value::Object(o)
+            })
+            .collect();
+        let mut out = json!({ "group": group, "publications": publications });
+        if let Some(top) = &r.top {
+            out["epoch"] = json!(top.epoch.as_ref());
+            out["offset"] = json!(top.offset);
+        }
+        match &r.recovery {
+            Recovery::Recovered => out["recovered"] = json!(true),
+            Recovery::Lost(why) => {
+                out["recovered"] = json!(false);
+                out["reason"] = json!(why);
+            }
+            Recovery::NotAsked => {}
+        }
+        Ok(json_response(StatusCode::OK, &out))
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_string();
-        let target = if path == "/api/publish" {
-            None
-        } else if let Some(group) = path
-            .strip_prefix("/api/groups/")
-            .and_then(|p| p.strip_suffix("/messages"))
-            .filter(|g| !g.contains('/'))
-        {
-            Some(percent_decode(group))
-        } else {
+        let Some(endpoint) = Endpoint::parse(&path) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no API endpoint at {path}; use POST /api/groups/{{group}}/messages or POST /api/publish"
+                    "no API endpoint at {path}; use POST /api/groups/{{group}}/messages, POST /api/publish, GET /api/groups/{{group}}/presence or GET /api/groups/{{group}}/history"
                 ),
             ));
         };
-        if req.method() != Method::POST {
-            return Err(ApiError::new(
+        let method = endpoint.method();
+        if req.method() != method {
+            let mut e = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{path} takes POST, not {}", req.method()),
-            ));
+                format!("{path} takes {method}, not {}", req.method()),
+            );
+            e.allow = match method {
+                Method::GET => "GET",
+                Method::DELETE => "DELETE",
+                _ => "POST",
+            };
+            return Err(e);
         }
         authorize(&req, self.cfg.token.as_ref().map(|t| t.expose()))?;
+        let target = match endpoint {
+            Endpoint::Publish => None,
+            Endpoint::Messages(g) => Some(g),
+            Endpoint::Presence(g) => return self.presence(&g).await,
+            Endpoint::History(g) => return self.history(&g, req.uri().query()).await,
+            Endpoint::Disconnect(id) => return self.disconnect(&id, req.uri().query()),
+        };
         let kind = content_kind(&req)?;
         let kind_header = req
             .headers()
@@ -228,7 +453,7 @@ impl Api {
                 ));
             }
             (Some(Value::String(s)), None) => (Bytes::from(s.clone()), Kind::Text),
-            (Some(v), None) => (Bytes::from(v.to_string()), Kind::Text),
+            (Some(v), None) => (Bytes::from(v.to_string()), Kind::Json),
             (None, Some(Value::String(b))) => {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(b)
@@ -260,6 +485,12 @@ impl Api {
             &json!({ "recipients": total, "groups": per_group }),
         ))
     }
+}
+
+/// Close codes the API may ask for: the registered ones that describe a server's decision, and
+/// the ones for applications (RFC 6455 §7.4).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000 | 1001 | 1008 | 1011..=1013 | 3000..=4999)
 }
 
 fn is_json_request(content_type: &str) -> bool {

@@ -15,6 +15,9 @@ pub enum Mode {
     Idle,
     /// C workers loop connect + upgrade + close: handshakes/s.
     Handshake,
+    /// N `wsgate.v1` clients subscribe, all drop, --missed messages are published, then all
+    /// reconnect at once and recover them: recoveries/s and time to recovered.
+    Recover,
 }
 
 impl Mode {
@@ -25,6 +28,7 @@ impl Mode {
             Mode::Fanout => "fanout",
             Mode::Idle => "idle",
             Mode::Handshake => "handshake",
+            Mode::Recover => "recover",
         }
     }
 
@@ -34,6 +38,7 @@ impl Mode {
             Mode::Echo | Mode::Handshake | Mode::Idle => "ws://127.0.0.1:8080/ws/echo",
             Mode::Room => "ws://127.0.0.1:8080/room/bench/",
             Mode::Fanout => "ws://127.0.0.1:8080/room/fanout/",
+            Mode::Recover => "ws://127.0.0.1:8080/room/recover/",
         }
     }
 }
@@ -50,7 +55,8 @@ Examples (against `wsgate serve` on 127.0.0.1:8080):
   wsgate bench fanout --conns 10000 --rate 100 --msgs 500 \\
       --publish-url http://127.0.0.1:8080/api/groups/room:fanout/messages
   wsgate bench idle --conns 19000 --hold 30 --pid $(pgrep -n wsgate)
-  wsgate bench handshake --total 20000 --concurrency 50";
+  wsgate bench handshake --total 20000 --concurrency 50
+  wsgate bench recover --conns 5000 --missed 20 --group room:recover";
 
 /// `wsgate bench` arguments. Durations are in seconds and may have a fraction.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,6 +97,13 @@ pub struct Args {
     /// fanout: messages to publish.
     #[arg(long, default_value_t = 500)]
     pub msgs: u64,
+    /// recover: messages published while every client is away, each client recovers them all.
+    #[arg(long, default_value_t = 20)]
+    pub missed: u64,
+    /// recover: the group the clients subscribe to (the route at --url must allow it). Default:
+    /// room:recover, the group of the default URL.
+    #[arg(long)]
+    pub group: Option<String>,
     /// fanout, room: seconds between the last connection's handshake and the first message, so
     /// the server has joined every connection to its group (wsgate joins after the 101).
     #[arg(long, default_value_t = 0.2)]

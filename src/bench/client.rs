@@ -150,24 +150,37 @@ pub enum Status {
 impl Conn {
     /// Connects and upgrades; `read_buf` is the read buffer size (it grows for larger frames).
     pub async fn connect(t: &Target, read_buf: usize) -> Result<Conn, ConnectError> {
+        Conn::connect_with(t, read_buf, None).await
+    }
+
+    /// Connects and upgrades offering subprotocol `protocol`, when given.
+    pub async fn connect_with(
+        t: &Target,
+        read_buf: usize,
+        protocol: Option<&str>,
+    ) -> Result<Conn, ConnectError> {
         let stream = TcpStream::connect(t.addr)
             .await
             .map_err(|source| ConnectError::Connect {
                 addr: t.addr,
                 source,
             })?;
-        Conn::upgrade(stream, t, read_buf).await
+        Conn::upgrade(stream, t, read_buf, protocol).await
     }
 
     async fn upgrade(
         mut stream: TcpStream,
         t: &Target,
         read_buf: usize,
+        protocol: Option<&str>,
     ) -> Result<Conn, ConnectError> {
         let _ = stream.set_nodelay(true);
         let key = new_key();
+        let offer = protocol.map_or(String::new(), |p| {
+            format!("Sec-WebSocket-Protocol: {p}\r\n")
+        });
         let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offer}\r\n",
             t.path, t.host
         );
         stream

@@ -261,8 +261,8 @@ async fn subscriber(mut conn: Conn, s: Arc<Shared>) -> SubResult {
 }
 
 #[derive(Debug, Default)]
-struct PublishStats {
-    ok: Vec<bool>,
+pub(super) struct PublishStats {
+    pub(super) ok: Vec<bool>,
     request_us: Vec<u32>,
     max_lag_us: u32,
     last_ns: u64,
@@ -270,7 +270,7 @@ struct PublishStats {
 
 /// Publishes `msgs` stamped messages on one keep-alive connection, reconnecting after an error
 /// or a `Connection: close`.
-async fn publish_all(
+pub(super) async fn publish_all(
     t: &Target,
     msgs: u64,
     rate: f64,

@@ -4,8 +4,9 @@
 //!
 //! Modes: `echo` (closed-loop round trips), `room` (every member sends, the server broadcasts to
 //! all), `fanout` (HTTP publishes to many subscribers, with loss, duplicate and order checks),
-//! `idle` (held connections: server memory and CPU per connection) and `handshake` (connect,
-//! upgrade, close cycles per second).
+//! `idle` (held connections: server memory and CPU per connection), `handshake` (connect,
+//! upgrade, close cycles per second) and `recover` (a reconnect storm of `wsgate.v1` clients
+//! recovering what they missed).
 //!
 //! Every run is bounded in count and time, prints a progress line on stderr and exactly one
 //! JSON object on stdout, and exits 1 when anything was lost or failed, 2 on bad arguments or a
@@ -18,6 +19,7 @@ mod fanout;
 mod handshake;
 mod idle;
 mod plan;
+mod recover;
 mod room;
 mod shared;
 pub mod stats;
@@ -76,6 +78,7 @@ pub async fn run_plan(plan: Plan, nofile: u64) -> Outcome {
         Mode::Fanout => fanout::run(&plan).await,
         Mode::Idle => idle::run(&plan).await,
         Mode::Handshake => handshake::run(&plan).await,
+        Mode::Recover => recover::run(&plan).await,
     };
     if let Value::Object(m) = &mut out.report {
         let mut head = serde_json::Map::new();

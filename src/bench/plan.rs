@@ -15,6 +15,25 @@ pub struct Plan {
 const MAX_CONNS: usize = 200_000;
 const MAX_SECONDS: f64 = 3600.0;
 
+/// Where to POST messages: --publish-url, or wsgate's API for `default_group` when --url is
+/// the mode's default too.
+fn publish_target(args: &Args, default_group: &str) -> Result<Target, String> {
+    let url = match &args.publish_url {
+        Some(u) => u.clone(),
+        None if args.url.is_none() => {
+            let group = args.group.as_deref().unwrap_or(default_group);
+            format!("http://127.0.0.1:8080/api/groups/{group}/messages")
+        }
+        None => {
+            return Err(
+                "--publish-url is needed with --url: the URL that publishes to the subscribers' group"
+                    .into(),
+            );
+        }
+    };
+    parse_target(&url, "http").map_err(|e| format!("--publish-url: {e}"))
+}
+
 /// Checks the arguments for the chosen mode; the error is a sentence for the user.
 pub fn validate(args: &Args) -> Result<Plan, String> {
     let url = args
@@ -59,6 +78,10 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
             seconds("settle", args.settle, 0.0)?;
             range("warmup-iterations", args.warmup_iterations, 0, 1_000_000)?;
         }
+        Mode::Recover => {
+            range("missed", args.missed, 1, 100_000)?;
+            publish = Some(publish_target(args, "room:recover")?);
+        }
         Mode::Fanout => {
             range("msgs", args.msgs, 1, 10_000_000)?;
             seconds("settle", args.settle, 0.0)?;
@@ -75,19 +98,7 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
                     args.msgs, args.conns
                 ));
             }
-            let url = match &args.publish_url {
-                Some(u) => u.clone(),
-                None if args.url.is_none() => {
-                    "http://127.0.0.1:8080/api/groups/room:fanout/messages".into()
-                }
-                None => {
-                    return Err(
-                        "--publish-url is needed with --url: the URL that publishes to the subscribers' group"
-                            .into(),
-                    );
-                }
-            };
-            publish = Some(parse_target(&url, "http").map_err(|e| format!("--publish-url: {e}"))?);
+            publish = Some(publish_target(args, "room:fanout")?);
         }
         Mode::Idle => seconds("hold", args.hold, 0.0)?,
         Mode::Handshake => {

@@ -24,15 +24,20 @@
 //! [`memory::Memory`] is the single-node broker: this process is the whole cluster.
 
 pub mod memory;
+pub mod policy;
 pub mod publication;
 
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub use publication::{Kind, Position, Publication};
+
+/// A future a broker answers with later (or at once, in this process).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Receives the publications a broker delivers to this node: the hub.
 pub trait Handler: Send + Sync + Debug {
@@ -61,6 +66,97 @@ pub trait Broker: Send + Sync + Debug {
 
     /// The group lost its last member on this node.
     fn unsubscribe(&self, group: &str);
+
+    /// Joins something to `group` at a moment when no publication of the group is being
+    /// delivered on this node: `attach` gets the history `q` asks for, and every publication
+    /// after that moment reaches whatever `attach` joined, live. So a join with history has no
+    /// gap and no duplicate at the seam. `attach` runs with the group's delivery held, so it must
+    /// not wait on anything; it is not called when the broker cannot answer (the error says
+    /// why).
+    fn attach(&self, group: &str, q: HistoryQuery, attach: Attach) -> BoxFuture<Result<(), Error>>;
+
+    /// The group's stream as `q` asks for it, without joining anything.
+    fn history(&self, group: &str, q: HistoryQuery) -> BoxFuture<Result<Replay, Error>>;
+
+    /// Records that connection `entry` is in `group` (its presence).
+    fn presence_add(&self, group: &str, entry: PresenceEntry);
+
+    /// Records that connection `conn` of this node left `group`.
+    fn presence_remove(&self, group: &str, conn: u64);
+
+    /// Every connection in `group`, on every node.
+    fn presence(&self, group: &str) -> BoxFuture<Result<Vec<PresenceEntry>, Error>>;
+
+    /// The broker's own background work (expiring history, reconnecting), run for as long as
+    /// the process serves; `None` when it has none.
+    fn background(self: Arc<Self>) -> Option<BoxFuture<()>>;
+}
+
+/// What a join (or a history read) asks of a group's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryQuery {
+    /// Nothing: join live (the stream's position is still reported).
+    Live,
+    /// Recovery: every publication after `since`, all of them (and at most `limit`) or none.
+    Since { since: Position, limit: usize },
+    /// Replay: the last `last` publications, none older than `within`.
+    Last { last: usize, within: Duration },
+}
+
+/// Whether a recovery got everything that was missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// No position was given.
+    NotAsked,
+    /// Every publication after the given position is in the replay.
+    Recovered,
+    /// Something may be missing; the sentence says why. The replay is then empty.
+    Lost(String),
+}
+
+/// What a group's stream gave a join or a history read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// In offset order.
+    pub publications: Vec<Publication>,
+    pub recovery: Recovery,
+    /// The stream's position now (its epoch and the last offset given), when the group keeps
+    /// a stream.
+    pub top: Option<Position>,
+}
+
+impl Replay {
+    /// A group that keeps no stream.
+    pub fn none(recovery: Recovery) -> Self {
+        Replay {
+            publications: Vec::new(),
+            recovery,
+            top: None,
+        }
+    }
+}
+
+/// What [`Broker::attach`] runs at the seam between history and live publications.
+pub type Attach = Box<dyn FnOnce(&Replay) + Send>;
+
+/// One connection in a group, as presence shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The node the connection is on.
+    pub node: u64,
+    /// The connection's id on that node.
+    pub conn: u64,
+    /// The authenticated user, when there is one.
+    pub user: Option<Arc<str>>,
+    /// What the client said about itself (JSON text), when it did.
+    pub info: Option<Arc<str>>,
+}
+
+impl PresenceEntry {
+    /// The connection's id across nodes, as clients see it.
+    pub fn id(&self) -> String {
+        format!("{:x}.{}", self.node, self.conn)
+    }
 }
 
 /// What a publish achieved.

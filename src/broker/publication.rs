@@ -5,11 +5,27 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Whether a publication is text (UTF-8, checked by whoever made it) or binary.
+/// What a publication carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// UTF-8 text (checked by whoever made it).
     Text,
+    /// UTF-8 text that is one JSON value (checked by whoever made it): clients of the
+    /// `wsgate.v1` protocol get it as that value rather than as a string.
+    Json,
     Binary,
+    /// A connection joined the group: `data` is its presence entry as JSON. Not kept in the
+    /// stream, and only protocols that ask for such events encode it.
+    Join,
+    /// A connection left the group (same `data` as `Join`).
+    Leave,
+}
+
+impl Kind {
+    /// Whether this is a message (kept in the stream) rather than a presence event.
+    pub fn is_message(self) -> bool {
+        matches!(self, Kind::Text | Kind::Json | Kind::Binary)
+    }
 }
 
 /// Where a publication sits in its group's stream. Offsets grow by one per publication of the
@@ -23,7 +39,7 @@ pub struct Position {
 }
 
 /// One message published to one group.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
     pub group: Arc<str>,
     /// The message as published (not framed, not encoded for any client protocol).

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 
 use super::validate::{Error, Problem, from_toml_error};
 
-const ENV_SECTIONS: [&str; 5] = ["server", "websocket", "api", "proxy", "broker"];
+const ENV_SECTIONS: [&str; 6] = ["server", "websocket", "api", "proxy", "broker", "hub"];
 
 /// Turns an environment value into TOML: numbers and booleans as such, anything else a string.
 fn env_value(raw: &str) -> toml::Value {

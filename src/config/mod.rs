@@ -11,6 +11,7 @@ mod api;
 mod broker;
 mod duration;
 mod env;
+mod hub;
 mod proxy;
 mod route;
 mod secret;
@@ -27,8 +28,9 @@ pub use addr::{parse_cidr, parse_listen, parse_server_addr};
 pub use api::Api;
 pub use broker::{Broker, BrokerKind};
 pub use duration::Duration;
+pub use hub::Hub;
 pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
-pub use route::{OnMessage, Route, path_params};
+pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
 pub use server::Server;
 pub use validate::{Error, Problem};
@@ -41,6 +43,8 @@ pub struct Config {
     pub server: Server,
     /// `[broker]`: how publications reach other nodes.
     pub broker: Broker,
+    /// `[hub]`: what groups keep on this node.
+    pub hub: Hub,
     pub websocket: WebSocket,
     pub api: Api,
     /// `[proxy]`: settings shared by every proxy route.
@@ -66,17 +70,7 @@ impl Config {
                 .cloned()
                 .collect();
         }
-        vec![Route {
-            path: "/room/{room}/".into(),
-            path_prefix: None,
-            proxy_pass: None,
-            group: Some("room:{room}".into()),
-            on_message: OnMessage::Broadcast,
-            echo_to_sender: true,
-            subprotocols: Vec::new(),
-            max_message_bytes: None,
-            allowed_origins: None,
-        }]
+        vec![Route::default_room()]
     }
 }
 
@@ -142,6 +136,7 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     cfg.server.check(&mut report);
     cfg.websocket.check(&mut report);
     cfg.api.check(&mut report);
+    cfg.hub.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);
     route::check(&cfg.routes, &cfg.websocket, &cfg.upstreams, &mut report);
     problems

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use super::duration::Duration;
 use super::proxy::{Upstream, upstream_names};
 use super::validate::{Seg, item};
 use super::websocket::{WebSocket, check_origin};
@@ -51,6 +52,51 @@ pub struct Route {
     pub max_message_bytes: Option<usize>,
     /// Overrides `websocket.allowed_origins` for this route.
     pub allowed_origins: Option<Vec<String>>,
+    /// Keep the group's recent publications: `{ size = 100, ttl = "5m" }` keeps at most `size`,
+    /// none older than `ttl`. Every publication of such a group gets a position (epoch, offset),
+    /// which is what recovery and replay need. Applies to every group the route's `group`
+    /// pattern covers, whoever publishes. Default: none (the default room route keeps 100 for
+    /// 5 minutes).
+    pub history: Option<History>,
+    /// Send a plain WebSocket client joining the group its recent messages first, then live
+    /// ones, with no duplicate and no gap at the seam: `{ last = 100, within = "30s" }`. Needs
+    /// `history`. Default: off (on for the default room route: a page replaced by a form POST
+    /// joins after the backend published, and would otherwise see nothing).
+    pub replay: Option<Replay>,
+    /// Groups a `wsgate.v1` client of this route may subscribe to, as patterns: `{name}` is
+    /// filled from the path, `*` matches any text. Example `["room:{room}", "news:*"]`.
+    /// Default: the route's own group.
+    pub subscribe: Option<Vec<String>>,
+    /// Whether `wsgate.v1` clients may publish to the groups they may subscribe to. Default:
+    /// yes when `on_message = "broadcast"`.
+    pub client_publish: Option<bool>,
+    /// Keep presence (which connections are in the group) for the route's groups. Default true.
+    #[serde(default = "default_true")]
+    pub presence: bool,
+    /// Tell `wsgate.v1` clients that ask (`"events": true` on subscribe) when connections join
+    /// and leave the group. Needs `presence`. Default false.
+    #[serde(default)]
+    pub join_leave: bool,
+}
+
+/// `history = { size = 100, ttl = "5m" }`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    /// Most publications kept per group (1 to 100000).
+    pub size: usize,
+    /// Oldest publication kept.
+    pub ttl: Duration,
+}
+
+/// `replay = { last = 100, within = "30s" }`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    /// Most messages replayed to a joining client (at most the route's `history.size`).
+    pub last: usize,
+    /// Only messages this recent are replayed (at most the route's `history.ttl`).
+    pub within: Duration,
 }
 
 fn default_on_message() -> OnMessage {
@@ -62,6 +108,58 @@ fn default_true() -> bool {
 }
 
 impl Route {
+    /// A hub route at `path` joining `group`, every other setting at its default.
+    pub fn hub(path: &str, group: Option<&str>) -> Self {
+        Route {
+            path: path.into(),
+            path_prefix: None,
+            proxy_pass: None,
+            group: group.map(str::to_string),
+            on_message: OnMessage::Broadcast,
+            echo_to_sender: true,
+            subprotocols: Vec::new(),
+            max_message_bytes: None,
+            allowed_origins: None,
+            history: None,
+            replay: None,
+            subscribe: None,
+            client_publish: None,
+            presence: true,
+            join_leave: false,
+        }
+    }
+
+    /// The route wsgate serves when no route is configured: `/room/{room}/` joining
+    /// `room:{room}`, keeping 100 publications for 5 minutes and replaying the last 100 of the
+    /// last 30 seconds to a joining page (the form-POST reload of the story).
+    pub fn default_room() -> Self {
+        Route {
+            history: Some(History {
+                size: 100,
+                ttl: Duration::from_secs(300),
+            }),
+            replay: Some(Replay {
+                last: 100,
+                within: Duration::from_secs(30),
+            }),
+            ..Route::hub("/room/{room}/", Some("room:{room}"))
+        }
+    }
+
+    /// The groups a `wsgate.v1` client may subscribe to: `subscribe`, or the route's group.
+    pub fn subscribe_patterns(&self) -> Vec<String> {
+        match &self.subscribe {
+            Some(s) => s.clone(),
+            None => self.group.iter().cloned().collect(),
+        }
+    }
+
+    /// Whether `wsgate.v1` clients may publish.
+    pub fn allows_client_publish(&self) -> bool {
+        self.client_publish
+            .unwrap_or(self.on_message == OnMessage::Broadcast)
+    }
+
     /// Whether this is a proxy route (it has `proxy_pass` or `path_prefix`).
     pub fn is_proxy(&self) -> bool {
         self.proxy_pass.is_some() || self.path_prefix.is_some()
@@ -176,11 +274,12 @@ pub(super) fn check(
             || norm.starts_with("/api/")
             || norm == "/metrics"
             || norm == "/healthz"
+            || norm == "/wsgate.js"
         {
             report(
                 at("path"),
                 format!(
-                    "{:?} is reserved for the demo page, the API or metrics; choose another path",
+                    "{:?} is reserved for the demo page, wsgate.js, the API or metrics; choose another path",
                     r.path
                 ),
             );
@@ -226,6 +325,7 @@ pub(super) fn check(
                 );
             }
         }
+        check_stream(r, &params, &at, report);
         if r.max_message_bytes == Some(0) {
             report(at("max_message_bytes"), "must be at least 1".into());
         }
@@ -235,6 +335,103 @@ pub(super) fn check(
             }
         }
     }
+}
+
+/// Most publications a group may keep.
+const MAX_HISTORY_SIZE: usize = 100_000;
+/// Longest a publication may be kept.
+const MAX_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// `history`, `replay`, `subscribe` and `join_leave` of a hub route with path parameters
+/// `params`.
+fn check_stream(
+    r: &Route,
+    params: &[String],
+    at: &dyn Fn(&str) -> Vec<Seg>,
+    report: &mut impl FnMut(Vec<Seg>, String),
+) {
+    if let Some(h) = &r.history {
+        if h.size == 0 || h.size > MAX_HISTORY_SIZE {
+            report(
+                at("history"),
+                format!(
+                    "size {} is out of range; use 1 to {MAX_HISTORY_SIZE}",
+                    h.size
+                ),
+            );
+        }
+        if h.ttl.is_zero() || h.ttl.get() > MAX_HISTORY_TTL {
+            report(
+                at("history"),
+                format!(
+                    "ttl {} is out of range; use more than 0s and at most 7 days",
+                    h.ttl
+                ),
+            );
+        }
+        if r.group.is_none() {
+            report(
+                at("history"),
+                "keeps a group's publications, but this route has no group; add group = \"...\""
+                    .into(),
+            );
+        }
+    }
+    if let Some(p) = &r.replay {
+        match &r.history {
+            None => report(
+                at("replay"),
+                "needs history on this route, e.g. history = { size = 100, ttl = \"5m\" }: replay sends what history kept".into(),
+            ),
+            Some(h) => {
+                if p.last == 0 || p.last > h.size {
+                    report(
+                        at("replay"),
+                        format!(
+                            "last = {} is out of range; use 1 to history.size ({})",
+                            p.last, h.size
+                        ),
+                    );
+                }
+                if p.within.is_zero() || p.within.get() > h.ttl.get() {
+                    report(
+                        at("replay"),
+                        format!(
+                            "within = {} is out of range; use more than 0s and at most history.ttl ({})",
+                            p.within, h.ttl
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for pattern in r.subscribe.iter().flatten() {
+        if let Err(m) = group_pattern_params(pattern)
+            .and_then(|used| match used.iter().find(|u| !params.contains(u)) {
+                Some(u) => Err(format!(
+                    "{pattern:?} uses {{{u}}} but the path {:?} has no such placeholder; use * for any text",
+                    r.path
+                )),
+                None => Ok(()),
+            })
+        {
+            report(at("subscribe"), m);
+        }
+    }
+    if r.join_leave && !r.presence {
+        report(
+            at("join_leave"),
+            "needs presence = true: join and leave events are changes of presence".into(),
+        );
+    }
+}
+
+/// Placeholders of a group pattern (`room:{room}`, `news:*`), or what is wrong with it.
+fn group_pattern_params(pattern: &str) -> Result<Vec<String>, String> {
+    if pattern.is_empty() {
+        return Err("an empty pattern matches no group".into());
+    }
+    template_params(pattern)
 }
 
 fn check_proxy_route(
@@ -287,6 +484,11 @@ fn check_proxy_route(
         );
     }
     let hub_only = r.group.is_some()
+        || r.history.is_some()
+        || r.replay.is_some()
+        || r.subscribe.is_some()
+        || r.client_publish.is_some()
+        || r.join_leave
         || r.allowed_origins.is_some()
         || !r.subprotocols.is_empty()
         || r.max_message_bytes.is_some()
@@ -295,7 +497,7 @@ fn check_proxy_route(
     if hub_only {
         report(
             at("proxy_pass"),
-            "group, on_message, echo_to_sender, subprotocols, max_message_bytes and allowed_origins apply to hub routes only; the upstream decides these for a proxy route".into(),
+            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish and join_leave apply to hub routes only; the upstream decides these for a proxy route".into(),
         );
     }
 }

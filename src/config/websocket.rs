@@ -31,6 +31,16 @@ pub struct WebSocket {
     /// `https://*.example.com`; others get 403, which stops cross-site WebSocket hijacking.
     /// Clients that send no `Origin` (not browsers) are not affected. Default: any origin.
     pub allowed_origins: Vec<String>,
+    /// Bad `wsgate.v1` commands (malformed JSON, unknown types, forbidden groups, ...) a
+    /// connection may send; each gets an error reply, and the one past this closes the
+    /// connection with 1008. Default 10.
+    pub max_command_errors: u32,
+    /// Groups one `wsgate.v1` connection may subscribe to at once; more gets an error reply.
+    /// Default 100.
+    pub max_subscriptions: usize,
+    /// Most publications one recovery (a subscribe with `since`) may replay; a client that
+    /// missed more gets `recovered: false`. Default 300.
+    pub recovery_max_publications: usize,
 }
 
 impl Default for WebSocket {
@@ -44,6 +54,9 @@ impl Default for WebSocket {
             echo_path: "/ws/echo".into(),
             max_group_bytes: 255,
             allowed_origins: Vec::new(),
+            max_command_errors: 10,
+            max_subscriptions: 100,
+            recovery_max_publications: 300,
         }
     }
 }
@@ -91,6 +104,14 @@ impl WebSocket {
             );
         }
 
+        for (key, v) in [
+            ("max_subscriptions", w.max_subscriptions),
+            ("recovery_max_publications", w.recovery_max_publications),
+        ] {
+            if v == 0 {
+                report(keys(&["websocket", key]), "must be at least 1".into());
+            }
+        }
         if w.max_group_bytes == 0 {
             report(
                 keys(&["websocket", "max_group_bytes"]),

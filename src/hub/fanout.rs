@@ -15,9 +15,12 @@ pub(super) fn deliver(members: &Members, p: &Publication, except: Option<u64>) -
         if list.members.is_empty() {
             continue;
         }
-        let frame = match &p.encoded {
-            Some((name, bytes)) if *name == list.codec.name() => bytes.clone(),
+        let encoded = match &p.encoded {
+            Some((name, bytes)) if *name == list.codec.name() => Some(bytes.clone()),
             _ => list.codec.encode(p),
+        };
+        let Some(frame) = encoded else {
+            continue;
         };
         // Without `except` no member's id is read: that is a dynamic call and a cache miss per
         // member, a measurable share of a 10,000-member fan-out.

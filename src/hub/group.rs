@@ -18,18 +18,48 @@ pub(super) struct List {
 #[derive(Debug, Default)]
 pub(super) struct Members {
     pub(super) lists: Vec<List>,
-    /// Member id -> (list << 32) | position in that list.
+    /// Member id -> flags (high 16 bits), list (next 16) and position in that list (low 32).
     index: HashMap<u64, u64>,
 }
 
+/// What a member's join added besides membership, undone when it leaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Flags {
+    /// Its presence entry was added.
+    pub(super) presence: bool,
+    /// Its join was announced (so its leave is too).
+    pub(super) events: bool,
+}
+
+impl Flags {
+    fn bits(self) -> u64 {
+        (u64::from(self.presence) << 48) | (u64::from(self.events) << 49)
+    }
+
+    fn from_bits(at: u64) -> Self {
+        Flags {
+            presence: at & (1 << 48) != 0,
+            events: at & (1 << 49) != 0,
+        }
+    }
+}
+
+fn slot(flags: Flags, list: usize, pos: usize) -> u64 {
+    flags.bits() | ((list as u64) << 32) | pos as u64
+}
+
 impl Members {
-    /// Adds a member; false when it already is one.
-    pub(super) fn insert(&mut self, member: Arc<dyn Member>) -> bool {
+    /// Adds a member speaking `codec`; false when it already is one.
+    pub(super) fn insert(
+        &mut self,
+        member: Arc<dyn Member>,
+        codec: &'static dyn Codec,
+        flags: Flags,
+    ) -> bool {
         let id = member.id();
         if self.index.contains_key(&id) {
             return false;
         }
-        let codec = member.codec();
         let li = match self
             .lists
             .iter()
@@ -45,24 +75,23 @@ impl Members {
             }
         };
         let list = &mut self.lists[li].members;
-        self.index
-            .insert(id, ((li as u64) << 32) | list.len() as u64);
+        self.index.insert(id, slot(flags, li, list.len()));
         list.push(member);
         true
     }
 
-    /// Removes a member; false when it was none.
-    pub(super) fn remove(&mut self, id: u64) -> bool {
-        let Some(at) = self.index.remove(&id) else {
-            return false;
-        };
-        let (li, pos) = ((at >> 32) as usize, (at & 0xffff_ffff) as usize);
+    /// Removes a member; what its join added, or `None` when it was no member.
+    pub(super) fn remove(&mut self, id: u64) -> Option<Flags> {
+        let at = self.index.remove(&id)?;
+        let (li, pos) = (((at >> 32) & 0xffff) as usize, (at & 0xffff_ffff) as usize);
         let list = &mut self.lists[li].members;
         list.swap_remove(pos);
-        if let Some(moved) = list.get(pos).map(|m| m.id()) {
-            self.index.insert(moved, ((li as u64) << 32) | pos as u64);
+        if let Some(moved) = list.get(pos).map(|m| m.id())
+            && let Some(m) = self.index.get_mut(&moved)
+        {
+            *m = (*m & !0xffff_ffff) | pos as u64;
         }
-        true
+        Some(Flags::from_bits(at))
     }
 
     pub(super) fn len(&self) -> usize {

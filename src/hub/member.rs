@@ -11,11 +11,13 @@ use crate::broker::Publication;
 pub trait Member: Send + Sync + Debug {
     /// Unique for the life of the process.
     fn id(&self) -> u64;
-    /// How publications are encoded for this member; read once, when it joins.
-    fn codec(&self) -> &'static dyn Codec;
     /// Queues an encoded publication; false when the member is closing or just turned out too
     /// slow.
     fn deliver(&self, frame: &Bytes) -> bool;
+    /// Bytes a replay may queue at once without making the member a slow consumer.
+    fn budget(&self) -> usize;
+    /// Closes the member's connection with `code` and `reason` (its queue goes out first).
+    fn disconnect(&self, code: u16, reason: &str);
 }
 
 /// Encodes publications for one client protocol. The fan-out calls it at most once per
@@ -23,5 +25,7 @@ pub trait Member: Send + Sync + Debug {
 pub trait Codec: Send + Sync + Debug {
     /// Names the protocol (two codecs with the same name are the same codec).
     fn name(&self) -> &'static str;
-    fn encode(&self, p: &Publication) -> Bytes;
+    /// The bytes for `p`, or `None` when this protocol does not carry it (a presence event to
+    /// a client that did not ask for them).
+    fn encode(&self, p: &Publication) -> Option<Bytes>;
 }

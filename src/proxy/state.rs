@@ -83,15 +83,15 @@ impl Proxy {
             clients,
             trusted: Trusted::new(&p.trusted_proxies),
             preserve_host: p.preserve_host,
-            tunnels: Arc::new(tunnel::Env {
-                heartbeat: Heartbeat::new(p.ping_interval.get(), p.pong_timeout.get()),
-                settings: TunnelSettings {
+            tunnels: Arc::new(tunnel::Env::new(
+                Heartbeat::new(p.ping_interval.get(), p.pong_timeout.get()),
+                TunnelSettings {
                     idle_timeout: p.idle_timeout.get(),
                     max_lifetime: p.max_lifetime.get(),
                     close_timeout: cfg.websocket.close_timeout.get(),
                 },
-                shutdown: shutdown.clone(),
-            }),
+                shutdown.clone(),
+            )),
             slots: Slots::new(cfg.server.max_connections),
             engines: std::sync::OnceLock::new(),
         }

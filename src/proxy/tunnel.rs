@@ -114,6 +114,33 @@ pub struct Env {
     pub heartbeat: Arc<Heartbeat<TunnelEntry>>,
     pub settings: TunnelSettings,
     pub shutdown: Shutdown,
+    /// Shutdown's tunnel grace is over: every tunnel, however late it enrolls, closes now.
+    pub closing: std::sync::atomic::AtomicBool,
+}
+
+impl Env {
+    pub fn new(
+        heartbeat: Arc<Heartbeat<TunnelEntry>>,
+        settings: TunnelSettings,
+        shutdown: Shutdown,
+    ) -> Self {
+        Env {
+            heartbeat,
+            settings,
+            shutdown,
+            closing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Ends shutdown's grace for tunnels: every tunnel gets Close 1001 on both sides, and so
+    /// does any that enrolls from now on.
+    pub fn close_all(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.heartbeat.connections() {
+            t.request_close(CloseReason::Shutdown);
+        }
+    }
 }
 
 /// A tunnel's one place in the heartbeat wheel, for both of its sides: its beat's `last_rx` is
@@ -155,7 +182,7 @@ impl TunnelEntry {
         }
         Signals {
             ping: std::mem::take(&mut s.ping),
-            close: s.close,
+            close: s.close.clone(),
             waker: None,
         }
     }
@@ -564,7 +591,7 @@ pub(super) fn requested_close(
     if discard {
         return None;
     }
-    let mut close = sig.close.map(|why| match why {
+    let mut close = sig.close.as_ref().map(|why| match why {
         CloseReason::Shutdown => (1001, "wsgate is shutting down"),
         CloseReason::PongTimeout if silent_side(c2u, u2c) == Side::Client => {
             (1001, "client stopped answering pings")
@@ -572,6 +599,7 @@ pub(super) fn requested_close(
         CloseReason::PongTimeout => (1014, "upstream stopped answering pings"),
         // A tunnel has no queue of its own to overflow; a slow side only slows its source.
         CloseReason::SlowConsumer => (1013, "slow consumer"),
+        CloseReason::Disconnected { .. } => (1001, "closed by the server"),
     });
     if let Some(l) = limits {
         let t = Instant::now();
@@ -691,18 +719,26 @@ pub struct Tunnel<C = TcpStream, U = TcpStream> {
     closing: bool,
 }
 
-/// A new tunnel's place in the heartbeat wheel, which is also the registry shutdown walks. A
-/// tunnel enrolled after shutdown began is asked to close at once; so enrol right after the
-/// 101 goes out, before anything else can run, or a client that got its 101 just before the
-/// shutdown would lose the grace.
-pub(super) fn enroll(env: &Env) -> Arc<TunnelEntry> {
+/// A new tunnel's place in the heartbeat wheel, which is also the registry shutdown walks.
+/// `late` says that shutdown had already begun when the tunnel's 101 went out (see
+/// [`late_for_shutdown`]): such a tunnel gets no grace and is asked to close at once, as is
+/// every tunnel enrolling after the grace ended ([`Env::close_all`]). A tunnel whose 101 went
+/// out before shutdown began gets the grace however long its hand-over to an engine takes.
+pub(super) fn enroll(env: &Env, late: bool) -> Arc<TunnelEntry> {
     let hb = &env.heartbeat;
     let beat = Arc::new(TunnelEntry::new(hb.now_ms()));
     hb.register(&beat);
-    if env.shutdown.is_begun() {
+    // After registering: a `close_all` that walked the wheel before this tunnel was in it set
+    // `closing` first.
+    if late || env.closing.load(std::sync::atomic::Ordering::SeqCst) {
         beat.request_close(CloseReason::Shutdown);
     }
     beat
+}
+
+/// Whether shutdown had begun by now, right after a tunnel's 101 went out.
+pub(super) fn late_for_shutdown(env: &Env) -> bool {
+    env.shutdown.is_begun()
 }
 
 /// Starts a tunnel between `client` and `upstream`; `client_leftover`/`upstream_leftover` are
@@ -715,7 +751,7 @@ pub fn run<C: Transport, U: Transport>(
     upstream_leftover: Bytes,
     env: &Arc<Env>,
 ) -> Tunnel<C, U> {
-    let beat = enroll(env);
+    let beat = enroll(env, late_for_shutdown(env));
     let now = env.heartbeat.now_ms();
     // The leftovers go through the frame parser now, straight into the pending output, so the
     // tunnel keeps neither them nor a slot for them.
@@ -1044,15 +1080,15 @@ mod tests {
     #[tokio::test]
     async fn a_tunnel_runs_over_in_memory_streams() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let env = Arc::new(Env {
-            heartbeat: Heartbeat::new(Duration::from_secs(25), Duration::from_secs(10)),
-            settings: TunnelSettings {
+        let env = Arc::new(Env::new(
+            Heartbeat::new(Duration::from_secs(25), Duration::from_secs(10)),
+            TunnelSettings {
                 idle_timeout: Duration::ZERO,
                 max_lifetime: Duration::ZERO,
                 close_timeout: Duration::from_secs(5),
             },
-            shutdown: Shutdown::new(),
-        });
+            Shutdown::new(),
+        ));
         let (mut client, c_end) = tokio::io::duplex(4096);
         let (u_end, mut upstream) = tokio::io::duplex(4096);
         let task = tokio::spawn(run(c_end, Bytes::new(), u_end, Bytes::new(), &env));

@@ -455,6 +455,9 @@ fn spawn_tunnel<C: Transport>(
             }
         }
         let env = proxy.tunnels.clone();
+        // Decided here, right after the 101, whichever engine enrolls the tunnel (the io_uring
+        // engine does so a moment later).
+        let late = tunnel::late_for_shutdown(&env);
         let client = match proxy.engines() {
             None => client,
             // Not plain TCP: the tokio tunnel below takes any transport.
@@ -468,6 +471,7 @@ fn spawn_tunnel<C: Transport>(
                             upstream,
                             upstream_leftover: u_pre,
                             guard: Guard { _slot, _active },
+                            late,
                         }),
                         (Err(e), _) | (_, Err(e)) => {
                             tracing::warn!(error = %e, "could not hand a tunnel to io_uring; closed it");

@@ -66,6 +66,8 @@ pub struct Handoff {
     pub upstream_leftover: Bytes,
     /// Dropped when the tunnel ends (the tunnel gauge, the upstream's active count).
     pub guard: tunnel::Guard,
+    /// Shutdown had begun when the 101 went out ([`tunnel::late_for_shutdown`]).
+    pub late: bool,
 }
 
 /// What other threads leave for an engine.
@@ -527,7 +529,7 @@ impl Engine {
             fd: [h.client, h.upstream],
             d,
             io: [Io::default(), Io::default()],
-            beat: tunnel::enroll(&self.env),
+            beat: tunnel::enroll(&self.env, h.late),
             waker,
             limits,
             close_at: None,

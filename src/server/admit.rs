@@ -14,15 +14,18 @@ use tokio::net::TcpStream;
 
 use super::route::Route;
 use super::state::Server;
+use crate::broker::HistoryQuery;
+use crate::hub::{Join, Presence};
 use crate::lifecycle::Slot;
 use crate::metrics::METRICS;
 use crate::reply::{Body, full, text};
 use crate::transport::{Rewind, Transport};
 use crate::ws::close::CloseReason;
-use crate::ws::codec::Protocol;
+use crate::ws::codec::RAW;
 use crate::ws::handshake::{self, Accept, HandshakeError};
 use crate::ws::outbox::Outbox;
 use crate::ws::session::{RouteCtx, Session};
+use crate::ws::v1;
 
 /// Why a WebSocket was not admitted; each reason is one response.
 #[derive(Debug)]
@@ -74,7 +77,7 @@ If they should, add {origin:?} to allowed_origins of this route (or websocket.al
 }
 
 /// Answers a request on a WebSocket route: an explained refusal, or a 101 and a session.
-pub fn websocket(
+pub async fn websocket(
     mut req: Request<Incoming>,
     route: &Route,
     group: Result<Option<String>, String>,
@@ -99,8 +102,10 @@ pub fn websocket(
         }
     };
     // Join before the 101 goes out: a backend that publishes as soon as the browser's `onopen`
-    // fires must find the member there. Until the session runs, messages wait in its outbox.
-    let joined = Joined::new(server, group, slot);
+    // fires must find the member there. Until the session runs, messages wait in its outbox. A
+    // wsgate.v1 client joins nothing by itself: it subscribes by command.
+    let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| route.v1_settings(&path));
+    let joined = Joined::new(server, group, slot, route, v1).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = route.ctx.clone();
     tokio::spawn(async move {
@@ -200,32 +205,56 @@ struct Joined {
     outbox: Arc<Outbox>,
     group: Option<Arc<str>>,
     slot: Option<Slot>,
+    v1: Option<v1::Settings>,
 }
 
 impl Joined {
-    fn new(server: &Arc<Server>, group: Option<String>, slot: Slot) -> Self {
+    async fn new(
+        server: &Arc<Server>,
+        group: Option<String>,
+        slot: Slot,
+        route: &Route,
+        v1: Option<v1::Settings>,
+    ) -> Self {
         let id = server.next_id();
         let limit = server.config.websocket.send_queue_bytes;
-        let outbox = Arc::new(Outbox::new(
-            id,
-            limit,
-            server.heartbeat.now_ms(),
-            Protocol::Raw,
-        ));
+        let outbox = Arc::new(Outbox::new(id, limit, server.heartbeat.now_ms()));
         server.heartbeat.register(&outbox);
+        let member: Arc<dyn crate::hub::Member> = outbox.clone();
+        server.hub.register(&member);
         if server.shutdown.is_begun() {
             // Shutdown walked the registry before we were in it.
             outbox.request_close(CloseReason::Shutdown);
         }
-        let group: Option<Arc<str>> = group.map(Arc::from);
+        let group: Option<Arc<str>> = group.filter(|_| v1.is_none()).map(Arc::from);
         if let Some(g) = &group {
-            server.hub.join(g, outbox.clone());
+            let how = Join {
+                codec: &RAW,
+                presence: route.presence.then(Presence::default),
+                events: route.join_leave,
+            };
+            match route.replay() {
+                HistoryQuery::Live => {
+                    server.hub.join(g, outbox.clone(), how);
+                }
+                q => {
+                    let attached = server
+                        .hub
+                        .attach(g, outbox.clone(), how.clone(), q, None)
+                        .await;
+                    if let Err(e) = attached {
+                        tracing::warn!(group = %g, error = %e, "no replay for a joining client");
+                        server.hub.join(g, outbox.clone(), how);
+                    }
+                }
+            }
         }
         Joined {
             server: server.clone(),
             outbox,
             group,
             slot: Some(slot),
+            v1,
         }
     }
 
@@ -241,6 +270,7 @@ impl Joined {
             ctx,
             self.group.take(),
             self.server.sessions.clone(),
+            self.v1.take(),
         );
         tokio::spawn(session);
     }
@@ -249,10 +279,11 @@ impl Joined {
 impl Drop for Joined {
     fn drop(&mut self) {
         // Not started: leave the group here (the slot goes back with `self.slot`).
-        if self.slot.is_some()
-            && let Some(g) = &self.group
-        {
-            self.server.hub.leave(g, self.outbox.id);
+        if self.slot.is_some() {
+            if let Some(g) = &self.group {
+                self.server.hub.leave(g, self.outbox.id);
+            }
+            self.server.hub.unregister(self.outbox.id);
         }
     }
 }

@@ -1,11 +1,16 @@
-//! Matching request paths to WebSocket routes and filling in group names.
+//! Matching request paths to WebSocket routes and filling in group names, and what a route
+//! gives the connections it admits (replay, presence, the `wsgate.v1` permissions).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::broker::HistoryQuery;
+use crate::broker::policy::GroupPattern;
 use crate::config::{self, OnMessage};
 use crate::hub::group::check_name;
 use crate::uri::percent_decode;
 use crate::ws::session::RouteCtx;
+use crate::ws::v1;
 
 /// A route ready for matching.
 #[derive(Debug)]
@@ -14,11 +19,22 @@ pub struct Route {
     pub pattern: String,
     segments: Vec<Segment>,
     group: Option<String>,
+    /// What the route speaks, in order of preference (`wsgate.v1` last, on routes with groups).
     pub subprotocols: Vec<String>,
     max_group_bytes: usize,
     /// Lowercased; empty: any origin.
     origins: Vec<String>,
     pub ctx: Arc<RouteCtx>,
+    /// What a joining plain client is replayed: `(last, within)`.
+    replay: Option<(usize, Duration)>,
+    /// Whether the route's groups keep presence, and announce joins and leaves.
+    pub presence: bool,
+    pub join_leave: bool,
+    /// `wsgate.v1` group patterns as configured (placeholders filled per connection).
+    subscribe: Vec<String>,
+    client_publish: bool,
+    /// The `[websocket]` limits a v1 connection follows.
+    v1_limits: (u32, usize, usize),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -45,11 +61,16 @@ impl Route {
                 },
             )
             .collect();
+        let subscribe = r.subscribe_patterns();
+        let mut subprotocols = r.subprotocols.clone();
+        if !subscribe.is_empty() && !subprotocols.iter().any(|p| p == v1::PROTOCOL) {
+            subprotocols.push(v1::PROTOCOL.to_string());
+        }
         Route {
             pattern: r.path.clone(),
             segments,
             group: r.group.clone(),
-            subprotocols: r.subprotocols.clone(),
+            subprotocols,
             max_group_bytes: ws.max_group_bytes,
             origins: r
                 .allowed_origins
@@ -63,6 +84,48 @@ impl Route {
                 echo_to_sender: r.echo_to_sender,
                 max_message_bytes: r.max_message_bytes.unwrap_or(ws.max_message_bytes),
             }),
+            replay: r.replay.map(|p| (p.last, p.within.get())),
+            presence: r.presence,
+            join_leave: r.join_leave && r.presence,
+            subscribe,
+            client_publish: r.allows_client_publish(),
+            v1_limits: (
+                ws.max_command_errors,
+                ws.max_subscriptions,
+                ws.recovery_max_publications,
+            ),
+        }
+    }
+
+    /// What a plain client joining this route's group gets from its history first.
+    pub fn replay(&self) -> HistoryQuery {
+        match self.replay {
+            Some((last, within)) => HistoryQuery::Last { last, within },
+            None => HistoryQuery::Live,
+        }
+    }
+
+    /// What a `wsgate.v1` client connected at `path` may do: the route's subscribe patterns
+    /// with the path's values filled in (literally).
+    pub fn v1_settings(&self, path: &str) -> v1::Settings {
+        let params = self.params(path).unwrap_or_default();
+        let values: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let (max_errors, max_subscriptions, recovery_limit) = self.v1_limits;
+        v1::Settings {
+            allowed: self
+                .subscribe
+                .iter()
+                .map(|t| GroupPattern::from_template(t, &values))
+                .collect(),
+            allowed_text: self.subscribe.iter().map(|t| fill(t, &values)).collect(),
+            client_publish: self.client_publish,
+            echo_to_sender: self.ctx.echo_to_sender,
+            presence: self.presence,
+            join_leave: self.join_leave,
+            max_errors,
+            max_subscriptions,
+            recovery_limit,
+            max_group_bytes: self.max_group_bytes,
         }
     }
 
@@ -70,15 +133,8 @@ impl Route {
     pub fn echo(path: &str, ws: &config::WebSocket) -> Self {
         Route::new(
             &config::Route {
-                path: path.to_string(),
-                path_prefix: None,
-                proxy_pass: None,
-                group: None,
                 on_message: OnMessage::Echo,
-                echo_to_sender: true,
-                subprotocols: Vec::new(),
-                max_message_bytes: None,
-                allowed_origins: None,
+                ..config::Route::hub(path, None)
             },
             ws,
         )
@@ -105,9 +161,8 @@ impl Route {
             })
     }
 
-    /// Matches a request path (already without its query); a trailing slash is optional.
-    /// Returns the group the client joins (`Some(None)` for a route without a group).
-    pub fn matches(&self, path: &str) -> Option<Result<Option<String>, String>> {
+    /// The path's placeholder values (percent-decoded), when `path` matches this route.
+    fn params(&self, path: &str) -> Option<Vec<(&str, String)>> {
         let mut params: Vec<(&str, String)> = Vec::new();
         let mut parts = split(path);
         for seg in &self.segments {
@@ -124,15 +179,50 @@ impl Route {
         if parts.next().is_some() {
             return None;
         }
+        Some(params)
+    }
+
+    /// Matches a request path (already without its query); a trailing slash is optional.
+    /// Returns the group the client joins (`Some(None)` for a route without a group).
+    pub fn matches(&self, path: &str) -> Option<Result<Option<String>, String>> {
+        let params = self.params(path)?;
         let Some(template) = &self.group else {
             return Some(Ok(None));
         };
-        let mut group = template.clone();
-        for (name, value) in &params {
-            group = group.replace(&format!("{{{name}}}"), value);
-        }
+        let values: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let group = fill(template, &values);
         Some(check_name(&group, self.max_group_bytes).map(|()| Some(group)))
     }
+}
+
+/// `template` with every `{name}` that has a value replaced by it, in one pass (a value that
+/// looks like a placeholder stays as it is).
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let value = after.find('}').and_then(|close| {
+            let name = &after[1..close];
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v, close + 1))
+        });
+        match value {
+            Some((v, len)) => {
+                out.push_str(v);
+                rest = &after[len..];
+            }
+            None => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub enum Target<'a> {
     /// The proxy, to upstream number `.0`.
     Proxy(usize),
     Demo,
+    /// `/wsgate.js`, the browser client.
+    Script,
     Health,
     Favicon,
     Metrics,
@@ -52,6 +54,7 @@ impl Server {
         }
         match path {
             "/" => Target::Demo,
+            "/wsgate.js" => Target::Script,
             "/healthz" => Target::Health,
             "/favicon.ico" => Target::Favicon,
             "/metrics" => Target::Metrics,
@@ -69,9 +72,12 @@ pub async fn handle(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     match server.route(&path) {
-        Target::WebSocket { route, group } => admit::websocket(req, route, group, &server, peer),
+        Target::WebSocket { route, group } => {
+            admit::websocket(req, route, group, &server, peer).await
+        }
         Target::Proxy(upstream) => crate::proxy::handle(&server.proxy, req, upstream, peer).await,
         Target::Demo => crate::web::demo_page(&req),
+        Target::Script => crate::web::script(&req),
         Target::Health => text(StatusCode::OK, "ok\n"),
         // Browsers ask for it on every page; a 204 keeps their consoles free of 404 noise.
         Target::Favicon => text(StatusCode::NO_CONTENT, ""),
@@ -106,7 +112,7 @@ fn not_found(path: &str, server: &Server) -> Response<Body> {
         }
     }
     body.push_str(
-        "\nHTTP:\n  GET  /  (demo page)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /metrics\n  GET  /healthz\n",
+        "\nHTTP:\n  GET  /  (demo page)\n  GET  /wsgate.js  (the browser client)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /api/groups/{group}/presence\n  GET  /api/groups/{group}/history\n  GET  /metrics\n  GET  /healthz\n",
     );
     text(StatusCode::NOT_FOUND, body)
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::state::Server;
 use crate::ws::close::CloseReason;
-use crate::ws::heartbeat::Entry;
 
 /// Begins shutdown: listeners stop, every WebSocket client gets Close 1001, proxy tunnels get
 /// `proxy.shutdown_grace` to end on their own and then Close 1001 on both sides. Waits until
@@ -24,9 +23,7 @@ pub async fn drain(server: &Server, grace: Duration) -> bool {
         tracing::info!(tunnels = proxy.open_tunnels(), grace = ?tunnel_grace, "waiting for proxy tunnels to end (proxy.shutdown_grace)");
         let _ = tokio::time::timeout(tunnel_grace, proxy.slots.wait_empty()).await;
     }
-    for t in proxy.tunnels.heartbeat.connections() {
-        t.request_close(CloseReason::Shutdown);
-    }
+    proxy.tunnels.close_all();
     let all_gone = async {
         server.sessions.slots.wait_empty().await;
         proxy.slots.wait_empty().await;

@@ -8,6 +8,9 @@ use crate::reply::{Body, full, text};
 /// The demo page: join a group by name, see messages arrive, send and publish.
 pub const DEMO_HTML: &str = include_str!("demo.html");
 
+/// The browser client of the `wsgate.v1` protocol.
+pub const WSGATE_JS: &str = include_str!("wsgate.js");
+
 /// Serves the demo page for GET and HEAD.
 pub fn demo_page<B>(req: &Request<B>) -> Response<Body> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
@@ -28,7 +31,28 @@ pub fn demo_page<B>(req: &Request<B>) -> Response<Body> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
+        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
     );
+    r
+}
+
+/// Serves `wsgate.js` for GET and HEAD.
+pub fn script<B>(req: &Request<B>) -> Response<Body> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: /wsgate.js is read with GET.\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut r = Response::new(full(Bytes::from_static(WSGATE_JS.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }

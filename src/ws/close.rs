@@ -50,7 +50,7 @@ impl ProtocolError {
 /// Why wsgate closes a connection on its own initiative (neither answering the peer's Close nor
 /// failing the connection for a protocol error). Sessions and proxy tunnels map each reason to
 /// their own frames; [`CloseReason::code`] and [`CloseReason::text`] are a session's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
     /// The server is shutting down: 1001; queued messages go out first.
     Shutdown,
@@ -59,34 +59,42 @@ pub enum CloseReason {
     PongTimeout,
     /// The send queue passed `send_queue_bytes`: 1013; the queue is dropped.
     SlowConsumer,
+    /// Closed through the API (`DELETE /api/connections/{id}`) with this code and reason;
+    /// queued messages go out first.
+    Disconnected {
+        code: u16,
+        reason: std::sync::Arc<str>,
+    },
 }
 
 impl CloseReason {
     /// The code a session sends.
-    pub fn code(self) -> CloseCode {
+    pub fn code(&self) -> CloseCode {
         match self {
             CloseReason::Shutdown => CloseCode::GOING_AWAY,
             CloseReason::PongTimeout => CloseCode::INTERNAL_ERROR,
             CloseReason::SlowConsumer => CloseCode::TRY_AGAIN_LATER,
+            CloseReason::Disconnected { code, .. } => CloseCode(*code),
         }
     }
 
     /// The reason text a session sends.
-    pub fn text(self) -> &'static str {
+    pub fn text(&self) -> &str {
         match self {
             CloseReason::Shutdown => "server shutting down",
             CloseReason::PongTimeout => "pong timeout: nothing received after a ping",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::Disconnected { reason, .. } => reason,
         }
     }
 
     /// Whether messages still queued are dropped rather than delivered before the Close.
-    pub fn discards_queue(self) -> bool {
+    pub fn discards_queue(&self) -> bool {
         matches!(self, CloseReason::PongTimeout | CloseReason::SlowConsumer)
     }
 
     /// Whether the peer gets time to answer our Close (a peer that stopped answering does not).
-    pub fn waits_for_peer(self) -> bool {
+    pub fn waits_for_peer(&self) -> bool {
         !matches!(self, CloseReason::PongTimeout)
     }
 }

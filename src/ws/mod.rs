@@ -12,6 +12,7 @@ pub mod handshake;
 pub mod heartbeat;
 pub mod outbox;
 pub mod session;
+pub mod v1;
 
 pub use close::{CloseCode, CloseReason};
 pub use handshake::{HandshakeError, accept_key};

@@ -13,9 +13,8 @@ use std::task::Waker;
 use bytes::Bytes;
 
 use super::close::CloseReason;
-use super::codec::Protocol;
 use super::heartbeat::{Beat, Entry};
-use crate::hub::{Codec, Member};
+use crate::hub::Member;
 
 #[derive(Debug, Default)]
 struct State {
@@ -41,8 +40,6 @@ pub struct Outbox {
     limit: usize,
     /// The connection's heartbeat state (this outbox is its entry in the wheel).
     pub(super) beat: Beat,
-    /// How publications are encoded for this connection.
-    protocol: Protocol,
 }
 
 /// What the session found in its outbox.
@@ -53,16 +50,15 @@ pub struct Signals {
 }
 
 impl Outbox {
-    /// The outbox of connection `id` speaking `protocol`, holding at most `limit` queued bytes,
-    /// heard from at heartbeat time `now_ms`.
-    pub fn new(id: u64, limit: usize, now_ms: u64, protocol: Protocol) -> Self {
+    /// The outbox of connection `id`, holding at most `limit` queued bytes, heard from at
+    /// heartbeat time `now_ms`.
+    pub fn new(id: u64, limit: usize, now_ms: u64) -> Self {
         Outbox {
             id,
             state: Mutex::new(State::default()),
             queued: AtomicUsize::new(0),
             limit,
             beat: Beat::new(now_ms),
-            protocol,
         }
     }
 
@@ -154,7 +150,7 @@ impl Outbox {
         let mut st = self.lock();
         let signals = Signals {
             ping: std::mem::take(&mut st.ping),
-            close: st.close,
+            close: st.close.clone(),
         };
         if !st.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             st.waker = Some(waker.clone());
@@ -196,12 +192,20 @@ impl Member for Outbox {
         self.id
     }
 
-    fn codec(&self) -> &'static dyn Codec {
-        self.protocol.codec()
-    }
-
     fn deliver(&self, frame: &Bytes) -> bool {
         self.push(frame)
+    }
+
+    /// Half the queue: a replay must leave room for live messages.
+    fn budget(&self) -> usize {
+        self.limit / 2
+    }
+
+    fn disconnect(&self, code: u16, reason: &str) {
+        let _ = self.request_close(CloseReason::Disconnected {
+            code,
+            reason: std::sync::Arc::from(reason),
+        });
     }
 }
 
@@ -230,7 +234,7 @@ mod tests {
 
     #[test]
     fn a_consumer_past_its_limit_is_told_to_close_with_1013() {
-        let o = Outbox::new(1, 100, 0, Protocol::Raw);
+        let o = Outbox::new(1, 100, 0);
         let frame = Bytes::from(vec![0u8; 60]);
         assert!(o.push(&frame));
         assert!(!o.push(&frame), "120 bytes exceed the 100 byte limit");
@@ -242,7 +246,7 @@ mod tests {
 
     #[test]
     fn one_large_message_fits_an_empty_queue() {
-        let o = Outbox::new(1, 100, 0, Protocol::Raw);
+        let o = Outbox::new(1, 100, 0);
         assert!(o.push(&Bytes::from(vec![0u8; 1000])));
         assert!(!o.is_closing());
     }

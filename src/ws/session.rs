@@ -30,6 +30,7 @@ use super::codec::RAW;
 use super::frame::{self, Decoder, Event, OpCode};
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
+use super::v1::{self, V1};
 use crate::broker::{Kind, Publication};
 use crate::config::OnMessage;
 use crate::hub::Codec;
@@ -96,6 +97,8 @@ pub struct Session<S = TcpStream> {
     /// The deadline of the closing phase: armed when our Close becomes due, then reset for the
     /// linger. Boxed, and only while closing: an idle session carries no timer.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The `wsgate.v1` state, when the client speaks it (a plain client has none).
+    v1: Option<Box<V1>>,
 }
 
 /// Where a session is in its life.
@@ -119,7 +122,8 @@ enum End {
 
 impl<S: Transport> Session<S> {
     /// Takes over a member already in its group (if any) and a connection slot already taken
-    /// from `env.slots` (and kept); both are given back when the session is dropped.
+    /// from `env.slots` (and kept); both are given back when the session is dropped. With
+    /// `v1`, the client speaks `wsgate.v1`: its messages are commands.
     pub fn new(
         io: S,
         leftover: Bytes,
@@ -127,6 +131,7 @@ impl<S: Transport> Session<S> {
         route: Arc<RouteCtx>,
         group: Option<Arc<str>>,
         env: Arc<Env>,
+        v1: Option<v1::Settings>,
     ) -> Self {
         let decoder = Decoder::new(route.max_message_bytes);
         io.set_nodelay();
@@ -149,6 +154,7 @@ impl<S: Transport> Session<S> {
             pending: (!leftover.is_empty()).then_some(leftover),
             phase: Phase::Open,
             timer: None,
+            v1: v1.map(|s| Box::new(V1::new(s))),
         }
     }
 
@@ -256,12 +262,20 @@ impl<S: Transport> Session<S> {
         self.close_received = true;
     }
 
-    fn on_event(&mut self, ev: Event) {
+    fn on_event(&mut self, ev: Event, cx: &mut Context<'_>) {
         if self.close_sent && !matches!(ev, Event::Close(..)) {
             // After our Close, data is discarded (§5.5.1) while we wait for the peer's Close.
             return;
         }
         match ev {
+            Event::Message(m) if self.v1.is_some() => {
+                METRICS.messages_received.inc();
+                let v1 = self.v1.as_mut().expect("checked by the guard");
+                let verdict = v1.on_message(m.text, m.payload(), &self.env.hub, &self.outbox, cx);
+                if let v1::Verdict::Close(e) = verdict {
+                    self.fail(e);
+                }
+            }
             Event::Message(m) => {
                 METRICS.messages_received.inc();
                 match self.route.on_message {
@@ -383,7 +397,7 @@ impl<S: Transport> Session<S> {
             return Ok(false);
         };
         for ev in events {
-            self.on_event(ev);
+            self.on_event(ev, cx);
         }
         if let Err(e) = result {
             self.fail(e);
@@ -396,7 +410,7 @@ impl<S: Transport> Session<S> {
             let mut events = Vec::new();
             let r = self.decoder.feed(&mut first, &mut |e| events.push(e));
             for ev in events {
-                self.on_event(ev);
+                self.on_event(ev, cx);
             }
             if let Err(e) = r {
                 self.fail(e);
@@ -412,7 +426,18 @@ impl<S: Transport> Session<S> {
                 // Our Close is out; the peer's answer is waited for (bounded) if it is owed.
                 return Poll::Ready(End::Closed);
             }
-            let read = if self.read_done {
+            // A v1 command waiting on the broker holds the next ones back (they keep order).
+            let busy = match self.v1.as_mut() {
+                Some(v1) if v1.is_busy() && !self.close_sent => {
+                    if let v1::Verdict::Close(e) = v1.poll_pending(&self.env.hub, &self.outbox, cx)
+                    {
+                        self.fail(e);
+                    }
+                    self.v1.as_ref().is_some_and(|v| v.is_busy())
+                }
+                _ => false,
+            };
+            let read = if self.read_done || busy {
                 false
             } else {
                 match self.poll_read(cx) {
@@ -498,8 +523,12 @@ impl<S: Transport> Future for Session<S> {
 
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
+        self.env.hub.unregister(self.outbox.id);
         if let Some(g) = &self.group {
             self.env.hub.leave(g, self.outbox.id);
+        }
+        if let Some(v1) = self.v1.as_mut() {
+            v1.leave_all(&self.env.hub, self.outbox.id);
         }
         METRICS.connections.dec();
         self.env.slots.give_back();
@@ -510,7 +539,7 @@ impl<S> Drop for Session<S> {
 mod tests {
     use super::*;
     use crate::broker::memory::Memory;
-    use crate::ws::codec::Protocol;
+    use crate::hub::Join;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// The session is the whole state of an idle connection's task: keeping it small is what
@@ -524,7 +553,7 @@ mod tests {
 
     fn env(close_timeout: Duration) -> Arc<Env> {
         Arc::new(Env {
-            hub: Hub::new(Arc::new(Memory::new())),
+            hub: Hub::new(Arc::new(Memory::default())),
             heartbeat: Heartbeat::new(Duration::from_secs(25), Duration::from_secs(10)),
             close_timeout,
             slots: Slots::new(10),
@@ -539,11 +568,11 @@ mod tests {
         capacity: usize,
     ) -> (DuplexStream, Arc<Outbox>, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(capacity);
-        let outbox = Arc::new(Outbox::new(1, 1 << 20, 0, Protocol::Raw));
+        let outbox = Arc::new(Outbox::new(1, 1 << 20, 0));
         env.heartbeat.register(&outbox);
         let group: Option<Arc<str>> = group.map(Arc::from);
         if let Some(g) = &group {
-            env.hub.join(g, outbox.clone());
+            env.hub.join(g, outbox.clone(), Join::plain(&RAW));
         }
         env.slots.take().unwrap().keep();
         let route = Arc::new(RouteCtx {
@@ -558,6 +587,7 @@ mod tests {
             route,
             group,
             env.clone(),
+            None,
         );
         (client, outbox, tokio::spawn(s))
     }

@@ -1,8 +1,10 @@
 //! Test support: start wsgate in-process on 127.0.0.1:0, talk raw HTTP, open WebSockets.
 #![allow(dead_code)]
 
+pub mod broker_suite;
 pub mod doctor;
 pub mod upstream;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::time::Duration;
