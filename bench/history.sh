@@ -2,8 +2,9 @@
 # What groups that remember cost (issue 11), one wsgate binary, interleaved in one run:
 #   fanout-on / fanout-off   fan-out to FANOUT_SUBS subscribers at FANOUT_RATE publishes/s, the
 #                            group with history (and replay) on, then off: server CPU per delivery
-#   idle-group / idle-echo   IDLE_CONNS plain clients held in one group with history, replay and
-#                            presence, then on the echo route (no group): RSS per connection
+#   idle-group / idle-group-off / idle-echo   IDLE_CONNS plain clients held in one group with
+#                            history, replay and presence, then in the same group with neither,
+#                            then on the echo route (no group): RSS per connection
 #   stored                   STORED publications of STORED_SIZE bytes kept in history: RSS and the
 #                            history gauge per stored publication
 #   recover                  `wsgate bench recover`: RECOVER_CONNS wsgate.v1 clients each
@@ -98,6 +99,10 @@ for rep in $(seq "$REPS"); do
         bench_json "idle-group.wsgate.$rep" "$SERVER_PID" idle --url "ws://127.0.0.1:$PORT/room/idle/" \
           --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --concurrency 200 --timeout 30
         stop
+        start "$ROUTE_OFF"
+        bench_json "idle-group-off.wsgate.$rep" "$SERVER_PID" idle --url "ws://127.0.0.1:$PORT/room/idle/" \
+          --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --concurrency 200 --timeout 30
+        stop
         start ""
         bench_json "idle-echo.wsgate.$rep" "$SERVER_PID" idle --url "ws://127.0.0.1:$PORT/ws/echo" \
           --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --concurrency 200 --timeout 30
@@ -161,7 +166,7 @@ for name, rs in (("fan-out, history on", on), ("fan-out, history off", off)):
 a, b = mean(on, per_delivery), mean(off, per_delivery)
 if a and b:
     print(f"| fan-out CPU per delivery, history on / off | {a / b:.3f}x (target <= 1.10x) | |")
-for name in ("idle-group", "idle-echo"):
+for name in ("idle-group", "idle-group-off", "idle-echo"):
     for r in runs(name):
         print(f"| {name}: RSS bytes per connection | {get(r, 'server_rss.bytes_per_conn'):,.0f} | {r.get('ok')} |")
 for r in runs("stored"):

@@ -194,3 +194,40 @@ fn the_binary_refuses_a_remote_target_with_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("10.1.2.3 is not a loopback address"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_brings_every_client_its_missed_messages() {
+    let srv = start("").await;
+    let out = bench(&format!(
+        "recover --url ws://{a}/room/r/ --publish-url http://{a}/api/groups/room:r/messages \
+         --group room:r --conns 12 --missed 7 --timeout 5 --pid {p}",
+        a = srv.addr,
+        p = pid()
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "published"), 7.0);
+    assert_eq!(num(r, "recovered"), 12.0);
+    assert_eq!(num(r, "not_recovered"), 0.0);
+    assert_eq!(num(r, "time_to_recovered_us.count"), 12.0);
+    assert!(num(r, "recoveries_per_s") > 0.0, "{r}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_without_history_is_not_ok() {
+    // A route that keeps no history cannot recover anyone: the bench must say so, not pass.
+    let srv = start("[[route]]\npath = \"/nohist/{r}/\"\ngroup = \"nohist:{r}\"\n").await;
+    let out = bench(&format!(
+        "recover --url ws://{a}/nohist/r/ --publish-url http://{a}/api/groups/nohist:r/messages \
+         --group nohist:r --conns 3 --missed 2 --timeout 3",
+        a = srv.addr
+    ))
+    .await;
+    let r = &out.report;
+    assert!(!out.ok, "{r}");
+    assert_eq!(num(r, "recovered"), 0.0, "{r}");
+    assert_eq!(num(r, "not_recovered"), 3.0, "{r}");
+    srv.shutdown().await;
+}
