@@ -101,6 +101,7 @@ fn not_found(path: &str, server: &Server) -> Response<Body> {
             OnMessage::Echo => "echo",
             OnMessage::Broadcast => "broadcast to its group",
             OnMessage::Drop => "receive only",
+            OnMessage::Forward => "messages forwarded to a backend",
         };
         body.push_str(&format!("  {}  ({what})\n", r.pattern));
     }
