@@ -159,3 +159,24 @@ pub fn check_hook_url(url: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("{url:?} is not a valid URL ({e})"))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    #[test]
+    fn hooks_keys_come_from_the_environment_too() {
+        let env = vec![
+            ("WSGATE_HOOKS__MAX_IN_FLIGHT".to_string(), "3".to_string()),
+            ("WSGATE_HOOKS__TIMEOUT".to_string(), "250ms".to_string()),
+            (
+                "WSGATE_HOOKS__ON_CONNECT_FAILURE".to_string(),
+                "accept".to_string(),
+            ),
+        ];
+        let cfg = load_str("t.toml", "", &env).unwrap();
+        assert_eq!(cfg.hooks.max_in_flight, 3);
+        assert_eq!(cfg.hooks.timeout, super::Duration::from_millis(250));
+        assert_eq!(cfg.hooks.on_connect_failure, super::ConnectFailure::Accept);
+    }
+}

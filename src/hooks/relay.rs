@@ -197,8 +197,12 @@ impl Shared {
         let mut o = self.conn.json("disconnect");
         o.insert("code".into(), code.into());
         let body = Bytes::from(serde_json::Value::Object(o).to_string());
-        if let Err(e) = self.hooks.call(url, body, Repeat::Harmless).await {
-            tracing::warn!(conn = %self.conn.id, error = %e, "the disconnect hook failed");
+        match self.hooks.call(url, body, Repeat::Harmless).await {
+            // The answer's body means nothing here: a 200 is all it takes.
+            Ok(_) | Err(HookError::BadAnswer { .. }) => {}
+            Err(e) => {
+                tracing::warn!(conn = %self.conn.id, error = %e, "the disconnect hook failed")
+            }
         }
     }
 }

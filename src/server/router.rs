@@ -113,7 +113,7 @@ fn not_found(path: &str, server: &Server) -> Response<Body> {
         }
     }
     body.push_str(
-        "\nHTTP:\n  GET  /  (demo page)\n  GET  /wsgate.js  (the browser client)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /api/groups/{group}/presence\n  GET  /api/groups/{group}/history\n  GET  /metrics\n  GET  /healthz\n",
+        "\nHTTP:\n  GET  /  (demo page)\n  GET  /wsgate.js  (the browser client)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /api/groups/{group}/presence\n  GET  /api/groups/{group}/history\n  POST /api/connections/{id}/messages\n  DELETE /api/connections/{id}\n  GET  /metrics\n  GET  /healthz\n",
     );
     text(StatusCode::NOT_FOUND, body)
 }
