@@ -222,7 +222,8 @@ fn message_of(o: &Map<String, Value>, at: &str) -> Result<Message, String> {
 }
 
 /// Reads the answer to a forwarded message: `{}` (nothing to do), or any of `"messages": [..]`
-/// (each a string, sent as text, or any JSON value, sent as its JSON text), `"publish":
+/// (each a string, sent as text, `{"b64data": "..."}`, sent as binary, or any other JSON
+/// value, sent as its JSON text), `"publish":
 /// [{"group": "...", "data": ...}, ...]` (or `"groups"`, `"b64data"`) and `"close": {"code":
 /// 4000, "reason": "..."}`.
 pub fn reply(v: Value, max_group_bytes: usize) -> Result<Reply, String> {
@@ -231,12 +232,17 @@ pub fn reply(v: Value, max_group_bytes: usize) -> Result<Reply, String> {
     match o.get("messages") {
         None | Some(Value::Null) => {}
         Some(Value::Array(a)) => {
-            for m in a {
+            for (i, m) in a.iter().enumerate() {
                 r.messages.push(match m {
                     Value::String(s) => Message {
                         data: Bytes::from(s.clone()),
                         kind: Kind::Text,
                     },
+                    // `{"b64data": "..."}` alone is a binary message (an object with other keys,
+                    // or a string holding this shape, goes as text).
+                    Value::Object(o) if o.len() == 1 && o.contains_key("b64data") => {
+                        message_of(o, &format!("messages[{i}]"))?
+                    }
                     v => Message {
                         data: Bytes::from(v.to_string()),
                         kind: Kind::Json,
@@ -377,6 +383,14 @@ mod tests {
         assert_eq!(r.publish[1].0, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(&r.publish[1].1.data[..], &[0u8, 255]);
         assert_eq!(r.close, Some((4000, "bye".into())));
+        let r = reply(
+            json!({"messages": [{"b64data": "AP8="}, {"b64data": "x", "n": 1}]}),
+            64,
+        )
+        .unwrap();
+        assert_eq!(r.messages[0].kind, Kind::Binary);
+        assert_eq!(&r.messages[0].data[..], &[0u8, 255]);
+        assert_eq!(r.messages[1].kind, Kind::Json);
         assert_eq!(reply(json!({}), 64), Ok(Reply::default()));
         let e = reply(json!({"publish": [{"data": "x"}]}), 64).unwrap_err();
         assert!(e.starts_with("publish[0] needs \"group\""), "{e}");
