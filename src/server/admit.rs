@@ -440,6 +440,10 @@ impl Drop for Joined {
             for g in self.extras.iter().flat_map(|x| &x.groups) {
                 self.server.hub.leave(g, self.outbox.id);
             }
+            // The backend heard of the connect: it hears of the end too.
+            if let Some(relay) = self.extras.as_ref().and_then(|x| x.relay.as_ref()) {
+                relay.closed(1006);
+            }
             self.server.hub.unregister(self.outbox.id);
         }
     }
