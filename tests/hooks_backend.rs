@@ -663,6 +663,49 @@ async fn a_multipart_form_publishes_its_text_fields_in_order_and_refuses_files()
 }
 
 #[tokio::test]
+async fn an_answer_over_max_response_bytes_counts_as_a_failed_call() {
+    let backend = Backend::start(|_c: Call| async move {
+        let pad = "x".repeat(2000);
+        ok(json!({"accept": true, "info": {"pad": pad}}))
+    })
+    .await;
+    let s = start(&config(&backend, "max_response_bytes = 1000")).await;
+    assert_eq!(
+        closed_at_once(s.addr, "/hooked/1/").await,
+        Some((1011, "the backend's answer was not understood".to_string()))
+    );
+    assert_eq!(
+        backend.events("connect").len(),
+        1,
+        "a bad answer is not retried"
+    );
+}
+
+#[tokio::test]
+async fn hook_calls_reuse_a_connection_until_pool_idle_timeout() {
+    let backend = plain_backend().await;
+    let s = start(&config(&backend, "pool_idle_timeout = \"300ms\"")).await;
+    let mut a = connect(s.addr, "/hooked/p/").await;
+    for i in 0..5 {
+        send_text(&mut a, &format!("m{i}")).await;
+    }
+    eventually("five messages at the backend", || {
+        backend.events("message").len() == 5
+    })
+    .await;
+    assert_eq!(
+        backend.connections(),
+        1,
+        "connect and five messages over one connection"
+    );
+    // Idle past the pool's timeout: the next call opens a new connection.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    send_text(&mut a, "later").await;
+    eventually("the sixth message", || backend.events("message").len() == 6).await;
+    assert_eq!(backend.connections(), 2);
+}
+
+#[tokio::test]
 async fn a_forward_route_without_a_url_is_a_config_error_naming_the_key() {
     let e = wsgate::config::load_str(
         "t.toml",

@@ -36,6 +36,8 @@ type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Answer> + Send>> 
 pub struct Backend {
     pub addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
+    /// TCP connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -51,11 +53,14 @@ impl Backend {
         let addr = listener.local_addr().expect("addr");
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let recorded = calls.clone();
+        let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let counted = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
@@ -95,12 +100,22 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, calls, task }
+        Backend {
+            addr,
+            calls,
+            accepted,
+            task,
+        }
     }
 
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every request so far.
