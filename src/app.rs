@@ -14,6 +14,7 @@ use crate::broker::Broker;
 use crate::broker::memory::{self, Memory};
 use crate::broker::policy::{GroupPattern, Policies, StreamPolicy};
 use crate::config::{BrokerKind, Config};
+use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, raise_nofile_limit};
 use crate::proxy::Proxy;
@@ -167,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .start_engines(config.proxy.tunnel_io, threads)
         .map_err(StartError::IoUring)?;
     let api = Api::new(hub.clone(), &config);
+    let hooks = Hooks::new(&config, hub.clone());
     let server = Arc::new(Server::new(
         config.clone(),
         Parts {
@@ -174,6 +176,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             heartbeat: heartbeat.clone(),
             proxy: proxy.clone(),
             api,
+            hooks,
             shutdown,
         },
     ));

@@ -3,7 +3,8 @@
 //! Where things live (one module per concept; each says what it must not know about):
 //! [`config`] what the operator asked for; [`server`] listeners, HTTP, routing and admission;
 //! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] publications
-//! and reaching other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page;
+//! and reaching other nodes; [`api`] the publish endpoints; [`hooks`] backends told of
+//! connects, messages and disconnects over HTTP; [`web`] the embedded demo page;
 //! [`metrics`] counters and `/metrics`; [`proxy`] the reverse proxy; [`app`] wiring, start and
 //! stop order; [`cli`] the command line; [`bench`] the load generator behind `wsgate bench`.
 //! Leaves every module may use: [`reply`] (HTTP bodies and replies), [`transport`] (the streams
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod hooks;
 pub mod hub;
 pub mod lifecycle;
 pub mod metrics;

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub command_errors: Counter,
     pub replayed: Counter,
     pub recoveries_failed: Counter,
+    pub hook_calls: Counter,
+    pub hook_failures: Counter,
+    pub hook_forward_refused: Counter,
     pub recoveries: Counter,
     pub history_evictions: Counter,
 }
@@ -96,6 +99,9 @@ pub static METRICS: Metrics = Metrics {
     command_errors: Counter::new(),
     replayed: Counter::new(),
     recoveries_failed: Counter::new(),
+    hook_calls: Counter::new(),
+    hook_failures: Counter::new(),
+    hook_forward_refused: Counter::new(),
     recoveries: Counter::new(),
     history_evictions: Counter::new(),
 };
@@ -103,7 +109,7 @@ pub static METRICS: Metrics = Metrics {
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 23] = [
+        let rows: [(&str, &str, &str, u64); 26] = [
             (
                 "wsgate_ws_connections",
                 "gauge",
@@ -229,6 +235,24 @@ impl Metrics {
                 "counter",
                 "wsgate.v1 subscribes that could not recover (recovered: false)",
                 self.recoveries_failed.get(),
+            ),
+            (
+                "wsgate_hooks_calls_total",
+                "counter",
+                "Backend hook requests made (each retry counts)",
+                self.hook_calls.get(),
+            ),
+            (
+                "wsgate_hooks_failures_total",
+                "counter",
+                "Backend hook requests that failed (unreachable, timeout, non-200, bad answer)",
+                self.hook_failures.get(),
+            ),
+            (
+                "wsgate_hooks_forward_refused_total",
+                "counter",
+                "Client messages refused because hooks.max_in_flight were waiting for the backend",
+                self.hook_forward_refused.get(),
             ),
             (
                 "wsgate_hub_replayed_total",

@@ -175,12 +175,12 @@ async fn refusals_carry_a_status_and_a_sentence() {
                 a,
                 "/api/groups/g/messages",
                 Some("multipart/form-data; boundary=x"),
-                b"x",
+                b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.xlsx\"\r\n\r\nPK\r\n--x--\r\n",
                 "",
             )
             .await,
             415,
-            "form upload",
+            "publish progress text or a reference to it",
         ),
         (
             post(

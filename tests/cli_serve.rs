@@ -30,6 +30,20 @@ fn the_example_config_is_valid() {
 }
 
 #[test]
+fn every_config_under_examples_is_valid() {
+    let mut found = 0;
+    for dir in std::fs::read_dir("examples").expect("examples/ exists") {
+        let p = dir.expect("an entry").path().join("wsgate.toml");
+        if p.exists() {
+            found += 1;
+            let (code, out, err) = check_config(p.to_str().expect("a UTF-8 path"), &[]);
+            assert_eq!(code, 0, "{}: {out}{err}", p.display());
+        }
+    }
+    assert!(found >= 1, "no examples/*/wsgate.toml found");
+}
+
+#[test]
 fn every_invalid_fixture_fails_with_its_expected_message() {
     let dir = std::path::Path::new("tests/config/invalid");
     let mut checked = 0;

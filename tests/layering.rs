@@ -504,6 +504,10 @@ fn no_module_imports_what_it_must_not_know() {
                 "server", "ws", "hub", "broker", "proxy", "api", "app", "cli", "bench",
             ],
         ),
+        (
+            "hooks",
+            &["server", "proxy", "api", "web", "app", "cli", "bench"],
+        ),
         ("server", &["app", "cli", "bench"]),
         (
             "bench",

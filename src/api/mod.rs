@@ -5,7 +5,11 @@
 //! - `POST /api/publish`: JSON `{"group": "...", "data": ...}` or `{"groups": [...], ...}`, with
 //!   `"b64data"` instead of `"data"` for binary.
 //!
-//! Both answer JSON with the number of local recipients. Errors answer JSON `{"error": "..."}`
+//! - `POST /api/connections/{id}/messages`: the body is a message for one connection.
+//!
+//! A `multipart/form-data` body to a group publishes its text fields, one message each; a file
+//! part is refused with 415 ([`multipart`]). Publishes answer JSON with the number of local
+//! recipients. Errors answer JSON `{"error": "..."}`
 //! whose sentence says what was wrong and how to fix it. This module parses and authorises, then
 //! hands a [`Publication`] to the hub; it knows nothing about sockets or frames.
 
@@ -26,6 +30,8 @@ use crate::hub::{Hub, presence_json};
 use crate::metrics::METRICS;
 use crate::reply::{Body, json as json_response};
 use crate::uri::percent_decode;
+
+mod multipart;
 
 /// The publish API: what it needs from the configuration, and the hub it publishes to.
 #[derive(Debug)]
@@ -58,6 +64,8 @@ enum Endpoint {
     History(String),
     /// `DELETE /api/connections/{id}`
     Disconnect(String),
+    /// `POST /api/connections/{id}/messages`
+    Send(String),
 }
 
 impl Endpoint {
@@ -66,6 +74,10 @@ impl Endpoint {
             return Some(Endpoint::Publish);
         }
         if let Some(id) = path.strip_prefix("/api/connections/") {
+            if let Some(id) = id.strip_suffix("/messages") {
+                return (!id.is_empty() && !id.contains('/'))
+                    .then(|| Endpoint::Send(percent_decode(id)));
+            }
             return (!id.is_empty() && !id.contains('/'))
                 .then(|| Endpoint::Disconnect(percent_decode(id)));
         }
@@ -81,7 +93,7 @@ impl Endpoint {
 
     fn method(&self) -> Method {
         match self {
-            Endpoint::Publish | Endpoint::Messages(_) => Method::POST,
+            Endpoint::Publish | Endpoint::Messages(_) | Endpoint::Send(_) => Method::POST,
             Endpoint::Presence(_) | Endpoint::History(_) => Method::GET,
             Endpoint::Disconnect(_) => Method::DELETE,
         }
@@ -150,14 +162,7 @@ impl Api {
     /// node (ids as presence shows them) with that code (default 1000) and reason; its queued
     /// messages go out first.
     fn disconnect(&self, id: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
-        let (node, conn) = id
-            .split_once('.')
-            .and_then(|(n, c)| Some((u64::from_str_radix(n, 16).ok()?, c.parse::<u64>().ok()?)))
-            .ok_or_else(|| {
-                ApiError::bad(format!(
-                    "{id:?} is not a connection id; ids look like \"1.42\" (GET /api/groups/{{group}}/presence lists them)"
-                ))
-            })?;
+        let (node, conn) = connection_id(id)?;
         let mut code = 1000u16;
         let mut reason = String::from("closed by the server");
         for (k, v) in query
@@ -203,6 +208,59 @@ impl Api {
             StatusCode::OK,
             &json!({ "closed": id, "code": code, "reason": reason }),
         ))
+    }
+
+    /// `POST /api/connections/{id}/messages`: the body is a message for that connection alone
+    /// (text for `text/*` and JSON, binary otherwise, as for groups).
+    async fn send(&self, id: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let (node, conn) = connection_id(id)?;
+        let kind = content_kind(&req)?;
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| is_json_request(&v.to_ascii_lowercase()));
+        let body = read_body(req, self.cfg.max_body_bytes).await?;
+        let kind = match kind {
+            Some(k) => k,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "a message to one connection is the body itself; send it as text/plain, application/json or application/octet-stream",
+                ));
+            }
+        };
+        check_text(kind, &body)?;
+        // JSON stays a JSON value in a wsgate.v1 envelope, so it must be one.
+        let kind = if json {
+            serde_json::from_slice::<Value>(&body).map_err(|e| {
+                ApiError::bad(format!(
+                    "the body is not valid JSON ({e}); send it as text/plain to send it as text"
+                ))
+            })?;
+            Kind::Json
+        } else {
+            kind
+        };
+        let gone = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no connection {id} on this node; it may have closed already"),
+            )
+        };
+        if node != self.hub.node() {
+            return Err(gone());
+        }
+        match self.hub.send_to(conn, &body, kind) {
+            None => Err(gone()),
+            Some(false) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "connection {id} is closing (or too slow to take more); the message was not sent"
+                ),
+            )),
+            Some(true) => Ok(json_response(StatusCode::OK, &json!({ "sent": id }))),
+        }
     }
 
     /// `GET /api/groups/{group}/presence`: who is in the group, on every node.
@@ -346,36 +404,34 @@ impl Api {
         let target = match endpoint {
             Endpoint::Publish => None,
             Endpoint::Messages(g) => Some(g),
+            Endpoint::Send(id) => return self.send(&id, req).await,
             Endpoint::Presence(g) => return self.presence(&g).await,
             Endpoint::History(g) => return self.history(&g, req.uri().query()).await,
             Endpoint::Disconnect(id) => return self.disconnect(&id, req.uri().query()),
         };
         let kind = content_kind(&req)?;
-        let kind_header = req
+        let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .to_ascii_lowercase();
+            // Not lowercased: a multipart boundary is case-sensitive.
+            .to_string();
         let limit = self.cfg.max_body_bytes;
         let body = read_body(req, limit).await?;
         match target {
             Some(group) => {
                 check_name(&group, self.max_group_bytes)
                     .map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
-                if kind == Kind::Text {
-                    std::str::from_utf8(&body).map_err(|e| {
-                    ApiError::bad(format!(
-                        "the body is not valid UTF-8 (byte {}), so it cannot be a text message; send it as application/octet-stream for a binary message",
-                        e.valid_up_to()
-                    ))
-                })?;
-                }
+                let Some(kind) = kind else {
+                    return self.publish_form(&group, &content_type, &body).await;
+                };
+                check_text(kind, &body)?;
                 let n = self.publish(&group, body, kind).await?;
                 Ok(json_response(StatusCode::OK, &json!({ "recipients": n })))
             }
             None => {
-                if !is_json_request(&kind_header) {
+                if !is_json_request(&content_type.to_ascii_lowercase()) {
                     return Err(ApiError::new(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
                         "POST /api/publish takes Content-Type: application/json; to publish a raw body use POST /api/groups/{group}/messages",
@@ -384,6 +440,39 @@ impl Api {
                 self.publish_json(&body).await
             }
         }
+    }
+
+    /// A `multipart/form-data` body: each text field is published as one text message, in
+    /// the form's order; a file part refuses the whole form (415) before anything is published.
+    async fn publish_form(
+        &self,
+        group: &str,
+        content_type: &str,
+        body: &Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let refused = |(status, message): multipart::Refusal| {
+            ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                message,
+            )
+        };
+        let boundary = multipart::boundary(content_type).map_err(refused)?;
+        let fields = multipart::text_fields(&boundary, body).map_err(refused)?;
+        if fields.is_empty() {
+            return Err(ApiError::bad(
+                "the form has no fields; each text field is published as one message",
+            ));
+        }
+        let mut total = 0;
+        for (_, value) in &fields {
+            total += self
+                .publish(group, Bytes::from(value.clone()), Kind::Text)
+                .await?;
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "recipients": total, "messages": fields.len() }),
+        ))
     }
 
     async fn publish_json(&self, body: &[u8]) -> Result<Response<Body>, ApiError> {
@@ -487,6 +576,17 @@ impl Api {
     }
 }
 
+/// `(node, connection)` of an id as presence shows it (`"1.42"`).
+fn connection_id(id: &str) -> Result<(u64, u64), ApiError> {
+    id.split_once('.')
+        .and_then(|(n, c)| Some((u64::from_str_radix(n, 16).ok()?, c.parse::<u64>().ok()?)))
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "{id:?} is not a connection id; ids look like \"1.42\" (GET /api/groups/{{group}}/presence lists them, and hooks name them in \"conn\")"
+            ))
+        })
+}
+
 /// Close codes the API may ask for: the registered ones that describe a server's decision, and
 /// the ones for applications (RFC 6455 §7.4).
 fn valid_close_code(code: u16) -> bool {
@@ -527,10 +627,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Decides text or binary from Content-Type (RFC 9110 §8.3: none means octet-stream).
-fn content_kind(req: &Request<Incoming>) -> Result<Kind, ApiError> {
+/// A text message's body must be UTF-8.
+fn check_text(kind: Kind, body: &[u8]) -> Result<(), ApiError> {
+    if kind != Kind::Text {
+        return Ok(());
+    }
+    std::str::from_utf8(body).map(|_| ()).map_err(|e| {
+        ApiError::bad(format!(
+            "the body is not valid UTF-8 (byte {}), so it cannot be a text message; send it as application/octet-stream for a binary message",
+            e.valid_up_to()
+        ))
+    })
+}
+
+/// Decides text or binary from Content-Type (RFC 9110 §8.3: none means octet-stream); `None`
+/// for a `multipart/form-data` form, whose text fields are the messages.
+fn content_kind(req: &Request<Incoming>) -> Result<Option<Kind>, ApiError> {
     let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
-        return Ok(Kind::Binary);
+        return Ok(Some(Kind::Binary));
     };
     let ct = ct
         .to_str()
@@ -542,11 +656,14 @@ fn content_kind(req: &Request<Incoming>) -> Result<Kind, ApiError> {
         .filter_map(|p| p.trim().strip_prefix("charset="))
         .map(|c| c.trim_matches('"').to_string())
         .next();
+    if mime == "multipart/form-data" {
+        return Ok(None);
+    }
     if mime.starts_with("multipart/") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "{mime} is a form upload envelope, not a message; send the message itself as the body (text/plain, application/json or application/octet-stream)"
+                "{mime} is an envelope, not a message; send the message itself as the body (text/plain, application/json or application/octet-stream), or a multipart/form-data form of text fields"
             ),
         ));
     }
@@ -555,10 +672,10 @@ fn content_kind(req: &Request<Incoming>) -> Result<Kind, ApiError> {
         || (mime.starts_with("application/") && mime.ends_with("+json"))
         || mime == "application/x-www-form-urlencoded";
     if !text {
-        return Ok(Kind::Binary);
+        return Ok(Some(Kind::Binary));
     }
     match charset.as_deref() {
-        None | Some("utf-8" | "utf8" | "us-ascii") => Ok(Kind::Text),
+        None | Some("utf-8" | "utf8" | "us-ascii") => Ok(Some(Kind::Text)),
         Some(other) => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(

@@ -3,7 +3,7 @@
 //!
 //! This module knows nothing about sockets, tokio or the runtime types of other modules; it only
 //! describes what the operator asked for. One file per section, each with its own checks
-//! (`server.rs`, `websocket.rs`, `api.rs`, `broker.rs`, `proxy.rs`, `route.rs`); `validate.rs`
+//! (`server.rs`, `websocket.rs`, `api.rs`, `hooks.rs`, `broker.rs`, `proxy.rs`, `route.rs`); `validate.rs`
 //! locates a problem in the file, `env.rs` applies environment overrides.
 
 mod addr;
@@ -11,6 +11,7 @@ mod api;
 mod broker;
 mod duration;
 mod env;
+mod hooks;
 mod hub;
 mod proxy;
 mod route;
@@ -28,6 +29,7 @@ pub use addr::{parse_cidr, parse_listen, parse_server_addr};
 pub use api::Api;
 pub use broker::{Broker, BrokerKind};
 pub use duration::Duration;
+pub use hooks::{ConnectFailure, Hooks, MessageFailure, RouteHooks};
 pub use hub::Hub;
 pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
 pub use route::{History, OnMessage, Replay, Route, path_params};
@@ -47,6 +49,8 @@ pub struct Config {
     pub hub: Hub,
     pub websocket: WebSocket,
     pub api: Api,
+    /// `[hooks]`: how wsgate calls backends (routes say where).
+    pub hooks: Hooks,
     /// `[proxy]`: settings shared by every proxy route.
     pub proxy: Proxy,
     /// `[[upstream]]` tables: named groups of servers that proxy routes forward to.
@@ -136,6 +140,7 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     cfg.server.check(&mut report);
     cfg.websocket.check(&mut report);
     cfg.api.check(&mut report);
+    cfg.hooks.check(&mut report);
     cfg.hub.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);
     route::check(&cfg.routes, &cfg.websocket, &cfg.upstreams, &mut report);

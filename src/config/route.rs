@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::duration::Duration;
+use super::hooks::{RouteHooks, check_hook_url};
 use super::proxy::{Upstream, upstream_names};
 use super::validate::{Seg, item};
 use super::websocket::{WebSocket, check_origin};
@@ -19,6 +20,9 @@ pub enum OnMessage {
     Echo,
     /// Ignore it: the socket only receives.
     Drop,
+    /// POST it to the route's `hooks.on_message` backend URL; the answer may reply to the
+    /// client and publish.
+    Forward,
 }
 
 /// One `[[route]]` table: either a hub route (a URL pattern whose clients join a group) or a
@@ -77,6 +81,10 @@ pub struct Route {
     /// and leave the group. Needs `presence`. Default false.
     #[serde(default)]
     pub join_leave: bool,
+    /// Backend hooks: `{ on_connect = URL, on_message = URL, on_disconnect = URL }`, each
+    /// optional (`on_message` is used with `on_message = "forward"`). Settings shared by all
+    /// hooks (timeouts, retries, signing) are in `[hooks]`. Default: none.
+    pub hooks: Option<RouteHooks>,
 }
 
 /// `history = { size = 100, ttl = "5m" }`.
@@ -126,6 +134,7 @@ impl Route {
             client_publish: None,
             presence: true,
             join_leave: false,
+            hooks: None,
         }
     }
 
@@ -326,6 +335,7 @@ pub(super) fn check(
             }
         }
         check_stream(r, &params, &at, report);
+        check_hooks(r, &at, report);
         if r.max_message_bytes == Some(0) {
             report(at("max_message_bytes"), "must be at least 1".into());
         }
@@ -426,6 +436,32 @@ fn check_stream(
     }
 }
 
+/// `hooks` and `on_message = "forward"` of a hub route.
+fn check_hooks(
+    r: &Route,
+    at: &dyn Fn(&str) -> Vec<Seg>,
+    report: &mut impl FnMut(Vec<Seg>, String),
+) {
+    let forward_url = r.hooks.as_ref().and_then(|h| h.on_message.as_ref());
+    if r.on_message == OnMessage::Forward && forward_url.is_none() {
+        report(
+            at("on_message"),
+            "\"forward\" needs the backend URL: add hooks = { on_message = \"http://127.0.0.1:8000/ws/message\" } to this route".into(),
+        );
+    }
+    if r.on_message != OnMessage::Forward && forward_url.is_some() {
+        report(
+            at("hooks"),
+            "on_message has a URL but the route's on_message is not \"forward\"; set on_message = \"forward\" or remove the URL".into(),
+        );
+    }
+    for (_, url) in r.hooks.iter().flat_map(RouteHooks::urls) {
+        if let Err(m) = check_hook_url(url) {
+            report(at("hooks"), m);
+        }
+    }
+}
+
 /// Placeholders of a group pattern (`room:{room}`, `news:*`), or what is wrong with it.
 fn group_pattern_params(pattern: &str) -> Result<Vec<String>, String> {
     if pattern.is_empty() {
@@ -489,6 +525,7 @@ fn check_proxy_route(
         || r.subscribe.is_some()
         || r.client_publish.is_some()
         || r.join_leave
+        || r.hooks.is_some()
         || r.allowed_origins.is_some()
         || !r.subprotocols.is_empty()
         || r.max_message_bytes.is_some()
@@ -497,7 +534,7 @@ fn check_proxy_route(
     if hub_only {
         report(
             at("proxy_pass"),
-            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish and join_leave apply to hub routes only; the upstream decides these for a proxy route".into(),
+            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish, join_leave and hooks apply to hub routes only; the upstream decides these for a proxy route".into(),
         );
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 
 use bytes::Bytes;
 
-use crate::broker::Publication;
+use crate::broker::{Kind, Publication};
 
 /// Something that can receive publications: a WebSocket connection's outbox.
 pub trait Member: Send + Sync + Debug {
@@ -18,6 +18,9 @@ pub trait Member: Send + Sync + Debug {
     fn budget(&self) -> usize;
     /// Closes the member's connection with `code` and `reason` (its queue goes out first).
     fn disconnect(&self, code: u16, reason: &str);
+    /// Queues a message meant for this connection alone (not a group's publication), encoded
+    /// the way its client protocol carries such messages; false when it cannot take it.
+    fn send(&self, data: &[u8], kind: Kind) -> bool;
 }
 
 /// Encodes publications for one client protocol. The fan-out calls it at most once per

@@ -125,6 +125,16 @@ impl Hub {
         m.map(|m| m.disconnect(code, reason)).is_some()
     }
 
+    /// Sends a message to connection `id` of this node alone: `None` when there is no such
+    /// connection, else whether it took the message (it does not while closing or when its
+    /// queue is full).
+    pub fn send_to(&self, id: u64, data: &[u8], kind: Kind) -> Option<bool> {
+        let m = read(self.connections_of(id))
+            .get(&id)
+            .and_then(Weak::upgrade)?;
+        Some(m.send(data, kind))
+    }
+
     /// Connections registered on this node.
     pub fn connection_count(&self) -> usize {
         self.connections.iter().map(|s| read(s).len()).sum()
@@ -393,6 +403,9 @@ mod tests {
             self.got.lock().unwrap().push(m.clone());
             self.accept
         }
+        fn send(&self, data: &[u8], _kind: Kind) -> bool {
+            self.deliver(&Bytes::copy_from_slice(data))
+        }
     }
 
     fn probe_with(id: u64, accept: bool, codec: &'static Tagged) -> Arc<Probe> {
@@ -636,6 +649,9 @@ mod tests {
                 30
             }
             fn disconnect(&self, _code: u16, _reason: &str) {}
+            fn send(&self, data: &[u8], kind: Kind) -> bool {
+                self.0.send(data, kind)
+            }
         }
         let h = hub_with_history();
         for i in 0..10 {

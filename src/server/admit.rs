@@ -1,6 +1,7 @@
 //! Admission of a WebSocket on a hub route, in one fixed order: the handshake, the origin, the
-//! group from the path, then (as they land) authentication and backend hooks, then a
-//! connection slot, then the join. Each step refuses with a status and a sentence; only a
+//! group from the path, then the route's `on_connect` backend hook (which may refuse with a
+//! Close right after the 101, or choose groups, user and info), then a connection slot, then
+//! the join. Each step refuses with a status and a sentence; only a
 //! connection that passed every step gets its 101 and a session.
 
 use std::net::SocketAddr;
@@ -10,11 +11,18 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::route::Route;
 use super::state::Server;
 use crate::broker::HistoryQuery;
+use crate::broker::policy::GroupPattern;
+use crate::config::{ConnectFailure, OnMessage};
+use crate::hooks::Conn;
+use crate::hooks::answer::Verdict;
+use crate::hooks::connect::Knock;
+use crate::hooks::relay::Forwarder;
 use crate::hub::{Join, Presence};
 use crate::lifecycle::Slot;
 use crate::metrics::METRICS;
@@ -22,10 +30,12 @@ use crate::reply::{Body, full, text};
 use crate::transport::{Rewind, Transport};
 use crate::ws::close::CloseReason;
 use crate::ws::codec::RAW;
+use crate::ws::frame;
 use crate::ws::handshake::{self, Accept, HandshakeError};
 use crate::ws::outbox::Outbox;
 use crate::ws::session::{RouteCtx, Session};
 use crate::ws::v1;
+use crate::ws::{Extras, Relay};
 
 /// Why a WebSocket was not admitted; each reason is one response.
 #[derive(Debug)]
@@ -89,10 +99,9 @@ pub async fn websocket(
         check_origin(&req, route, &path, peer)?;
         let group = group.map_err(Refusal::Group)?;
         check_open(server)?;
-        let slot = take_slot(server, peer)?;
-        Ok((accept, group, slot))
+        Ok((accept, group))
     });
-    let (accept, group, slot) = match admitted {
+    let (accept, group) = match admitted {
         Ok(a) => a,
         Err(refusal) => {
             if !matches!(refusal, Refusal::ShuttingDown | Refusal::Full { .. }) {
@@ -101,11 +110,35 @@ pub async fn websocket(
             return refusal.into_response(&path);
         }
     };
+    let id = server.next_id();
+    let plan = match ask_backend(&req, route, &path, group, server, peer, id, &accept).await {
+        Ok(plan) => plan,
+        Err((code, reason)) => {
+            let close_timeout = server.config.websocket.close_timeout.get();
+            return close_at_once(&mut req, &accept, code, reason, close_timeout);
+        }
+    };
+    let slot = match take_slot(server, peer) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(&path),
+    };
     // Join before the 101 goes out: a backend that publishes as soon as the browser's `onopen`
     // fires must find the member there. Until the session runs, messages wait in its outbox. A
     // wsgate.v1 client joins nothing by itself: it subscribes by command.
-    let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| route.v1_settings(&path));
-    let joined = Joined::new(server, group, slot, route, v1).await;
+    let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| {
+        let mut s = route.v1_settings(&path);
+        s.user = plan.user.as_deref().map(Arc::from);
+        if let Some(groups) = &plan.chosen {
+            // The backend chose the groups: they are the ones this client may use.
+            s.allowed = groups
+                .iter()
+                .map(|g| GroupPattern::from_template("{g}", &[("g", g.as_str())]))
+                .collect();
+            s.allowed_text = groups.clone();
+        }
+        s
+    });
+    let joined = Joined::new(server, id, plan, slot, route, &path, v1).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = route.ctx.clone();
     tokio::spawn(async move {
@@ -136,6 +169,106 @@ pub async fn websocket(
         }
     });
     upgrade_response(&accept)
+}
+
+/// What a connection joins and is, as the route and its `on_connect` hook decided.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Groups a plain client joins; the first is its own (where a broadcast route publishes).
+    groups: Vec<String>,
+    /// The groups the backend chose, when it did.
+    chosen: Option<Vec<String>>,
+    user: Option<String>,
+    info: Option<String>,
+}
+
+/// Asks the route's `on_connect` hook, if it has one, what to do with the client: a plan, or
+/// the close code and reason it gets right after the 101 (a page sees a refused handshake only
+/// as "failed", but it sees a Close's code and reason).
+#[allow(clippy::too_many_arguments)]
+async fn ask_backend(
+    req: &Request<Incoming>,
+    route: &Route,
+    path: &str,
+    group: Option<String>,
+    server: &Server,
+    peer: SocketAddr,
+    id: u64,
+    accept: &Accept,
+) -> Result<Plan, (u16, String)> {
+    let default = Plan {
+        groups: group.iter().cloned().collect(),
+        ..Plan::default()
+    };
+    let Some(url) = route.hooks.as_ref().and_then(|h| h.on_connect.as_ref()) else {
+        return Ok(default);
+    };
+    let params = route.params(path).unwrap_or_default();
+    let conn = conn_id(server, id);
+    let knock = Knock {
+        conn: &conn,
+        route: &route.pattern,
+        path,
+        query: req.uri().query(),
+        params: &params,
+        group: group.as_deref(),
+        headers: req.headers(),
+        peer,
+        protocol: accept.protocol.as_deref(),
+    };
+    match server.hooks.on_connect(url, &knock).await {
+        Ok(Verdict::Accept(a)) => Ok(Plan {
+            groups: a.groups.clone().unwrap_or(default.groups),
+            chosen: a.groups,
+            user: a.user,
+            info: a.info,
+        }),
+        Ok(Verdict::Reject { code, reason }) => {
+            tracing::info!(%peer, %path, code, %reason, "the backend refused a connection");
+            Err((code, reason))
+        }
+        Err(e) => match server.hooks.settings().on_connect_failure {
+            ConnectFailure::Close => {
+                tracing::warn!(%peer, %path, error = %e, "on_connect failed; closing the client with 1011");
+                Err((1011, e.reason().to_string()))
+            }
+            ConnectFailure::Accept => {
+                tracing::warn!(%peer, %path, error = %e, "on_connect failed; letting the client in (hooks.on_connect_failure = \"accept\")");
+                Ok(default)
+            }
+        },
+    }
+}
+
+fn conn_id(server: &Server, id: u64) -> String {
+    format!("{:x}.{id}", server.hub.node())
+}
+
+/// Completes the upgrade only to close at once with `code` and `reason`, then waits (at most
+/// `close_timeout`) for the client's answer so our Close is not lost to a reset.
+fn close_at_once(
+    req: &mut Request<Incoming>,
+    accept: &Accept,
+    code: u16,
+    reason: String,
+    close_timeout: std::time::Duration,
+) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        let _ = tokio::time::timeout(close_timeout, async {
+            io.write_all(&frame::encode_close(code, &reason)).await?;
+            io.flush().await?;
+            let mut buf = [0u8; 256];
+            let _ = io.read(&mut buf).await?;
+            io.shutdown().await
+        })
+        .await;
+    });
+    upgrade_response(accept)
 }
 
 /// Method, version, upgrade headers, key and subprotocol (RFC 6455 §4.2.1).
@@ -204,6 +337,8 @@ struct Joined {
     server: Arc<Server>,
     outbox: Arc<Outbox>,
     group: Option<Arc<str>>,
+    /// Further groups the backend chose, and the relay to it.
+    extras: Option<Box<Extras>>,
     slot: Option<Slot>,
     v1: Option<v1::Settings>,
 }
@@ -211,14 +346,16 @@ struct Joined {
 impl Joined {
     async fn new(
         server: &Arc<Server>,
-        group: Option<String>,
+        id: u64,
+        plan: Plan,
         slot: Slot,
         route: &Route,
+        path: &str,
         v1: Option<v1::Settings>,
     ) -> Self {
-        let id = server.next_id();
         let limit = server.config.websocket.send_queue_bytes;
-        let outbox = Arc::new(Outbox::new(id, limit, server.heartbeat.now_ms()));
+        let outbox =
+            Arc::new(Outbox::new(id, limit, server.heartbeat.now_ms()).speaking_v1(v1.is_some()));
         server.heartbeat.register(&outbox);
         let member: Arc<dyn crate::hub::Member> = outbox.clone();
         server.hub.register(&member);
@@ -226,11 +363,19 @@ impl Joined {
             // Shutdown walked the registry before we were in it.
             outbox.request_close(CloseReason::Shutdown);
         }
-        let group: Option<Arc<str>> = group.filter(|_| v1.is_none()).map(Arc::from);
-        if let Some(g) = &group {
+        let groups: Vec<Arc<str>> = if v1.is_some() {
+            Vec::new()
+        } else {
+            plan.groups.iter().map(|g| Arc::from(g.as_str())).collect()
+        };
+        let presence = Presence {
+            user: plan.user.as_deref().map(Arc::from),
+            info: plan.info.as_deref().map(Arc::from),
+        };
+        for g in &groups {
             let how = Join {
                 codec: &RAW,
-                presence: route.presence.then(Presence::default),
+                presence: route.presence.then(|| presence.clone()),
                 events: route.join_leave,
             };
             match route.replay() {
@@ -249,10 +394,18 @@ impl Joined {
                 }
             }
         }
+        let extras = relay(server, route, path, id, &plan, &member);
+        let mut groups = groups.into_iter();
+        let group = groups.next();
+        let extras = match (extras, groups.len()) {
+            (None, 0) => None,
+            (relay, _) => Some(Box::new(Extras::new(groups.collect(), relay))),
+        };
         Joined {
             server: server.clone(),
             outbox,
             group,
+            extras,
             slot: Some(slot),
             v1,
         }
@@ -271,7 +424,8 @@ impl Joined {
             self.group.take(),
             self.server.sessions.clone(),
             self.v1.take(),
-        );
+        )
+        .with_extras(self.extras.take());
         tokio::spawn(session);
     }
 }
@@ -283,7 +437,48 @@ impl Drop for Joined {
             if let Some(g) = &self.group {
                 self.server.hub.leave(g, self.outbox.id);
             }
+            for g in self.extras.iter().flat_map(|x| &x.groups) {
+                self.server.hub.leave(g, self.outbox.id);
+            }
+            // The backend heard of the connect: it hears of the end too.
+            if let Some(relay) = self.extras.as_ref().and_then(|x| x.relay.as_ref()) {
+                relay.closed(1006);
+            }
             self.server.hub.unregister(self.outbox.id);
         }
     }
+}
+
+/// The relay of a connection whose route forwards its messages or wants to hear of its close.
+fn relay(
+    server: &Arc<Server>,
+    route: &Route,
+    path: &str,
+    id: u64,
+    plan: &Plan,
+    member: &Arc<dyn crate::hub::Member>,
+) -> Option<Arc<dyn Relay>> {
+    let hooks = route.hooks.as_ref()?;
+    let on_message = hooks
+        .on_message
+        .clone()
+        .filter(|_| route.ctx.on_message == OnMessage::Forward);
+    if on_message.is_none() && hooks.on_disconnect.is_none() {
+        return None;
+    }
+    let conn = Conn {
+        id: conn_id(server, id),
+        route: route.pattern.clone(),
+        path: path.to_string(),
+        groups: plan.groups.clone(),
+        user: plan.user.clone(),
+        info: plan.info.clone(),
+    };
+    Some(Arc::new(Forwarder::new(
+        server.hooks.clone(),
+        conn,
+        member.clone(),
+        on_message,
+        hooks.on_disconnect.clone(),
+    )))
 }

@@ -35,6 +35,27 @@ pub struct Route {
     client_publish: bool,
     /// The `[websocket]` limits a v1 connection follows.
     v1_limits: (u32, usize, usize),
+    /// Backend hook URLs (checked by the config).
+    pub hooks: Option<HookUrls>,
+}
+
+/// A route's backend hook URLs.
+#[derive(Debug, Clone, Default)]
+pub struct HookUrls {
+    pub on_connect: Option<http::Uri>,
+    pub on_message: Option<http::Uri>,
+    pub on_disconnect: Option<http::Uri>,
+}
+
+impl HookUrls {
+    fn new(h: &config::RouteHooks) -> Self {
+        let parse = |u: &Option<String>| u.as_deref().and_then(|u| u.parse().ok());
+        HookUrls {
+            on_connect: parse(&h.on_connect),
+            on_message: parse(&h.on_message),
+            on_disconnect: parse(&h.on_disconnect),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -94,6 +115,7 @@ impl Route {
                 ws.max_subscriptions,
                 ws.recovery_max_publications,
             ),
+            hooks: r.hooks.as_ref().map(HookUrls::new),
         }
     }
 
@@ -126,6 +148,7 @@ impl Route {
             max_subscriptions,
             recovery_limit,
             max_group_bytes: self.max_group_bytes,
+            user: None,
         }
     }
 
@@ -162,7 +185,8 @@ impl Route {
     }
 
     /// The path's placeholder values (percent-decoded), when `path` matches this route.
-    fn params(&self, path: &str) -> Option<Vec<(&str, String)>> {
+    /// The path's placeholders and their values (none when the path does not match).
+    pub fn params(&self, path: &str) -> Option<Vec<(&str, String)>> {
         let mut params: Vec<(&str, String)> = Vec::new();
         let mut parts = split(path);
         for seg in &self.segments {

@@ -101,6 +101,7 @@ fn not_found(path: &str, server: &Server) -> Response<Body> {
             OnMessage::Echo => "echo",
             OnMessage::Broadcast => "broadcast to its group",
             OnMessage::Drop => "receive only",
+            OnMessage::Forward => "messages forwarded to a backend",
         };
         body.push_str(&format!("  {}  ({what})\n", r.pattern));
     }
@@ -112,7 +113,7 @@ fn not_found(path: &str, server: &Server) -> Response<Body> {
         }
     }
     body.push_str(
-        "\nHTTP:\n  GET  /  (demo page)\n  GET  /wsgate.js  (the browser client)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /api/groups/{group}/presence\n  GET  /api/groups/{group}/history\n  GET  /metrics\n  GET  /healthz\n",
+        "\nHTTP:\n  GET  /  (demo page)\n  GET  /wsgate.js  (the browser client)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /api/groups/{group}/presence\n  GET  /api/groups/{group}/history\n  POST /api/connections/{id}/messages\n  DELETE /api/connections/{id}\n  GET  /metrics\n  GET  /healthz\n",
     );
     text(StatusCode::NOT_FOUND, body)
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::route::Route;
 use crate::api::Api;
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, Slots};
 use crate::proxy::Proxy;
@@ -21,6 +22,8 @@ pub struct Parts {
     pub heartbeat: Arc<Heartbeat<Outbox>>,
     pub proxy: Arc<Proxy>,
     pub api: Api,
+    /// The backend hook client (one keep-alive pool for every route's hooks).
+    pub hooks: Arc<Hooks>,
     pub shutdown: Shutdown,
 }
 
@@ -40,6 +43,7 @@ pub struct Server {
     /// Proxy routes, upstreams and tunnels.
     pub proxy: Arc<Proxy>,
     pub api: Api,
+    pub hooks: Arc<Hooks>,
     pub shutdown: Shutdown,
     next_id: AtomicU64,
 }
@@ -68,6 +72,7 @@ impl Server {
             sessions,
             proxy: parts.proxy,
             api: parts.api,
+            hooks: parts.hooks,
             shutdown: parts.shutdown,
             next_id: AtomicU64::new(1),
         }

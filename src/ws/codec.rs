@@ -58,6 +58,40 @@ impl Codec for V1 {
     }
 }
 
+/// A message for one connection alone (`POST /api/connections/{id}/messages`, a backend's
+/// reply to a forwarded message): a plain client gets it as it is, in one frame; a `wsgate.v1`
+/// client gets `{"type":"message","data":…}` (or `"b64data"` for binary).
+pub fn direct(v1: bool, data: &[u8], kind: Kind) -> Bytes {
+    if !v1 {
+        let op = if kind == Kind::Binary {
+            OpCode::Binary
+        } else {
+            OpCode::Text
+        };
+        return frame::encode(op, data);
+    }
+    let mut out = String::with_capacity(data.len() + 32);
+    out.push_str("{\"type\":\"message\"");
+    match kind {
+        Kind::Binary => {
+            out.push_str(",\"b64data\":\"");
+            out.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
+            out.push('"');
+        }
+        // Checked as one JSON value by whoever made it.
+        Kind::Json => {
+            out.push_str(",\"data\":");
+            out.push_str(&String::from_utf8_lossy(data));
+        }
+        _ => {
+            out.push_str(",\"data\":");
+            out.push_str(&json_str(&String::from_utf8_lossy(data)));
+        }
+    }
+    out.push('}');
+    frame::encode(OpCode::Text, out.as_bytes())
+}
+
 /// A JSON string literal.
 pub fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()

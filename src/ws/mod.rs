@@ -11,6 +11,7 @@ pub mod frame;
 pub mod handshake;
 pub mod heartbeat;
 pub mod outbox;
+pub mod relay;
 pub mod session;
 pub mod v1;
 
@@ -18,4 +19,5 @@ pub use close::{CloseCode, CloseReason};
 pub use handshake::{HandshakeError, accept_key};
 pub use heartbeat::{Beat, Entry, Heartbeat};
 pub use outbox::Outbox;
+pub use relay::{Extras, Relay};
 pub use session::Session;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::close::CloseReason;
 use super::heartbeat::{Beat, Entry};
+use crate::broker::Kind;
 use crate::hub::Member;
 
 #[derive(Debug, Default)]
@@ -38,6 +39,8 @@ pub struct Outbox {
     /// Bytes queued or not yet written by the session.
     queued: AtomicUsize,
     limit: usize,
+    /// The client speaks `wsgate.v1`: messages for it alone come in an envelope.
+    v1: bool,
     /// The connection's heartbeat state (this outbox is its entry in the wheel).
     pub(super) beat: Beat,
 }
@@ -58,8 +61,15 @@ impl Outbox {
             state: Mutex::new(State::default()),
             queued: AtomicUsize::new(0),
             limit,
+            v1: false,
             beat: Beat::new(now_ms),
         }
+    }
+
+    /// The same outbox, for a client speaking `wsgate.v1`.
+    pub fn speaking_v1(mut self, v1: bool) -> Self {
+        self.v1 = v1;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -206,6 +216,10 @@ impl Member for Outbox {
             code,
             reason: std::sync::Arc::from(reason),
         });
+    }
+
+    fn send(&self, data: &[u8], kind: Kind) -> bool {
+        self.push(&super::codec::direct(self.v1, data, kind))
     }
 }
 

@@ -30,6 +30,7 @@ use super::codec::RAW;
 use super::frame::{self, Decoder, Event, OpCode};
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
+use super::relay::Extras;
 use super::v1::{self, V1};
 use crate::broker::{Kind, Publication};
 use crate::config::OnMessage;
@@ -99,6 +100,8 @@ pub struct Session<S = TcpStream> {
     timer: Option<Pin<Box<Sleep>>>,
     /// The `wsgate.v1` state, when the client speaks it (a plain client has none).
     v1: Option<Box<V1>>,
+    /// Backend hooks' part: more groups, the relay of a forwarding route (none without hooks).
+    extras: Option<Box<Extras>>,
 }
 
 /// Where a session is in its life.
@@ -155,7 +158,15 @@ impl<S: Transport> Session<S> {
             phase: Phase::Open,
             timer: None,
             v1: v1.map(|s| Box::new(V1::new(s))),
+            extras: None,
         }
+    }
+
+    /// The same session with what backend hooks added: groups already joined (left when it
+    /// ends) and the relay that takes its messages and hears of its close.
+    pub fn with_extras(mut self, extras: Option<Box<Extras>>) -> Self {
+        self.extras = extras;
+        self
     }
 
     /// Sets the closing phase's deadline `after` from now.
@@ -241,6 +252,9 @@ impl<S: Transport> Session<S> {
             return;
         }
         self.close_sent = true;
+        if let Some(x) = self.extras.as_mut() {
+            x.code.get_or_insert(code);
+        }
         if discard {
             let keep = usize::from(self.offset > 0);
             let dropped: usize = self.out.iter().skip(keep).map(Bytes::len).sum();
@@ -282,6 +296,7 @@ impl<S: Transport> Session<S> {
                     OnMessage::Drop => {}
                     OnMessage::Echo => self.enqueue_own(m.into_frame()),
                     OnMessage::Broadcast => self.publish(m),
+                    OnMessage::Forward => self.forward(m),
                 }
             }
             Event::Ping(p) => self.enqueue_control(frame::encode(OpCode::Pong, &p)),
@@ -311,6 +326,21 @@ impl<S: Transport> Session<S> {
         // The broker keeps this session's publishes in call order; only a failure matters here.
         if let Some(Err(e)) = self.env.hub.publish(p).now() {
             tracing::warn!(conn = self.outbox.id, group = %g, error = %e, "a client's message was not published");
+        }
+    }
+
+    /// Hands a client's message to the route's backend relay; the client hears at once when
+    /// it cannot be taken (never a silent drop).
+    fn forward(&mut self, m: frame::Message) {
+        let Some(relay) = self.extras.as_ref().and_then(|x| x.relay.clone()) else {
+            return;
+        };
+        let text = m.text;
+        let framed = m.into_frame();
+        let header = frame::parse_header(&framed).map_or(0, |h| h.size);
+        if let Err(why) = relay.forward(text, framed.slice(header..)) {
+            let body = serde_json::json!({"type": "error", "code": 429, "message": why});
+            self.enqueue_own(frame::encode(OpCode::Text, body.to_string().as_bytes()));
         }
     }
 
@@ -529,6 +559,14 @@ impl<S> Drop for Session<S> {
         }
         if let Some(v1) = self.v1.as_mut() {
             v1.leave_all(&self.env.hub, self.outbox.id);
+        }
+        if let Some(x) = self.extras.take() {
+            for g in &x.groups {
+                self.env.hub.leave(g, self.outbox.id);
+            }
+            if let Some(relay) = &x.relay {
+                relay.closed(x.code.unwrap_or(1006));
+            }
         }
         METRICS.connections.dec();
         self.env.slots.give_back();

@@ -51,6 +51,8 @@ pub struct Settings {
     pub max_subscriptions: usize,
     pub recovery_limit: usize,
     pub max_group_bytes: usize,
+    /// The user presence shows for this connection (named by an `on_connect` hook).
+    pub user: Option<Arc<str>>,
 }
 
 /// The state of one v1 connection.
@@ -401,10 +403,10 @@ impl V1 {
         });
         let how = Join {
             codec: if events { &V1_EVENTS } else { &V1_CODEC },
-            presence: self
-                .settings
-                .presence
-                .then_some(Presence { user: None, info }),
+            presence: self.settings.presence.then_some(Presence {
+                user: self.settings.user.clone(),
+                info,
+            }),
             events: self.settings.join_leave,
         };
         self.subs.push(group.clone());

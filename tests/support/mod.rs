@@ -1,6 +1,7 @@
 //! Test support: start wsgate in-process on 127.0.0.1:0, talk raw HTTP, open WebSockets.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod broker_suite;
 pub mod doctor;
 pub mod upstream;
