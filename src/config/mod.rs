@@ -12,10 +12,12 @@ mod broker;
 mod duration;
 mod env;
 mod hub;
+mod jwt;
 mod proxy;
 mod route;
 mod secret;
 mod server;
+mod tls;
 mod validate;
 mod websocket;
 
@@ -29,10 +31,12 @@ pub use api::Api;
 pub use broker::{Broker, BrokerKind};
 pub use duration::Duration;
 pub use hub::Hub;
+pub use jwt::Jwt;
 pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
 pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
 pub use server::Server;
+pub use tls::{SniCert, Tls};
 pub use validate::{Error, Problem};
 pub use websocket::WebSocket;
 
@@ -47,6 +51,8 @@ pub struct Config {
     pub hub: Hub,
     pub websocket: WebSocket,
     pub api: Api,
+    /// `[jwt]`: tokens for hub routes. Absent: no token is asked for.
+    pub jwt: Option<Jwt>,
     /// `[proxy]`: settings shared by every proxy route.
     pub proxy: Proxy,
     /// `[[upstream]]` tables: named groups of servers that proxy routes forward to.
@@ -136,6 +142,9 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     cfg.server.check(&mut report);
     cfg.websocket.check(&mut report);
     cfg.api.check(&mut report);
+    if let Some(j) = &cfg.jwt {
+        j.check(&mut report);
+    }
     cfg.hub.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);
     route::check(&cfg.routes, &cfg.websocket, &cfg.upstreams, &mut report);

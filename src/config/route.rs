@@ -77,6 +77,10 @@ pub struct Route {
     /// and leave the group. Needs `presence`. Default false.
     #[serde(default)]
     pub join_leave: bool,
+    /// With `[jwt]` set: connections without a token may use this route too (a token that is
+    /// given is still checked). Default false: a token is required.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// `history = { size = 100, ttl = "5m" }`.
@@ -126,6 +130,7 @@ impl Route {
             client_publish: None,
             presence: true,
             join_leave: false,
+            anonymous: false,
         }
     }
 
@@ -489,6 +494,7 @@ fn check_proxy_route(
         || r.subscribe.is_some()
         || r.client_publish.is_some()
         || r.join_leave
+        || r.anonymous
         || r.allowed_origins.is_some()
         || !r.subprotocols.is_empty()
         || r.max_message_bytes.is_some()
@@ -497,7 +503,7 @@ fn check_proxy_route(
     if hub_only {
         report(
             at("proxy_pass"),
-            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish and join_leave apply to hub routes only; the upstream decides these for a proxy route".into(),
+            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish, join_leave and anonymous apply to hub routes only; the upstream decides these for a proxy route".into(),
         );
     }
 }

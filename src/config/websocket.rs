@@ -29,7 +29,8 @@ pub struct WebSocket {
     pub max_group_bytes: usize,
     /// Browser origins allowed to open WebSockets on hub routes, e.g. `https://example.com` or
     /// `https://*.example.com`; others get 403, which stops cross-site WebSocket hijacking.
-    /// Clients that send no `Origin` (not browsers) are not affected. Default: any origin.
+    /// Clients that send no `Origin` (not browsers) are not affected. Default (empty): pages
+    /// of the same host as the request's `Host` and of localhost; `["*"]` allows any origin.
     pub allowed_origins: Vec<String>,
     /// Bad `wsgate.v1` commands (malformed JSON, unknown types, forbidden groups, ...) a
     /// connection may send; each gets an error reply, and the one past this closes the
@@ -124,6 +125,9 @@ impl WebSocket {
 /// An allowed origin is what a browser sends in `Origin`: `scheme://host[:port]`, no path; the
 /// host may start with `*.` for every subdomain.
 pub(super) fn check_origin(o: &str) -> Result<(), String> {
+    if o == "*" {
+        return Ok(());
+    }
     let Some((scheme, authority)) = o.split_once("://") else {
         return Err(format!(
             "{o:?} is not an origin; write it as a browser sends it, e.g. \"https://example.com\""

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::route::Route;
 use super::state::Server;
+use crate::auth::{Grant, JwtError};
 use crate::broker::HistoryQuery;
 use crate::hub::{Join, Presence};
 use crate::lifecycle::Slot;
@@ -33,6 +34,7 @@ enum Refusal {
     Handshake(HandshakeError),
     Origin(String),
     Group(String),
+    Unauthorized(JwtError),
     ShuttingDown,
     Full { max: usize },
 }
@@ -48,10 +50,22 @@ impl Refusal {
             Refusal::Origin(origin) => text(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "403 Forbidden: pages from {origin} may not open WebSockets on {path}. \
-If they should, add {origin:?} to allowed_origins of this route (or websocket.allowed_origins).\n"
+                    "403 Forbidden: pages from {origin:?} may not open WebSockets on {path}: only origins in \
+websocket.allowed_origins may (by default the same host as this request and localhost). If they should, add \
+{origin:?} to websocket.allowed_origins (or allowed_origins of this [[route]]); \"*\" allows every origin.\n"
                 ),
             ),
+            Refusal::Unauthorized(e) => {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    format!("401 Unauthorized: {e} (path {path}).\n"),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wsgate\""),
+                );
+                r
+            }
             Refusal::Group(why) => text(
                 StatusCode::BAD_REQUEST,
                 format!("400 Bad Request: {why} (from the path {path}).\n"),
@@ -88,11 +102,12 @@ pub async fn websocket(
     let admitted = check_handshake(&req, route, &path, peer).and_then(|accept| {
         check_origin(&req, route, &path, peer)?;
         let group = group.map_err(Refusal::Group)?;
+        let grant = check_token(&req, route, group.as_deref(), server, peer)?;
         check_open(server)?;
         let slot = take_slot(server, peer)?;
-        Ok((accept, group, slot))
+        Ok((accept, group, grant, slot))
     });
-    let (accept, group, slot) = match admitted {
+    let (accept, group, grant, slot) = match admitted {
         Ok(a) => a,
         Err(refusal) => {
             if !matches!(refusal, Refusal::ShuttingDown | Refusal::Full { .. }) {
@@ -104,8 +119,15 @@ pub async fn websocket(
     // Join before the 101 goes out: a backend that publishes as soon as the browser's `onopen`
     // fires must find the member there. Until the session runs, messages wait in its outbox. A
     // wsgate.v1 client joins nothing by itself: it subscribes by command.
-    let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| route.v1_settings(&path));
-    let joined = Joined::new(server, group, slot, route, v1).await;
+    let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| {
+        let mut s = route.v1_settings(&path);
+        s.grant = grant.clone();
+        s
+    });
+    let joined = Joined::new(server, group, slot, route, v1, grant.as_ref()).await;
+    if let Some(g) = grant {
+        tokio::spawn(expire(Arc::downgrade(&joined.outbox), g));
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = route.ctx.clone();
     tokio::spawn(async move {
@@ -165,12 +187,63 @@ fn check_origin(
     peer: SocketAddr,
 ) -> Result<(), Refusal> {
     let origin = req.headers().get(header::ORIGIN);
-    if route.allows_origin(origin.map(HeaderValue::as_bytes)) {
+    let host = req.headers().get(header::HOST).map(HeaderValue::as_bytes);
+    if route.allows_origin(origin.map(HeaderValue::as_bytes), host) {
         return Ok(());
     }
     let origin = String::from_utf8_lossy(origin.map_or(&[][..], HeaderValue::as_bytes));
     tracing::info!(%peer, %path, %origin, "handshake refused: origin not allowed");
     Err(Refusal::Origin(origin.into_owned()))
+}
+
+/// With `[jwt]` set: a valid token that allows the route's group, unless the route is
+/// anonymous and no token was sent.
+fn check_token(
+    req: &Request<Incoming>,
+    route: &Route,
+    group: Option<&str>,
+    server: &Server,
+    peer: SocketAddr,
+) -> Result<Option<Arc<Grant>>, Refusal> {
+    let Some(jwt) = &server.jwt else {
+        return Ok(None);
+    };
+    let refuse = |e: JwtError| {
+        tracing::info!(%peer, path = %req.uri().path(), error = %e, "handshake refused: token");
+        Refusal::Unauthorized(e)
+    };
+    let Some(token) = jwt.token_from(req.headers(), req.uri().query()) else {
+        return if route.anonymous {
+            Ok(None)
+        } else {
+            Err(refuse(jwt.missing()))
+        };
+    };
+    let claims = jwt.verify(&token).map_err(refuse)?;
+    if let Some(g) = group {
+        claims.check_group(g).map_err(refuse)?;
+    }
+    Ok(Some(Arc::new(Grant::new(jwt.clone(), claims))))
+}
+
+/// Closes the connection with 4001 "token expired" when its token runs out, unless a
+/// `refresh` moved the expiry on meanwhile. Ends early once the connection is gone.
+async fn expire(outbox: std::sync::Weak<Outbox>, grant: Arc<Grant>) {
+    loop {
+        let now = crate::auth::jwt::now_secs();
+        let exp = grant.expires();
+        if exp > now {
+            tokio::time::sleep(std::time::Duration::from_secs(exp - now)).await;
+            continue;
+        }
+        if let Some(o) = outbox.upgrade() {
+            o.request_close(CloseReason::Disconnected {
+                code: 4001,
+                reason: Arc::from("token expired"),
+            });
+        }
+        return;
+    }
 }
 
 /// No new connection once shutdown began.
@@ -215,6 +288,7 @@ impl Joined {
         slot: Slot,
         route: &Route,
         v1: Option<v1::Settings>,
+        grant: Option<&Arc<Grant>>,
     ) -> Self {
         let id = server.next_id();
         let limit = server.config.websocket.send_queue_bytes;
@@ -230,7 +304,10 @@ impl Joined {
         if let Some(g) = &group {
             let how = Join {
                 codec: &RAW,
-                presence: route.presence.then(Presence::default),
+                presence: route.presence.then(|| Presence {
+                    user: grant.map(|g| g.user.clone()),
+                    info: None,
+                }),
                 events: route.join_leave,
             };
             match route.replay() {

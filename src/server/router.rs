@@ -89,7 +89,7 @@ pub async fn handle(
             );
             r
         }
-        Target::Api => server.api.handle(req).await,
+        Target::Api => server.api.handle(req, peer.ip()).await,
         Target::NotFound => not_found(&path, &server),
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::route::Route;
+use super::tls::Tls;
 use crate::api::Api;
+use crate::auth::Jwt;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, Slots};
@@ -22,6 +24,10 @@ pub struct Parts {
     pub proxy: Arc<Proxy>,
     pub api: Api,
     pub shutdown: Shutdown,
+    /// TLS for the listener, when `[server.tls]` is set.
+    pub tls: Option<Arc<Tls>>,
+    /// Token checks for hub routes, when `[jwt]` is set.
+    pub jwt: Option<Arc<Jwt>>,
 }
 
 /// State shared by every connection.
@@ -41,6 +47,8 @@ pub struct Server {
     pub proxy: Arc<Proxy>,
     pub api: Api,
     pub shutdown: Shutdown,
+    pub tls: Option<Arc<Tls>>,
+    pub jwt: Option<Arc<Jwt>>,
     next_id: AtomicU64,
 }
 
@@ -69,6 +77,8 @@ impl Server {
             proxy: parts.proxy,
             api: parts.api,
             shutdown: parts.shutdown,
+            tls: parts.tls,
+            jwt: parts.jwt,
             next_id: AtomicU64::new(1),
         }
     }
