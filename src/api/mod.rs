@@ -383,7 +383,18 @@ impl Api {
             .unwrap_or("")
             .to_ascii_lowercase();
         let limit = self.cfg.max_body_bytes;
-        let body = read_body(req, limit).await?;
+        let deadline = self.cfg.body_timeout.get();
+        let body = tokio::time::timeout(deadline, read_body(req, limit))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {} (api.body_timeout); send it at once",
+                        self.cfg.body_timeout
+                    ),
+                )
+            })??;
         match target {
             Some(group) => {
                 check_name(&group, self.max_group_bytes)
@@ -438,6 +449,12 @@ impl Api {
                     let Value::String(g) = g else {
                         return Err(ApiError::bad("\"groups\" must be an array of strings"));
                     };
+                    // Listed twice would be delivered twice: refuse rather than guess.
+                    if out.contains(g) {
+                        return Err(ApiError::bad(format!(
+                            "\"groups\" names {g:?} twice; list each group once"
+                        )));
+                    }
                     out.push(g.clone());
                 }
                 if out.is_empty() {

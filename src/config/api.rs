@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::duration::Duration;
 use super::secret::Secret;
 use super::validate::{Seg, keys};
 
@@ -23,6 +24,9 @@ pub struct Api {
     ///
     /// With no key at all configured the API answers loopback callers only (others get 403).
     pub publish_tokens: Vec<Secret>,
+    /// Time a request body has to arrive in full; a body trickled slower gets 408 and the
+    /// connection is closed (slowloris). Default 10 s.
+    pub body_timeout: Duration,
 }
 
 impl Default for Api {
@@ -33,6 +37,7 @@ impl Default for Api {
             token: None,
             tokens: Vec::new(),
             publish_tokens: Vec::new(),
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -50,6 +55,17 @@ impl Api {
             report(
                 keys(&["api", "max_groups_per_publish"]),
                 "must be at least 1".into(),
+            );
+        }
+        if self.body_timeout.get() < std::time::Duration::from_millis(100)
+            || self.body_timeout.get() > std::time::Duration::from_secs(3600)
+        {
+            report(
+                keys(&["api", "body_timeout"]),
+                format!(
+                    "{} is out of range; use 100ms to 1h (default \"10s\")",
+                    self.body_timeout
+                ),
             );
         }
         if let Some(t) = &self.token {

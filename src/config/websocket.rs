@@ -95,6 +95,41 @@ impl WebSocket {
                 report(keys(&["websocket", "allowed_origins"]), m);
             }
         }
+        // The heartbeat wheel costs memory per second of interval (about 24 bytes): a typo like
+        // "277777h" would be gigabytes at start.
+        for (key, d) in [
+            ("ping_interval", w.ping_interval),
+            ("pong_timeout", w.pong_timeout),
+            ("close_timeout", w.close_timeout),
+        ] {
+            if d.get() > std::time::Duration::from_secs(3600) {
+                report(
+                    keys(&["websocket", key]),
+                    format!("{d} is more than 1h; use at most \"1h\""),
+                );
+            } else if !d.is_zero() && d.get() < std::time::Duration::from_millis(1) {
+                report(
+                    keys(&["websocket", key]),
+                    format!(
+                        "{:?} is under a millisecond; use at least \"1ms\" (or \"0s\" where it turns the feature off)",
+                        d.get()
+                    ),
+                );
+            }
+        }
+        let reserved = ["/", "/healthz", "/metrics", "/wsgate.js", "/favicon.ico"];
+        if reserved.contains(&w.echo_path.as_str())
+            || w.echo_path == "/api"
+            || w.echo_path.starts_with("/api/")
+        {
+            report(
+                keys(&["websocket", "echo_path"]),
+                format!(
+                    "{:?} would shadow wsgate's own endpoint; pick another path such as \"/ws/echo\" (or \"\" to turn it off)",
+                    w.echo_path
+                ),
+            );
+        }
         if !w.echo_path.is_empty() && !w.echo_path.starts_with('/') {
             report(
                 keys(&["websocket", "echo_path"]),
