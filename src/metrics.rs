@@ -76,6 +76,7 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
+    pub rate_limited: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -106,12 +107,13 @@ pub static METRICS: Metrics = Metrics {
     tls_handshake_failures: Counter::new(),
     tls_reloads: Counter::new(),
     tls_reload_failures: Counter::new(),
+    rate_limited: Counter::new(),
 };
 
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 27] = [
+        let rows: [(&str, &str, &str, u64); 28] = [
             (
                 "wsgate_ws_connections",
                 "gauge",
@@ -273,6 +275,12 @@ impl Metrics {
                 "counter",
                 "Certificate reloads refused (the certificates in use stayed)",
                 self.tls_reload_failures.get(),
+            ),
+            (
+                "wsgate_server_rate_limited_total",
+                "counter",
+                "Connections refused by server.max_handshakes_per_second_per_ip",
+                self.rate_limited.get(),
             ),
         ];
         let mut out = String::with_capacity(2048);

@@ -52,3 +52,47 @@ async fn a_group_listed_twice_in_one_publish_is_refused() {
     assert_eq!(next_text(&mut ws).await, "next");
     srv.shutdown().await;
 }
+
+/// This machine's address on its default route (no packet is sent: a UDP "connect" only picks
+/// the source address).
+fn non_loopback_ip() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9")
+        .expect("a route to the outside: the per-IP limit exempts loopback, so this test needs another local address");
+    let ip = s.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_ip_rate_get_429_naming_the_key() {
+    let ip = non_loopback_ip();
+    let mut cfg = wsgate::config::load_str(
+        "t.toml",
+        "[server]\nmax_handshakes_per_second_per_ip = 3\n",
+        &[],
+    )
+    .unwrap();
+    cfg.server.listen = format!("{}:0", ip);
+    let srv = wsgate::app::start(cfg).await.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = raw(
+            srv.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if r.status == 429 {
+            assert!(
+                r.body.contains("server.max_handshakes_per_second_per_ip"),
+                "{}",
+                r.body
+            );
+            assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    srv.shutdown().await;
+}

@@ -24,6 +24,11 @@ pub struct Server {
     pub max_header_bytes: usize,
     /// After SIGTERM/SIGINT, how long clients get to finish the closing handshake. Default 10 s.
     pub shutdown_grace: Duration,
+    /// New connections one IP address may open per second (a burst of this many, refilled
+    /// continuously); more get 429 (plain HTTP) or are closed before the TLS handshake (TLS).
+    /// Loopback peers (a proxy on this machine, local tools) are not limited. Default 200; 0
+    /// turns the limit off.
+    pub max_handshakes_per_second_per_ip: u32,
     /// `[server.tls]`: serve `https://` and `wss://` with these certificates. Default: plain.
     pub tls: Option<Tls>,
 }
@@ -37,6 +42,7 @@ impl Default for Server {
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            max_handshakes_per_second_per_ip: 200,
             tls: None,
         }
     }

@@ -21,7 +21,28 @@ use crate::transport::{Rewind, Transport};
 
 /// Serves one accepted connection until it closes (or shutdown ends it): over TLS when the
 /// server has it, plain otherwise.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, server: Arc<Server>) {
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>) {
+    if !server.per_ip.allow(peer.ip()) {
+        METRICS.rate_limited.inc();
+        let max = server.config.server.max_handshakes_per_second_per_ip;
+        tracing::info!(%peer, max, "connection refused: server.max_handshakes_per_second_per_ip");
+        if server.tls.is_none() {
+            let body = format!(
+                "429 Too Many Requests: {} opened more than {max} connections in a second (server.max_handshakes_per_second_per_ip). Retry with backoff.\n",
+                peer.ip()
+            );
+            reply_and_close(
+                &mut stream,
+                StatusCode::TOO_MANY_REQUESTS,
+                &[("Retry-After", "1")],
+                &body,
+            )
+            .await;
+        }
+        // Over TLS a refusal would cost the handshake the limit is there to save: the
+        // connection is closed, counted in wsgate_server_rate_limited_total and logged.
+        return;
+    }
     let Some(tls) = server.tls.clone() else {
         return serve_on(stream, peer, server).await;
     };

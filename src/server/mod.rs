@@ -15,6 +15,7 @@ pub mod admit;
 pub mod conn;
 mod head;
 pub mod listener;
+pub mod rate;
 pub mod route;
 pub mod router;
 pub mod shutdown;

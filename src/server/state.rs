@@ -49,6 +49,8 @@ pub struct Server {
     pub shutdown: Shutdown,
     pub tls: Option<Arc<Tls>>,
     pub jwt: Option<Arc<Jwt>>,
+    /// `server.max_handshakes_per_second_per_ip`.
+    pub per_ip: super::rate::PerIp,
     next_id: AtomicU64,
 }
 
@@ -67,7 +69,9 @@ impl Server {
             close_timeout: config.websocket.close_timeout.get(),
             slots: Slots::new(config.server.max_connections),
         });
+        let per_ip = super::rate::PerIp::new(config.server.max_handshakes_per_second_per_ip);
         Server {
+            per_ip,
             config,
             routes,
             echo,
