@@ -18,6 +18,7 @@ use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, raise_nofile_limit};
 use crate::proxy::Proxy;
+use crate::server::tls::Tls;
 use crate::server::{Parts, Server, listener, shutdown};
 use crate::ws::Heartbeat;
 
@@ -36,6 +37,10 @@ pub enum StartError {
         "proxy.tunnel_io = \"io_uring\" but this kernel refuses io_uring ({0}); set proxy.tunnel_io to \"auto\" or \"epoll\", or allow io_uring (sysctl kernel.io_uring_disabled, the container's seccomp profile)"
     )]
     IoUring(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::server::tls::TlsError),
+    #[error(transparent)]
+    Jwt(#[from] crate::auth::JwtError),
 }
 
 /// A running server, for tests and for `serve_blocking`. It derefs to a [`Handle`], whose
@@ -77,6 +82,28 @@ impl Handle {
     /// Whether server `server` of upstream `upstream` (indexes in config order) takes traffic.
     pub fn upstream_is_up(&self, upstream: usize, server: usize) -> bool {
         self.0.proxy.upstreams[upstream].is_up(server)
+    }
+
+    /// Reads the TLS certificate and key files again (what SIGHUP does); live connections stay.
+    ///
+    /// # Errors
+    /// Why the files could not be used (the certificates in use stay), or that TLS is off.
+    pub fn reload_tls(&self) -> Result<(), crate::server::tls::TlsError> {
+        match &self.0.tls {
+            Some(t) => t.reload(),
+            None => Err(crate::server::tls::TlsError::Config(
+                "TLS is off; nothing to reload".into(),
+            )),
+        }
+    }
+
+    /// `https` with `[server.tls]`, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.0.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Publishes a text message as the API does; the local members that took it.
@@ -140,9 +167,36 @@ fn broker(config: &Config) -> Arc<dyn Broker> {
     }
 }
 
+/// Checks what the config names outside itself and `serve` would read (the TLS certificate and
+/// key files), so `check-config` refuses what would stop `serve`.
+///
+/// # Errors
+/// The first file that cannot be used.
+pub fn check_files(config: &Config) -> Result<(), StartError> {
+    if let Some(t) = &config.server.tls {
+        Tls::new(t)?;
+    }
+    if let Some(j) = &config.jwt {
+        crate::auth::Jwt::new(j)?;
+    }
+    Ok(())
+}
+
 /// Binds and starts serving; returns once the listener is bound.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // One crypto provider for the process, installed before anything speaks TLS; a second
+    // start in the same process (tests) finds it installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
+    // Certificates are read before the port is bound: a bad file stops the start with its name.
+    let tls = match &config.server.tls {
+        Some(t) => Some(Arc::new(Tls::new(t)?)),
+        None => None,
+    };
+    let jwt = match &config.jwt {
+        Some(j) => Some(Arc::new(crate::auth::Jwt::new(j)?)),
+        None => None,
+    };
     let addr =
         crate::config::parse_listen(&config.server.listen).map_err(|m| StartError::Bind {
             addr: config.server.listen.clone(),
@@ -178,6 +232,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             api,
             hooks,
             shutdown,
+            tls: tls.clone(),
+            jwt,
         },
     ));
     let accept = tokio::spawn(listener::serve(listener, server.clone()));
@@ -187,6 +243,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(proxy.clone().run_health_checks()),
     ];
     tasks.extend(broker_task.map(tokio::spawn));
+    if let Some(t) = tls {
+        tasks.push(tokio::spawn(t.watch(server.shutdown.clone())));
+    }
     Ok(Running {
         addr,
         handle: Handle(server),
@@ -242,10 +301,11 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
     rt.block_on(async move {
         let running = start(config).await?;
         tracing::info!(
-            "wsgate listening on http://{} (demo page at /, publish with POST /api/groups/{{group}}/messages)",
+            "wsgate listening on {}://{} (demo page at /, publish with POST /api/groups/{{group}}/messages)",
+            running.scheme(),
             running.addr
         );
-        let signal = wait_for_signal().await;
+        let signal = wait_for_signal(&running.handle).await;
         tracing::info!(signal, "shutting down: no new connections, closing WebSockets with 1001");
         let grace = running.handle.0.config.server.shutdown_grace;
         if running.shutdown().await {
@@ -259,14 +319,23 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn wait_for_signal() -> &'static str {
+/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the TLS certificates.
+async fn wait_for_signal(handle: &Handle) -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term =
         signal(SignalKind::terminate()).expect("installing a SIGTERM handler cannot fail on unix");
     let mut int =
         signal(SignalKind::interrupt()).expect("installing a SIGINT handler cannot fail on unix");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup =
+        signal(SignalKind::hangup()).expect("installing a SIGHUP handler cannot fail on unix");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => match &handle.0.tls {
+                Some(t) => t.reload_logged("SIGHUP"),
+                None => tracing::info!("SIGHUP: nothing to reload (server.tls is off)"),
+            },
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! and reaching other nodes; [`api`] the publish endpoints; [`hooks`] backends told of
 //! connects, messages and disconnects over HTTP; [`web`] the embedded demo page;
 //! [`metrics`] counters and `/metrics`; [`proxy`] the reverse proxy; [`app`] wiring, start and
+//! and reaching other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page;
+//! [`metrics`] counters and `/metrics`; [`auth`] API keys and JSON Web Tokens; [`proxy`] the reverse proxy; [`app`] wiring, start and
 //! stop order; [`cli`] the command line; [`bench`] the load generator behind `wsgate bench`.
 //! Leaves every module may use: [`reply`] (HTTP bodies and replies), [`transport`] (the streams
 //! sessions and tunnels run on), [`uri`] (path helpers), [`lifecycle`] (shutdown signal,
@@ -13,6 +15,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;

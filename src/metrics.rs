@@ -75,6 +75,11 @@ pub struct Metrics {
     pub hook_forward_refused: Counter,
     pub recoveries: Counter,
     pub history_evictions: Counter,
+    pub tls_handshakes: Counter,
+    pub tls_handshake_failures: Counter,
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
+    pub rate_limited: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -104,12 +109,17 @@ pub static METRICS: Metrics = Metrics {
     hook_forward_refused: Counter::new(),
     recoveries: Counter::new(),
     history_evictions: Counter::new(),
+    tls_handshakes: Counter::new(),
+    tls_handshake_failures: Counter::new(),
+    tls_reloads: Counter::new(),
+    tls_reload_failures: Counter::new(),
+    rate_limited: Counter::new(),
 };
 
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 26] = [
+        let rows: [(&str, &str, &str, u64); 31] = [
             (
                 "wsgate_ws_connections",
                 "gauge",
@@ -265,6 +275,36 @@ impl Metrics {
                 "counter",
                 "wsgate.v1 commands answered with an error",
                 self.command_errors.get(),
+            ),
+            (
+                "wsgate_server_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed on the listener",
+                self.tls_handshakes.get(),
+            ),
+            (
+                "wsgate_server_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed or timed out (server.handshake_timeout)",
+                self.tls_handshake_failures.get(),
+            ),
+            (
+                "wsgate_server_tls_reloads_total",
+                "counter",
+                "Certificate reloads (SIGHUP or a changed file) that took effect",
+                self.tls_reloads.get(),
+            ),
+            (
+                "wsgate_server_tls_reload_failures_total",
+                "counter",
+                "Certificate reloads refused (the certificates in use stayed)",
+                self.tls_reload_failures.get(),
+            ),
+            (
+                "wsgate_server_rate_limited_total",
+                "counter",
+                "Connections refused by server.max_handshakes_per_second_per_ip",
+                self.rate_limited.get(),
             ),
         ];
         let mut out = String::with_capacity(2048);

@@ -88,6 +88,18 @@ impl Transport for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
 
 impl Transport for tokio::io::DuplexStream {}
 
+/// A TLS connection from the listener: no io_uring (rustls works on the bytes in user space),
+/// but the socket's options still apply.
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn set_nodelay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
+    }
+
+    fn abort(&mut self) {
+        reset_on_close(self.get_ref().0.as_fd());
+    }
+}
+
 /// Makes closing `sock` a reset (SO_LINGER 0): the kernel drops what is unsent at once. A
 /// failure only means the close stays graceful.
 pub fn reset_on_close(sock: BorrowedFd<'_>) {

@@ -14,6 +14,7 @@
 //! hands a [`Publication`] to the hub; it knows nothing about sockets or frames.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -23,6 +24,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::auth::{Access, Keys};
 use crate::broker::{HistoryQuery, Kind, Position, Publication, Recovery};
 use crate::config::Config;
 use crate::hub::group::check_name;
@@ -38,6 +40,7 @@ mod multipart;
 pub struct Api {
     hub: Arc<Hub>,
     cfg: crate::config::Api,
+    keys: Keys,
     max_group_bytes: usize,
 }
 
@@ -135,14 +138,15 @@ impl Api {
     pub fn new(hub: Arc<Hub>, cfg: &Config) -> Self {
         Api {
             hub,
+            keys: Keys::new(&cfg.api),
             cfg: cfg.api.clone(),
             max_group_bytes: cfg.websocket.max_group_bytes,
         }
     }
 
-    /// Handles any request under `/api`.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        match self.route(req).await {
+    /// Handles any request under `/api` from `peer`.
+    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        match self.route(req, peer).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         }
@@ -377,7 +381,11 @@ impl Api {
         Ok(json_response(StatusCode::OK, &out))
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_string();
         let Some(endpoint) = Endpoint::parse(&path) else {
             return Err(ApiError::new(
@@ -400,7 +408,24 @@ impl Api {
             };
             return Err(e);
         }
-        authorize(&req, self.cfg.token.as_ref().map(|t| t.expose()))?;
+        let need = match endpoint {
+            Endpoint::Publish | Endpoint::Messages(_) => Access::Publish,
+            _ => Access::Admin,
+        };
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        self.keys
+            .check(authorization, caller(&req, peer), need)
+            .map_err(|e| {
+                let status = if e.is_forbidden() {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                ApiError::new(status, e.to_string())
+            })?;
         let target = match endpoint {
             Endpoint::Publish => None,
             Endpoint::Messages(g) => Some(g),
@@ -418,7 +443,18 @@ impl Api {
             // Not lowercased: a multipart boundary is case-sensitive.
             .to_string();
         let limit = self.cfg.max_body_bytes;
-        let body = read_body(req, limit).await?;
+        let deadline = self.cfg.body_timeout.get();
+        let body = tokio::time::timeout(deadline, read_body(req, limit))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {} (api.body_timeout); send it at once",
+                        self.cfg.body_timeout
+                    ),
+                )
+            })??;
         match target {
             Some(group) => {
                 check_name(&group, self.max_group_bytes)
@@ -502,6 +538,12 @@ impl Api {
                     let Value::String(g) = g else {
                         return Err(ApiError::bad("\"groups\" must be an array of strings"));
                     };
+                    // Listed twice would be delivered twice: refuse rather than guess.
+                    if out.contains(g) {
+                        return Err(ApiError::bad(format!(
+                            "\"groups\" names {g:?} twice; list each group once"
+                        )));
+                    }
                     out.push(g.clone());
                 }
                 if out.is_empty() {
@@ -598,33 +640,22 @@ fn is_json_request(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-fn authorize(req: &Request<Incoming>, token: Option<&str>) -> Result<(), ApiError> {
-    let Some(token) = token else {
-        return Ok(());
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    match given {
-        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the bearer token is wrong; use the value of api.token",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this API needs a token: send Authorization: Bearer <api.token>",
-        )),
+/// Who is calling, for the loopback rule: a request relayed by a proxy on this machine
+/// (carrying `X-Forwarded-For` or `Forwarded`) is not a local caller, whoever relayed it.
+fn caller(req: &Request<Incoming>, peer: IpAddr) -> IpAddr {
+    let h = req.headers();
+    if let Some(xff) = h.get("x-forwarded-for") {
+        return xff
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(',').next())
+            .and_then(|ip| ip.trim().parse().ok())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    if h.contains_key(header::FORWARDED) {
+        return IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    }
+    peer
 }
 
 /// A text message's body must be UTF-8.

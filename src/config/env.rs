@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 
 use super::validate::{Error, Problem, from_toml_error};
 
-const ENV_SECTIONS: [&str; 7] = [
+const ENV_SECTIONS: [&str; 8] = [
     "server",
     "websocket",
     "api",
@@ -13,6 +13,7 @@ const ENV_SECTIONS: [&str; 7] = [
     "broker",
     "hub",
     "hooks",
+    "jwt",
 ];
 
 /// Turns an environment value into TOML: numbers and booleans as such, anything else a string.
@@ -66,19 +67,20 @@ pub(super) fn apply_env<T: DeserializeOwned>(
             continue;
         }
         let mut candidate = table.clone();
-        let entry = candidate
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(sec) = entry else {
+        // `WSGATE_SERVER__TLS__CERT` reaches `[server.tls] cert`: every further `__` nests.
+        let mut path: Vec<&str> = vec![section.as_str()];
+        path.extend(key.split("__"));
+        let (last, tables) = path.split_last().expect("at least the section and a key");
+        if !insert_at(&mut candidate, tables, last, env_value(raw)) {
             continue;
-        };
-        sec.insert(key.clone(), env_value(raw));
+        }
+        let dotted = path.join(".");
         match T::deserialize(toml::Value::Table(candidate.clone())) {
             Ok(_) => table = candidate,
             Err(e) => problems.push(Problem {
                 origin: name.clone(),
                 position: None,
-                key: Some(format!("{section}.{key}")),
+                key: Some(dotted),
                 message: e.message().trim().to_string(),
             }),
         }
@@ -90,4 +92,22 @@ pub(super) fn apply_env<T: DeserializeOwned>(
         problems: vec![Problem::plain(origin.to_string(), e.message().to_string())],
     })?;
     Ok(())
+}
+
+/// Sets `tables.../key = value`, creating the tables on the way; false when a step is not a
+/// table.
+fn insert_at(root: &mut toml::Table, tables: &[&str], key: &str, value: toml::Value) -> bool {
+    match tables.split_first() {
+        None => {
+            root.insert(key.to_string(), value);
+            true
+        }
+        Some((t, rest)) => match root
+            .entry(t.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(next) => insert_at(next, rest, key, value),
+            _ => false,
+        },
+    }
 }

@@ -13,10 +13,12 @@ mod duration;
 mod env;
 mod hooks;
 mod hub;
+mod jwt;
 mod proxy;
 mod route;
 mod secret;
 mod server;
+mod tls;
 mod validate;
 mod websocket;
 
@@ -31,10 +33,12 @@ pub use broker::{Broker, BrokerKind};
 pub use duration::Duration;
 pub use hooks::{ConnectFailure, Hooks, MessageFailure, RouteHooks};
 pub use hub::Hub;
+pub use jwt::Jwt;
 pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
 pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
 pub use server::Server;
+pub use tls::{SniCert, Tls};
 pub use validate::{Error, Problem};
 pub use websocket::WebSocket;
 
@@ -51,6 +55,8 @@ pub struct Config {
     pub api: Api,
     /// `[hooks]`: how wsgate calls backends (routes say where).
     pub hooks: Hooks,
+    /// `[jwt]`: tokens for hub routes. Absent: no token is asked for.
+    pub jwt: Option<Jwt>,
     /// `[proxy]`: settings shared by every proxy route.
     pub proxy: Proxy,
     /// `[[upstream]]` tables: named groups of servers that proxy routes forward to.
@@ -141,6 +147,9 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     cfg.websocket.check(&mut report);
     cfg.api.check(&mut report);
     cfg.hooks.check(&mut report);
+    if let Some(j) = &cfg.jwt {
+        j.check(&mut report);
+    }
     cfg.hub.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);
     route::check(&cfg.routes, &cfg.websocket, &cfg.upstreams, &mut report);

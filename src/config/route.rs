@@ -85,6 +85,10 @@ pub struct Route {
     /// optional (`on_message` is used with `on_message = "forward"`). Settings shared by all
     /// hooks (timeouts, retries, signing) are in `[hooks]`. Default: none.
     pub hooks: Option<RouteHooks>,
+    /// With `[jwt]` set: connections without a token may use this route too (a token that is
+    /// given is still checked). Default false: a token is required.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// `history = { size = 100, ttl = "5m" }`.
@@ -135,6 +139,7 @@ impl Route {
             presence: true,
             join_leave: false,
             hooks: None,
+            anonymous: false,
         }
     }
 
@@ -526,6 +531,7 @@ fn check_proxy_route(
         || r.client_publish.is_some()
         || r.join_leave
         || r.hooks.is_some()
+        || r.anonymous
         || r.allowed_origins.is_some()
         || !r.subprotocols.is_empty()
         || r.max_message_bytes.is_some()
@@ -534,7 +540,7 @@ fn check_proxy_route(
     if hub_only {
         report(
             at("proxy_pass"),
-            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish, join_leave and hooks apply to hub routes only; the upstream decides these for a proxy route".into(),
+            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish, join_leave, hooks and anonymous apply to hub routes only; the upstream decides these for a proxy route".into(),
         );
     }
 }

@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use super::addr::parse_listen;
 use super::duration::Duration;
+use super::tls::Tls;
 use super::validate::{Seg, keys};
 
 /// `[server]`: the listener and connection-level limits.
@@ -23,6 +24,13 @@ pub struct Server {
     pub max_header_bytes: usize,
     /// After SIGTERM/SIGINT, how long clients get to finish the closing handshake. Default 10 s.
     pub shutdown_grace: Duration,
+    /// New connections one IP address may open per second (a burst of this many, refilled
+    /// continuously); more get 429 (plain HTTP) or are closed before the TLS handshake (TLS).
+    /// Loopback peers (a proxy on this machine, local tools) are not limited. Default 200; 0
+    /// turns the limit off.
+    pub max_handshakes_per_second_per_ip: u32,
+    /// `[server.tls]`: serve `https://` and `wss://` with these certificates. Default: plain.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Server {
@@ -34,6 +42,8 @@ impl Default for Server {
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            max_handshakes_per_second_per_ip: 200,
+            tls: None,
         }
     }
 }
@@ -65,6 +75,9 @@ impl Server {
                 keys(&["server", "handshake_timeout"]),
                 "must be more than 0s, e.g. \"10s\"".into(),
             );
+        }
+        if let Some(tls) = &s.tls {
+            tls.check(report);
         }
         if s.workers > 1024 {
             report(

@@ -29,7 +29,8 @@ pub struct WebSocket {
     pub max_group_bytes: usize,
     /// Browser origins allowed to open WebSockets on hub routes, e.g. `https://example.com` or
     /// `https://*.example.com`; others get 403, which stops cross-site WebSocket hijacking.
-    /// Clients that send no `Origin` (not browsers) are not affected. Default: any origin.
+    /// Clients that send no `Origin` (not browsers) are not affected. Default (empty): pages
+    /// of the same host as the request's `Host` and of localhost; `["*"]` allows any origin.
     pub allowed_origins: Vec<String>,
     /// Bad `wsgate.v1` commands (malformed JSON, unknown types, forbidden groups, ...) a
     /// connection may send; each gets an error reply, and the one past this closes the
@@ -94,6 +95,41 @@ impl WebSocket {
                 report(keys(&["websocket", "allowed_origins"]), m);
             }
         }
+        // The heartbeat wheel costs memory per second of interval (about 24 bytes): a typo like
+        // "277777h" would be gigabytes at start.
+        for (key, d) in [
+            ("ping_interval", w.ping_interval),
+            ("pong_timeout", w.pong_timeout),
+            ("close_timeout", w.close_timeout),
+        ] {
+            if d.get() > std::time::Duration::from_secs(3600) {
+                report(
+                    keys(&["websocket", key]),
+                    format!("{d} is more than 1h; use at most \"1h\""),
+                );
+            } else if !d.is_zero() && d.get() < std::time::Duration::from_millis(1) {
+                report(
+                    keys(&["websocket", key]),
+                    format!(
+                        "{:?} is under a millisecond; use at least \"1ms\" (or \"0s\" where it turns the feature off)",
+                        d.get()
+                    ),
+                );
+            }
+        }
+        let reserved = ["/", "/healthz", "/metrics", "/wsgate.js", "/favicon.ico"];
+        if reserved.contains(&w.echo_path.as_str())
+            || w.echo_path == "/api"
+            || w.echo_path.starts_with("/api/")
+        {
+            report(
+                keys(&["websocket", "echo_path"]),
+                format!(
+                    "{:?} would shadow wsgate's own endpoint; pick another path such as \"/ws/echo\" (or \"\" to turn it off)",
+                    w.echo_path
+                ),
+            );
+        }
         if !w.echo_path.is_empty() && !w.echo_path.starts_with('/') {
             report(
                 keys(&["websocket", "echo_path"]),
@@ -124,6 +160,9 @@ impl WebSocket {
 /// An allowed origin is what a browser sends in `Origin`: `scheme://host[:port]`, no path; the
 /// host may start with `*.` for every subdomain.
 pub(super) fn check_origin(o: &str) -> Result<(), String> {
+    if o == "*" {
+        return Ok(());
+    }
     let Some((scheme, authority)) = o.split_once("://") else {
         return Err(format!(
             "{o:?} is not an origin; write it as a browser sends it, e.g. \"https://example.com\""

@@ -172,6 +172,19 @@ pub async fn forward(
         // reports a hanging connect as such.
         let res = tokio::time::timeout(up.read_timeout, proxy.pool(ui).request(out)).await;
         let err = match res {
+            Ok(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                // A switch nobody asked for (RFC 9110 §15.2.2): relaying it would leave the
+                // client with a connection in a protocol it never chose.
+                up.failed(si);
+                return Error::Exchange {
+                    upstream: up.name.clone(),
+                    server: server.addr.clone(),
+                    reason:
+                        "it answered 101 Switching Protocols to a request that asked for no upgrade"
+                            .into(),
+                }
+                .into_response(&path);
+            }
             Ok(Ok(resp)) => {
                 up.succeeded(si);
                 let (mut rp, rb) = resp.into_parts();

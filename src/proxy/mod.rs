@@ -37,6 +37,22 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     crate::metrics::METRICS.proxy_requests.inc();
+    if upgrade::is_websocket_upgrade(&req) && req.version() < http::Version::HTTP_11 {
+        // HTTP/1.0 has no upgrade (RFC 9110 §7.8); the hub routes answer the same.
+        let mut r = crate::reply::text(
+            http::StatusCode::UPGRADE_REQUIRED,
+            "426 Upgrade Required: a WebSocket handshake needs HTTP/1.1; this request was HTTP/1.0. Send it as HTTP/1.1.\n",
+        );
+        r.headers_mut().insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
+        return r;
+    }
     if upgrade::is_websocket_upgrade(&req) {
         upgrade::upgrade(proxy, upstream, req, peer).await
     } else {

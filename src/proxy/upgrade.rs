@@ -519,7 +519,13 @@ pub async fn serve_first<S: Transport>(
         && h1::get(fields.clone(), "transfer-encoding").is_none()
         && h1::get(fields.clone(), "content-length").is_none_or(|v| v.trim_ascii() == b"0");
     let path = target.split('?').next().unwrap_or_default();
-    let Some(ui) = fast.then(|| route(path)).flatten() else {
+    // A path not in normal form (dot segments, escapes) is left to hyper's path, which
+    // normalises it (or refuses it) before matching.
+    let normal = matches!(
+        crate::uri::normalize_path(path),
+        Ok(std::borrow::Cow::Borrowed(_))
+    );
+    let Some(ui) = (fast && normal).then(|| route(path)).flatten() else {
         return Err(client);
     };
     upgrade_raw(

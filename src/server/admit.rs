@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::route::Route;
 use super::state::Server;
+use crate::auth::{Grant, JwtError};
 use crate::broker::HistoryQuery;
 use crate::broker::policy::GroupPattern;
 use crate::config::{ConnectFailure, OnMessage};
@@ -43,6 +44,7 @@ enum Refusal {
     Handshake(HandshakeError),
     Origin(String),
     Group(String),
+    Unauthorized(JwtError),
     ShuttingDown,
     Full { max: usize },
 }
@@ -58,10 +60,22 @@ impl Refusal {
             Refusal::Origin(origin) => text(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "403 Forbidden: pages from {origin} may not open WebSockets on {path}. \
-If they should, add {origin:?} to allowed_origins of this route (or websocket.allowed_origins).\n"
+                    "403 Forbidden: pages from {origin:?} may not open WebSockets on {path}: only origins in \
+websocket.allowed_origins may (by default the same host as this request and localhost). If they should, add \
+{origin:?} to websocket.allowed_origins (or allowed_origins of this [[route]]); \"*\" allows every origin.\n"
                 ),
             ),
+            Refusal::Unauthorized(e) => {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    format!("401 Unauthorized: {e} (path {path}).\n"),
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wsgate\""),
+                );
+                r
+            }
             Refusal::Group(why) => text(
                 StatusCode::BAD_REQUEST,
                 format!("400 Bad Request: {why} (from the path {path}).\n"),
@@ -98,10 +112,11 @@ pub async fn websocket(
     let admitted = check_handshake(&req, route, &path, peer).and_then(|accept| {
         check_origin(&req, route, &path, peer)?;
         let group = group.map_err(Refusal::Group)?;
+        let grant = check_token(&req, route, group.as_deref(), server, peer)?;
         check_open(server)?;
-        Ok((accept, group))
+        Ok((accept, group, grant))
     });
-    let (accept, group) = match admitted {
+    let (accept, group, grant) = match admitted {
         Ok(a) => a,
         Err(refusal) => {
             if !matches!(refusal, Refusal::ShuttingDown | Refusal::Full { .. }) {
@@ -112,7 +127,13 @@ pub async fn websocket(
     };
     let id = server.next_id();
     let plan = match ask_backend(&req, route, &path, group, server, peer, id, &accept).await {
-        Ok(plan) => plan,
+        // The backend may name the user; otherwise the token's `sub` is who presence shows.
+        Ok(mut plan) => {
+            if plan.user.is_none() {
+                plan.user = grant.as_ref().map(|g| g.user.to_string());
+            }
+            plan
+        }
         Err((code, reason)) => {
             let close_timeout = server.config.websocket.close_timeout.get();
             return close_at_once(&mut req, &accept, code, reason, close_timeout);
@@ -128,6 +149,7 @@ pub async fn websocket(
     let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| {
         let mut s = route.v1_settings(&path);
         s.user = plan.user.as_deref().map(Arc::from);
+        s.grant = grant.clone();
         if let Some(groups) = &plan.chosen {
             // The backend chose the groups: they are the ones this client may use.
             s.allowed = groups
@@ -139,6 +161,9 @@ pub async fn websocket(
         s
     });
     let joined = Joined::new(server, id, plan, slot, route, &path, v1).await;
+    if let Some(g) = grant {
+        tokio::spawn(expire(Arc::downgrade(&joined.outbox), g));
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = route.ctx.clone();
     tokio::spawn(async move {
@@ -298,12 +323,63 @@ fn check_origin(
     peer: SocketAddr,
 ) -> Result<(), Refusal> {
     let origin = req.headers().get(header::ORIGIN);
-    if route.allows_origin(origin.map(HeaderValue::as_bytes)) {
+    let host = req.headers().get(header::HOST).map(HeaderValue::as_bytes);
+    if route.allows_origin(origin.map(HeaderValue::as_bytes), host) {
         return Ok(());
     }
     let origin = String::from_utf8_lossy(origin.map_or(&[][..], HeaderValue::as_bytes));
     tracing::info!(%peer, %path, %origin, "handshake refused: origin not allowed");
     Err(Refusal::Origin(origin.into_owned()))
+}
+
+/// With `[jwt]` set: a valid token that allows the route's group, unless the route is
+/// anonymous and no token was sent.
+fn check_token(
+    req: &Request<Incoming>,
+    route: &Route,
+    group: Option<&str>,
+    server: &Server,
+    peer: SocketAddr,
+) -> Result<Option<Arc<Grant>>, Refusal> {
+    let Some(jwt) = &server.jwt else {
+        return Ok(None);
+    };
+    let refuse = |e: JwtError| {
+        tracing::info!(%peer, path = %req.uri().path(), error = %e, "handshake refused: token");
+        Refusal::Unauthorized(e)
+    };
+    let Some(token) = jwt.token_from(req.headers(), req.uri().query()) else {
+        return if route.anonymous {
+            Ok(None)
+        } else {
+            Err(refuse(jwt.missing()))
+        };
+    };
+    let claims = jwt.verify(&token).map_err(refuse)?;
+    if let Some(g) = group {
+        claims.check_group(g).map_err(refuse)?;
+    }
+    Ok(Some(Arc::new(Grant::new(jwt.clone(), claims))))
+}
+
+/// Closes the connection with 4001 "token expired" when its token runs out, unless a
+/// `refresh` moved the expiry on meanwhile. Ends early once the connection is gone.
+async fn expire(outbox: std::sync::Weak<Outbox>, grant: Arc<Grant>) {
+    loop {
+        let now = crate::auth::jwt::now_secs();
+        let exp = grant.expires();
+        if exp > now {
+            tokio::time::sleep(std::time::Duration::from_secs(exp - now)).await;
+            continue;
+        }
+        if let Some(o) = outbox.upgrade() {
+            o.request_close(CloseReason::Disconnected {
+                code: 4001,
+                reason: Arc::from("token expired"),
+            });
+        }
+        return;
+    }
 }
 
 /// No new connection once shutdown began.

@@ -1,6 +1,7 @@
-//! One accepted connection: its first request head (read here, so the two failures hyper would
-//! answer without a word get a status and a sentence), the proxy's hyper-free fast path for a
-//! first request that is an upgrade, and hyper for everything else.
+//! One accepted connection: the TLS handshake when `[server.tls]` is on, its first request head
+//! (read here, so the two failures hyper would answer without a word get a status and a
+//! sentence), the proxy's hyper-free fast path for a first request that is an upgrade, and hyper
+//! for everything else.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,11 +15,80 @@ use tokio::net::TcpStream;
 use super::head::{self, HeadError};
 use super::router::{self, Target};
 use super::state::Server;
+use crate::metrics::METRICS;
 use crate::reply::reply_and_close;
-use crate::transport::Rewind;
+use crate::transport::{Rewind, Transport};
 
-/// Serves one connection until it closes (or shutdown ends it).
+/// Serves one accepted connection until it closes (or shutdown ends it): over TLS when the
+/// server has it, plain otherwise.
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>) {
+    if !server.per_ip.allow(peer.ip()) {
+        METRICS.rate_limited.inc();
+        let max = server.config.server.max_handshakes_per_second_per_ip;
+        tracing::info!(%peer, max, "connection refused: server.max_handshakes_per_second_per_ip");
+        if server.tls.is_none() {
+            let body = format!(
+                "429 Too Many Requests: {} opened more than {max} connections in a second (server.max_handshakes_per_second_per_ip). Retry with backoff.\n",
+                peer.ip()
+            );
+            reply_and_close(
+                &mut stream,
+                StatusCode::TOO_MANY_REQUESTS,
+                &[("Retry-After", "1")],
+                &body,
+            )
+            .await;
+        }
+        // Over TLS a refusal would cost the handshake the limit is there to save: the
+        // connection is closed, counted in wsgate_server_rate_limited_total and logged.
+        return;
+    }
+    let Some(tls) = server.tls.clone() else {
+        return serve_on(stream, peer, server).await;
+    };
+    let timeout = server.config.server.handshake_timeout.get();
+    let accepted = tokio::time::timeout(timeout, async {
+        let mut stream = stream;
+        if is_plain_http(&stream).await {
+            // A browser or curl sent http:// to a TLS port: rustls would answer with an alert
+            // nobody reads. Say it in plain HTTP instead.
+            reply_and_close(
+                &mut stream,
+                StatusCode::BAD_REQUEST,
+                &[],
+                "400 Bad Request: this port speaks TLS (server.tls is set); use https:// or wss://.\n",
+            )
+            .await;
+            return None;
+        }
+        Some(tls.acceptor().accept(stream).await)
+    })
+    .await;
+    match accepted {
+        Ok(Some(Ok(s))) => {
+            METRICS.tls_handshakes.inc();
+            serve_on(s, peer, server).await;
+        }
+        Ok(None) => METRICS.tls_handshake_failures.inc(),
+        Ok(Some(Err(e))) => {
+            METRICS.tls_handshake_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            METRICS.tls_handshake_failures.inc();
+            tracing::debug!(%peer, "TLS handshake did not finish within server.handshake_timeout");
+        }
+    }
+}
+
+/// Whether the first byte is an HTTP method's letter rather than a TLS record (0x16).
+async fn is_plain_http(stream: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(stream.peek(&mut b).await, Ok(1) if b[0].is_ascii_uppercase())
+}
+
+/// Serves one connection, plain or already through its TLS handshake.
+async fn serve_on<S: Transport>(mut stream: S, peer: SocketAddr, server: Arc<Server>) {
     let cfg = &server.config.server;
     let first = match head::read_head(
         &mut stream,

@@ -8,16 +8,19 @@
 //!
 //! Files by job: [`listener`] accepts, [`conn`] serves one connection (first head, fast path,
 //! hyper), [`router`] decides what serves a path, [`admit`] admits a WebSocket, [`shutdown`]
-//! drains, [`state`] holds what they share, [`route`] matches hub route patterns.
+//! drains, [`state`] holds what they share, [`route`] matches hub route patterns, [`tls`] holds the
+//! certificates and reloads them.
 
 pub mod admit;
 pub mod conn;
 mod head;
 pub mod listener;
+pub mod rate;
 pub mod route;
 pub mod router;
 pub mod shutdown;
 pub mod state;
+pub mod tls;
 
 pub use router::Target;
 pub use state::{Parts, Server};

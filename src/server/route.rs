@@ -22,7 +22,7 @@ pub struct Route {
     /// What the route speaks, in order of preference (`wsgate.v1` last, on routes with groups).
     pub subprotocols: Vec<String>,
     max_group_bytes: usize,
-    /// Lowercased; empty: any origin.
+    /// Lowercased; empty: the same host as the request, and localhost.
     origins: Vec<String>,
     pub ctx: Arc<RouteCtx>,
     /// What a joining plain client is replayed: `(last, within)`.
@@ -37,6 +37,8 @@ pub struct Route {
     v1_limits: (u32, usize, usize),
     /// Backend hook URLs (checked by the config).
     pub hooks: Option<HookUrls>,
+    /// With `[jwt]`: whether connections without a token may use the route.
+    pub anonymous: bool,
 }
 
 /// A route's backend hook URLs.
@@ -116,6 +118,7 @@ impl Route {
                 ws.recovery_max_publications,
             ),
             hooks: r.hooks.as_ref().map(HookUrls::new),
+            anonymous: r.anonymous,
         }
     }
 
@@ -149,6 +152,7 @@ impl Route {
             recovery_limit,
             max_group_bytes: self.max_group_bytes,
             user: None,
+            grant: None,
         }
     }
 
@@ -163,15 +167,18 @@ impl Route {
         )
     }
 
-    /// Whether a browser from `origin` may connect. A request without `Origin` is not from a
-    /// browser page (CLI tools and servers do not send it), so the check does not apply: what
-    /// it prevents is another site's page using a visitor's cookies (RFC 6455 §10.2).
-    pub fn allows_origin(&self, origin: Option<&[u8]>) -> bool {
+    /// Whether a browser from `origin` may connect to a request for `host` (its `Host`
+    /// field). A request without `Origin` is not from a browser page (CLI tools and servers do
+    /// not send it), so the check does not apply: what it prevents is another site's page using
+    /// a visitor's cookies (RFC 6455 §10.2). With no `allowed_origins` configured only pages of
+    /// the same host (any scheme, the port as in `Host`) and of localhost may connect; `"*"`
+    /// among them lets any page in.
+    pub fn allows_origin(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
         let Some(origin) = origin else { return true };
-        if self.origins.is_empty() {
-            return true;
-        }
         let origin = String::from_utf8_lossy(origin).to_ascii_lowercase();
+        if self.origins.is_empty() {
+            return is_same_host_or_local(&origin, host);
+        }
         self.origins
             .iter()
             .any(|allowed| match allowed.split_once("://*.") {
@@ -180,7 +187,7 @@ impl Route {
                     .and_then(|o| o.strip_prefix("://"))
                     .and_then(|host| host.strip_suffix(domain))
                     .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-                None => origin == *allowed,
+                None => allowed == "*" || origin == *allowed,
             })
     }
 
@@ -249,6 +256,41 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
+/// The default origin rule: the page's host and port are the request's `Host` (a default
+/// port may be left out on either side), or the page is served from this machine.
+fn is_same_host_or_local(origin: &str, host: Option<&[u8]>) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "https" | "wss" => "443",
+        "http" | "ws" => "80",
+        _ => return false,
+    };
+    let suffix = format!(":{default_port}");
+    let without_default = |a: &str| -> String {
+        let a = a.to_ascii_lowercase();
+        match a.strip_suffix(&suffix) {
+            Some(h) => h.to_string(),
+            None => a,
+        }
+    };
+    let page = without_default(authority);
+    let page_host = match page.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or_default()),
+        None => page.split(':').next().unwrap_or_default().to_string(),
+    };
+    if matches!(page_host.as_str(), "localhost" | "127.0.0.1" | "[::1]")
+        || page_host.ends_with(".localhost")
+    {
+        return true;
+    }
+    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+        return false;
+    };
+    page == without_default(host.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +313,7 @@ mod tests {
     #[test]
     fn origins_match_exactly_or_as_subdomains_and_a_missing_origin_passes() {
         let r = room();
-        let ok = |o: &str| r.allows_origin(Some(o.as_bytes()));
+        let ok = |o: &str| r.allows_origin(Some(o.as_bytes()), Some(b"example.com"));
         assert!(ok("https://example.com"));
         assert!(ok("HTTPS://EXAMPLE.COM"));
         assert!(
@@ -289,7 +331,45 @@ mod tests {
         );
         assert!(!ok("https://aexample.org:8443"));
         assert!(!ok("null"));
-        assert!(r.allows_origin(None));
+        assert!(r.allows_origin(None, None));
+    }
+
+    #[test]
+    fn by_default_only_the_same_host_and_localhost_may_connect() {
+        let r = Route::new(
+            &crate::config::Config::default().effective_routes()[0],
+            &crate::config::WebSocket::default(),
+        );
+        let ok = |o: &str, h: &str| r.allows_origin(Some(o.as_bytes()), Some(h.as_bytes()));
+        assert!(ok("https://chat.example.com", "chat.example.com"));
+        assert!(ok("https://chat.example.com", "Chat.Example.com:443"));
+        assert!(ok("http://chat.example.com:8080", "chat.example.com:8080"));
+        assert!(!ok("http://chat.example.com:8081", "chat.example.com:8080"));
+        assert!(!ok("https://evil.example", "chat.example.com"));
+        assert!(!ok(
+            "https://chat.example.com.evil.example",
+            "chat.example.com"
+        ));
+        assert!(ok("http://localhost:3000", "chat.example.com"));
+        assert!(ok("http://127.0.0.1:5173", "chat.example.com"));
+        assert!(ok("http://[::1]:8000", "chat.example.com"));
+        assert!(ok("http://app.localhost", "chat.example.com"));
+        assert!(!ok("http://localhost.evil.example", "chat.example.com"));
+        assert!(!ok("null", "chat.example.com"));
+        assert!(!r.allows_origin(Some(b"https://a.example"), None));
+        assert!(r.allows_origin(None, Some(b"chat.example.com")));
+    }
+
+    #[test]
+    fn a_star_lets_any_page_in() {
+        let r = Route::new(
+            &crate::config::Config::default().effective_routes()[0],
+            &crate::config::WebSocket {
+                allowed_origins: vec!["*".into()],
+                ..Default::default()
+            },
+        );
+        assert!(r.allows_origin(Some(b"https://anything.example"), Some(b"h")));
     }
 
     #[test]

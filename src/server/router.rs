@@ -71,6 +71,29 @@ pub async fn handle(
     server: Arc<Server>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
+    // The proxy matches and forwards the normalised path: `/app/../secret` must not reach an
+    // upstream that resolves it to `/secret`, outside the only prefix exposed.
+    let path = match crate::uri::normalize_path(&path) {
+        Ok(norm) => {
+            if let Target::Proxy(upstream) = server.route(&norm) {
+                let req = match with_path(req, &norm) {
+                    Ok(r) => r,
+                    Err(why) => return text(StatusCode::BAD_REQUEST, why),
+                };
+                return crate::proxy::handle(&server.proxy, req, upstream, peer).await;
+            }
+            norm.into_owned()
+        }
+        Err(why) => {
+            if matches!(server.route(&path), Target::Proxy(_)) {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("400 Bad Request: {why} (path {path:?}).\n"),
+                );
+            }
+            path
+        }
+    };
     match server.route(&path) {
         Target::WebSocket { route, group } => {
             admit::websocket(req, route, group, &server, peer).await
@@ -89,8 +112,30 @@ pub async fn handle(
             );
             r
         }
-        Target::Api => server.api.handle(req).await,
+        Target::Api => server.api.handle(req, peer.ip()).await,
         Target::NotFound => not_found(&path, &server),
+    }
+}
+
+/// The request with its path replaced by `path` (the query kept).
+fn with_path(mut req: Request<Incoming>, path: &str) -> Result<Request<Incoming>, String> {
+    if req.uri().path() == path {
+        return Ok(req);
+    }
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = pq.parse().ok();
+    match http::Uri::from_parts(parts) {
+        Ok(u) => {
+            *req.uri_mut() = u;
+            Ok(req)
+        }
+        Err(e) => Err(format!(
+            "400 Bad Request: the normalised path {path:?} is not a valid URI ({e}).\n"
+        )),
     }
 }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::route::Route;
+use super::tls::Tls;
 use crate::api::Api;
+use crate::auth::Jwt;
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::hub::Hub;
@@ -25,6 +27,10 @@ pub struct Parts {
     /// The backend hook client (one keep-alive pool for every route's hooks).
     pub hooks: Arc<Hooks>,
     pub shutdown: Shutdown,
+    /// TLS for the listener, when `[server.tls]` is set.
+    pub tls: Option<Arc<Tls>>,
+    /// Token checks for hub routes, when `[jwt]` is set.
+    pub jwt: Option<Arc<Jwt>>,
 }
 
 /// State shared by every connection.
@@ -45,6 +51,10 @@ pub struct Server {
     pub api: Api,
     pub hooks: Arc<Hooks>,
     pub shutdown: Shutdown,
+    pub tls: Option<Arc<Tls>>,
+    pub jwt: Option<Arc<Jwt>>,
+    /// `server.max_handshakes_per_second_per_ip`.
+    pub per_ip: super::rate::PerIp,
     next_id: AtomicU64,
 }
 
@@ -63,7 +73,9 @@ impl Server {
             close_timeout: config.websocket.close_timeout.get(),
             slots: Slots::new(config.server.max_connections),
         });
+        let per_ip = super::rate::PerIp::new(config.server.max_handshakes_per_second_per_ip);
         Server {
+            per_ip,
             config,
             routes,
             echo,
@@ -74,6 +86,8 @@ impl Server {
             api: parts.api,
             hooks: parts.hooks,
             shutdown: parts.shutdown,
+            tls: parts.tls,
+            jwt: parts.jwt,
             next_id: AtomicU64::new(1),
         }
     }

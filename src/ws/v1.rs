@@ -51,8 +51,12 @@ pub struct Settings {
     pub max_subscriptions: usize,
     pub recovery_limit: usize,
     pub max_group_bytes: usize,
-    /// The user presence shows for this connection (named by an `on_connect` hook).
+    /// The user presence shows for this connection (named by an `on_connect` hook, else the
+    /// token's `sub`).
     pub user: Option<Arc<str>>,
+    /// The token the connection was admitted with (`[jwt]`): its user goes into presence, its
+    /// groups bound what the route allows, and `refresh` replaces it.
+    pub grant: Option<Arc<crate::auth::Grant>>,
 }
 
 /// The state of one v1 connection.
@@ -104,7 +108,7 @@ pub enum Verdict {
 }
 
 /// The commands a client may send, for error messages.
-const TYPES: &str = "subscribe, unsubscribe, publish, history and presence";
+const TYPES: &str = "subscribe, unsubscribe, publish, history, presence and refresh";
 
 impl V1 {
     pub fn new(settings: Settings) -> Self {
@@ -264,6 +268,7 @@ impl V1 {
             "publish" => self.publish(id, &obj, hub, outbox),
             "history" => self.history(id, &obj, hub),
             "presence" => self.presence(id, &obj, hub),
+            "refresh" => self.refresh(id, &obj, outbox),
             other => Err(Refusal::bad(format!(
                 "unknown command type {}; the types are {TYPES}",
                 json_str(other)
@@ -324,7 +329,39 @@ impl V1 {
                 ),
             ));
         }
+        if let Some(grant) = &self.settings.grant {
+            grant
+                .check_group(g)
+                .map_err(|e| Refusal(403, format!("{e} (the token's groups claim)")))?;
+        }
         Ok(Arc::from(g))
+    }
+
+    /// `{"type":"refresh","token":"..."}`: a newer token for the same user, so the connection
+    /// outlives the first token's `exp` (else it is closed with 4001 "token expired").
+    fn refresh(
+        &mut self,
+        id: u64,
+        obj: &Map<String, Value>,
+        outbox: &Arc<Outbox>,
+    ) -> Result<Option<BoxFuture<Done>>, Refusal> {
+        let Some(grant) = &self.settings.grant else {
+            return Err(Refusal::bad(
+                "this connection was admitted without a token ([jwt] is off or the route is anonymous); there is nothing to refresh",
+            ));
+        };
+        let token = match obj.get("token") {
+            Some(Value::String(t)) => t.as_str(),
+            _ => return Err(Refusal::bad("missing \"token\": the new JWT as a string")),
+        };
+        let exp = grant
+            .refresh(token)
+            .map_err(|e| Refusal(401, e.to_string()))?;
+        outbox.push(&frame::encode(
+            OpCode::Text,
+            format!("{{\"id\":{id},\"type\":\"ok\",\"exp\":{exp}}}").as_bytes(),
+        ));
+        Ok(None)
     }
 
     fn subscribe(
