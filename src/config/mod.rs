@@ -34,7 +34,7 @@ pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
 pub use server::Server;
 pub use validate::{Error, Problem};
-pub use websocket::WebSocket;
+pub use websocket::{Compression, WebSocket};
 
 /// The whole configuration. Every field has a default, so an empty file is a valid config.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -21,7 +21,8 @@ use crate::metrics::METRICS;
 use crate::reply::{Body, full, text};
 use crate::transport::{Rewind, Transport};
 use crate::ws::close::CloseReason;
-use crate::ws::codec::RAW;
+use crate::ws::codec::{Compression, PLAIN};
+use crate::ws::deflate;
 use crate::ws::handshake::{self, Accept, HandshakeError};
 use crate::ws::outbox::Outbox;
 use crate::ws::session::{RouteCtx, Session};
@@ -92,7 +93,7 @@ pub async fn websocket(
         let slot = take_slot(server, peer)?;
         Ok((accept, group, slot))
     });
-    let (accept, group, slot) = match admitted {
+    let (mut accept, group, slot) = match admitted {
         Ok(a) => a,
         Err(refusal) => {
             if !matches!(refusal, Refusal::ShuttingDown | Refusal::Full { .. }) {
@@ -104,8 +105,11 @@ pub async fn websocket(
     // Join before the 101 goes out: a backend that publishes as soon as the browser's `onopen`
     // fires must find the member there. Until the session runs, messages wait in its outbox. A
     // wsgate.v1 client joins nothing by itself: it subscribes by command.
-    let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| route.v1_settings(&path));
-    let joined = Joined::new(server, group, slot, route, v1).await;
+    let compression = negotiate_compression(&req, route, &mut accept);
+    let codecs = compression.map_or(PLAIN, |c| c.codecs);
+    let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL))
+        .then(|| route.v1_settings(&path, codecs));
+    let joined = Joined::new(server, group, slot, route, v1, compression).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = route.ctx.clone();
     tokio::spawn(async move {
@@ -157,6 +161,22 @@ fn check_handshake(
     })
 }
 
+/// permessage-deflate (RFC 7692) when the route has it on and the client offered something
+/// acceptable; what the client is sent then. Never a refusal: a bad offer is declined and the
+/// connection goes on uncompressed.
+fn negotiate_compression(
+    req: &Request<Incoming>,
+    route: &Route,
+    accept: &mut Accept,
+) -> Option<&'static Compression> {
+    if !route.compresses() {
+        return None;
+    }
+    let agreed = deflate::negotiate(req.headers())?;
+    accept.extensions = Some(agreed.response());
+    route.compression_for(&agreed)
+}
+
 /// Another site's page may not use a visitor's cookies to join (RFC 6455 §10.2).
 fn check_origin(
     req: &Request<Incoming>,
@@ -206,6 +226,7 @@ struct Joined {
     group: Option<Arc<str>>,
     slot: Option<Slot>,
     v1: Option<v1::Settings>,
+    compression: Option<&'static Compression>,
 }
 
 impl Joined {
@@ -215,6 +236,7 @@ impl Joined {
         slot: Slot,
         route: &Route,
         v1: Option<v1::Settings>,
+        compression: Option<&'static Compression>,
     ) -> Self {
         let id = server.next_id();
         let limit = server.config.websocket.send_queue_bytes;
@@ -229,7 +251,7 @@ impl Joined {
         let group: Option<Arc<str>> = group.filter(|_| v1.is_none()).map(Arc::from);
         if let Some(g) = &group {
             let how = Join {
-                codec: &RAW,
+                codec: compression.map_or(PLAIN, |c| c.codecs).raw,
                 presence: route.presence.then(Presence::default),
                 events: route.join_leave,
             };
@@ -255,6 +277,7 @@ impl Joined {
             group,
             slot: Some(slot),
             v1,
+            compression,
         }
     }
 
@@ -271,7 +294,8 @@ impl Joined {
             self.group.take(),
             self.server.sessions.clone(),
             self.v1.take(),
-        );
+        )
+        .compressing(self.compression);
         tokio::spawn(session);
     }
 }

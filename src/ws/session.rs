@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::close::{CloseReason, ProtocolError};
-use super::codec::RAW;
+use super::codec::{Compression, RAW};
 use super::frame::{self, Decoder, Event, OpCode};
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
@@ -99,6 +99,9 @@ pub struct Session<S = TcpStream> {
     timer: Option<Pin<Box<Sleep>>>,
     /// The `wsgate.v1` state, when the client speaks it (a plain client has none).
     v1: Option<Box<V1>>,
+    /// What was agreed for permessage-deflate, when the client negotiated it (shared by every
+    /// such connection of the route: no per-connection compression state).
+    compression: Option<&'static Compression>,
 }
 
 /// Where a session is in its life.
@@ -155,7 +158,21 @@ impl<S: Transport> Session<S> {
             phase: Phase::Open,
             timer: None,
             v1: v1.map(|s| Box::new(V1::new(s))),
+            compression: None,
         }
+    }
+
+    /// The client negotiated permessage-deflate: its compressed messages are inflated, and
+    /// its echoes compressed as `compression` says (publications are compressed by the
+    /// fan-out, once for every such member).
+    pub fn compressing(mut self, compression: Option<&'static Compression>) -> Self {
+        if let Some(c) = compression {
+            METRICS.deflate_connections.inc();
+            self.compression = Some(c);
+            let max = self.route.max_message_bytes;
+            self.decoder = Decoder::new(max).inflating(true);
+        }
+        self
     }
 
     /// Sets the closing phase's deadline `after` from now.
@@ -280,7 +297,16 @@ impl<S: Transport> Session<S> {
                 METRICS.messages_received.inc();
                 match self.route.on_message {
                     OnMessage::Drop => {}
-                    OnMessage::Echo => self.enqueue_own(m.into_frame()),
+                    OnMessage::Echo => {
+                        let frame = match self.compression {
+                            Some(c) => c.frame(m.into_frame()),
+                            None => m.into_frame(),
+                        };
+                        if frame[0] & frame::RSV1 != 0 {
+                            METRICS.deflate_deliveries.inc();
+                        }
+                        self.enqueue_own(frame);
+                    }
                     OnMessage::Broadcast => self.publish(m),
                 }
             }
@@ -531,6 +557,9 @@ impl<S> Drop for Session<S> {
             v1.leave_all(&self.env.hub, self.outbox.id);
         }
         METRICS.connections.dec();
+        if self.compression.is_some() {
+            METRICS.deflate_connections.dec();
+        }
         self.env.slots.give_back();
     }
 }

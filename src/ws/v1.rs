@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::close::{CloseCode, ProtocolError};
-use super::codec::{V1 as V1_CODEC, V1_EVENTS, envelope, json_str};
+use super::codec::{Codecs, envelope, json_str};
 use super::frame::{self, OpCode};
 use super::outbox::Outbox;
 use crate::broker::policy::GroupPattern;
@@ -51,6 +51,8 @@ pub struct Settings {
     pub max_subscriptions: usize,
     pub recovery_limit: usize,
     pub max_group_bytes: usize,
+    /// The codecs its publications use (compressed when it negotiated permessage-deflate).
+    pub codecs: Codecs,
 }
 
 /// The state of one v1 connection.
@@ -400,7 +402,11 @@ impl V1 {
             Some(frame::encode(OpCode::Text, reply.as_bytes()))
         });
         let how = Join {
-            codec: if events { &V1_EVENTS } else { &V1_CODEC },
+            codec: if events {
+                self.settings.codecs.v1_events
+            } else {
+                self.settings.codecs.v1
+            },
             presence: self
                 .settings
                 .presence
