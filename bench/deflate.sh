@@ -11,7 +11,8 @@
 #   bench/deflate.sh fanout       # one of them
 #
 # Settings (environment): SIZE (1024), FANOUT_SUBS (10000), FANOUT_MSGS (200), FANOUT_RATE (20),
-# IDLE_CONNS (10000), IDLE_HOLD (20), OUT, WSGATE_BIN (default: a release build of this tree).
+# IDLE_CONNS (10000), IDLE_HOLD (20), PINGS (1; 0 turns pings off on both servers), OUT,
+# WSGATE_BIN (default: a release build of this tree).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,6 +25,9 @@ FANOUT_MSGS="${FANOUT_MSGS:-200}"
 FANOUT_RATE="${FANOUT_RATE:-20}"
 IDLE_CONNS="${IDLE_CONNS:-10000}"
 IDLE_HOLD="${IDLE_HOLD:-20}"
+# Pings on both servers (25 s, as their defaults). PINGS=0 turns them off: on a machine so busy
+# that the one-thread client cannot answer a Ping within 10 s, both servers would cut it (1011).
+if [ "${PINGS:-1}" = 0 ]; then PING=0s PING_MS=0; else PING=25s PING_MS=25000; fi
 FIGURES=("$@")
 [ ${#FIGURES[@]} -eq 0 ] && FIGURES=(fanout idle)
 
@@ -44,7 +48,7 @@ trap cleanup EXIT
 
 start_wsgate() {
   PORT="$(free_port)"
-  WSGATE_SERVER__MAX_CONNECTIONS=30000 WSGATE_LOG=warn \
+  WSGATE_SERVER__MAX_CONNECTIONS=30000 WSGATE_LOG=warn WSGATE_WEBSOCKET__PING_INTERVAL="$PING" \
     "$BIN" serve --listen "127.0.0.1:$PORT" 2>>"$OUT/wsgate.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do
@@ -59,7 +63,7 @@ start_wsgate() {
 start_node() {
   PORT="$(free_port)"
   local ready="$OUT/node.$PORT.out"
-  DEFLATE="$2" node bench/peers/server.js "$1" "$PORT" >"$ready" 2>>"$OUT/node.log" &
+  PING_MS="$PING_MS" DEFLATE="$2" node bench/peers/server.js "$1" "$PORT" >"$ready" 2>>"$OUT/node.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do
     grep -q "^PORT" "$ready" 2>/dev/null && return 0

@@ -10,8 +10,8 @@
 //! that context takeover costs is what this design avoids.
 //!
 //! The deflate engine is flate2 on zlib-rs, chosen by measurement over miniz_oxide (the numbers
-//! are in BENCHMARKS.md, "Choosing the deflate crate"): it compresses small messages about
-//! twice and inflates them three to eight times as fast, and it honours `server_max_window_bits`
+//! are in BENCHMARKS.md, "Choosing the deflate crate"): it compresses 1.2-2x and inflates
+//! 1.2-8x as fast (most for small messages), and it honours `server_max_window_bits`
 //! (miniz_oxide always uses a 32 KB window).
 
 use std::cell::RefCell;
