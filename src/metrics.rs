@@ -80,6 +80,12 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
     pub rate_limited: Counter,
+    pub deflate_connections: Gauge,
+    pub deflate_compressed: Counter,
+    pub deflate_bytes_in: Counter,
+    pub deflate_bytes_out: Counter,
+    pub deflate_deliveries: Counter,
+    pub deflate_inflated: Counter,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -114,12 +120,18 @@ pub static METRICS: Metrics = Metrics {
     tls_reloads: Counter::new(),
     tls_reload_failures: Counter::new(),
     rate_limited: Counter::new(),
+    deflate_connections: Gauge::new(),
+    deflate_compressed: Counter::new(),
+    deflate_bytes_in: Counter::new(),
+    deflate_bytes_out: Counter::new(),
+    deflate_deliveries: Counter::new(),
+    deflate_inflated: Counter::new(),
 };
 
 impl Metrics {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 31] = [
+        let rows: [(&str, &str, &str, u64); 37] = [
             (
                 "wsgate_ws_connections",
                 "gauge",
@@ -305,6 +317,42 @@ impl Metrics {
                 "counter",
                 "Connections refused by server.max_handshakes_per_second_per_ip",
                 self.rate_limited.get(),
+            ),
+            (
+                "wsgate_ws_deflate_connections",
+                "gauge",
+                "WebSocket connections open now that negotiated permessage-deflate",
+                self.deflate_connections.get(),
+            ),
+            (
+                "wsgate_ws_deflate_compressed_total",
+                "counter",
+                "Messages compressed (once per publication and protocol, once per echo)",
+                self.deflate_compressed.get(),
+            ),
+            (
+                "wsgate_ws_deflate_bytes_in_total",
+                "counter",
+                "Payload bytes of the messages compressed, before compression",
+                self.deflate_bytes_in.get(),
+            ),
+            (
+                "wsgate_ws_deflate_bytes_out_total",
+                "counter",
+                "Payload bytes of the messages compressed, after compression",
+                self.deflate_bytes_out.get(),
+            ),
+            (
+                "wsgate_ws_deflate_deliveries_total",
+                "counter",
+                "Compressed frames queued to connections (RSV1 set)",
+                self.deflate_deliveries.get(),
+            ),
+            (
+                "wsgate_ws_deflate_inflated_total",
+                "counter",
+                "Compressed messages from clients inflated",
+                self.deflate_inflated.get(),
             ),
         ];
         let mut out = String::with_capacity(2048);

@@ -546,3 +546,20 @@ fn no_module_imports_what_it_must_not_know() {
     }
     assert!(bad.is_empty(), "layering broken:\n  {}", bad.join("\n  "));
 }
+
+/// permessage-deflate's engine works on bytes only, so the frame decoder can call it without a
+/// circle and the bench client can reuse it: it imports nothing from the crate.
+#[test]
+fn the_deflate_engine_knows_only_bytes() {
+    let g = graph();
+    assert!(
+        g.files.values().any(|f| f == "ws/deflate.rs"),
+        "ws/deflate.rs not found"
+    );
+    let edges = g.edges.get("ws/deflate.rs").cloned().unwrap_or_default();
+    assert!(
+        edges.is_empty(),
+        "ws/deflate.rs imports {:?}",
+        edges.keys().collect::<Vec<_>>()
+    );
+}

@@ -7,7 +7,9 @@
 // Port 0 (the default) picks a free one. Listens on 127.0.0.1 and prints "PORT <n>" on stdout
 // once listening. Every mode pings each client every PING_MS (default 25000, as wsgate; 0 turns
 // it off) and drops a client that did not answer the previous ping, as the ws README's heartbeat
-// example does.
+// example does. DEFLATE=1 turns on ws's perMessageDeflate (its per-socket zlib contexts, with
+// context takeover) with a threshold of DEFLATE_MIN bytes (default 256, as wsgate's
+// compression_min_bytes), for the permessage-deflate figures (bench/deflate.sh).
 'use strict';
 
 const http = require('http');
@@ -48,7 +50,10 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 60000;
 
-const wss = new WebSocketServer({ server, perMessageDeflate: false });
+const perMessageDeflate = process.env.DEFLATE === '1'
+  ? { threshold: Number(process.env.DEFLATE_MIN ?? 256) }
+  : false;
+const wss = new WebSocketServer({ server, perMessageDeflate });
 wss.on('connection', (ws) => {
   ws.isAlive = true;
   ws.on('pong', () => { ws.isAlive = true; });

@@ -19,6 +19,9 @@ colours the testsuite's own index.html uses):
               suite had to drop TCP after a clean close handshake; the HTML
               report shows it as "almost" passing)
 
+With --no-unimplemented, UNIMPLEMENTED fails: in the compression cases (12.*,
+13.*) it means permessage-deflate was not negotiated at all.
+
 Uses only the Python 3 standard library.
 """
 
@@ -74,6 +77,9 @@ def main(argv):
     parser.add_argument(
         "--expect", type=int, default=301,
         help="number of cases the run must contain (default 301 = cases 1.* to 10.*)")
+    parser.add_argument(
+        "--no-unimplemented", action="store_true",
+        help="count UNIMPLEMENTED as a failure (cases 12.*/13.*: the extension was not agreed)")
     args = parser.parse_args(argv)
 
     index_path = os.path.join(args.report_dir, "index.json")
@@ -115,6 +121,8 @@ def main(argv):
         if b == "OK" and bc == "OK":
             continue
         worst = max((classify(b), classify(bc)), key=["pass", "non-strict", "fail"].index)
+        if args.no_unimplemented and "UNIMPLEMENTED" in (b, bc):
+            worst = "fail"
         not_ok.append((case_id, b, bc, c.get("remoteCloseCode"), worst))
         if worst != "pass":
             failing.append(case_id)
@@ -140,7 +148,8 @@ def main(argv):
 
     problems = []
     if failing:
-        problems.append(f"{len(failing)} case(s) FAILED or NON-STRICT: {', '.join(failing)}")
+        problems.append(f"{len(failing)} case(s) FAILED or NON-STRICT"
+                        f"{' or UNIMPLEMENTED' if args.no_unimplemented else ''}: {', '.join(failing)}")
     if len(cases) != args.expect:
         problems.append(f"found {len(cases)} cases, expected {args.expect}")
     if problems:

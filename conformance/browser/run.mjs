@@ -273,6 +273,61 @@ test('g. a binary message is shown as [binary N bytes]', async () => {
   await waitMessage(t1, '[binary 37 bytes]');
 });
 
+// wsgate's /metrics as { name: value }.
+async function metrics() {
+  const res = await fetch(`${BASE}/metrics`, { signal: AbortSignal.timeout(HTTP_MS) });
+  const raw = await res.text();
+  assert(res.ok, `GET /metrics answered ${res.status}`);
+  const out = {};
+  for (const line of raw.split('\n')) {
+    const m = line.match(/^(wsgate_[a-z_]+) (\d+)$/);
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
+test('k. Chromium negotiates permessage-deflate: wsgate sends it compressed frames and inflates its messages', async () => {
+  const room = uid('bt-deflate');
+  const page = await context.newPage();
+  const tab = { name: 'deflate', page, room, logs: [], shown: 0 };
+  pages.set(tab.name, tab);
+  // The handshake as Chromium saw it, from the DevTools protocol.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Network.enable');
+  const handshakes = [];
+  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => handshakes.push(e.response));
+  const url = `${BASE}/?room=${encodeURIComponent(room)}`;
+  const resp = await page.goto(url, { waitUntil: 'domcontentloaded', timeout: OPEN_MS });
+  assert(resp && resp.ok(), `GET ${url} answered ${resp ? resp.status() : 'nothing'}`);
+  await waitState(tab, 'open');
+  const headers = handshakes.at(-1)?.headers || {};
+  const agreed = Object.entries(headers).find(([k]) => k.toLowerCase() === 'sec-websocket-extensions')?.[1] || '';
+  assert(agreed.startsWith('permessage-deflate'),
+    `the 101 Chromium got has Sec-WebSocket-Extensions ${JSON.stringify(agreed)}; headers: ${JSON.stringify(headers)}`);
+
+  // A publication big enough to be compressed (over compression_min_bytes, 256 by default).
+  const before = await metrics();
+  assert(before.wsgate_ws_deflate_connections >= 1,
+    `wsgate_ws_deflate_connections is ${before.wsgate_ws_deflate_connections} with Chromium connected`);
+  const marker = uid('deflated');
+  const body = `${marker} ` + JSON.stringify(Array.from({ length: 40 }, (_, i) => ({ step: i, status: 'running' })));
+  assertDelivered(await publish(room, body), 1);
+  await waitMessage(tab, marker);
+  const after = await metrics();
+  const sent = after.wsgate_ws_deflate_deliveries_total - before.wsgate_ws_deflate_deliveries_total;
+  assert(sent >= 1, `wsgate_ws_deflate_deliveries_total went up by ${sent}: no compressed frame was queued to Chromium`);
+
+  // Chromium compresses what it sends; wsgate inflates it and broadcasts it back.
+  const mine = `${uid('from-chromium')} ` + 'status running, step done; '.repeat(30);
+  await page.fill('#send-text', mine);
+  await page.click('#send');
+  await waitMessage(tab, mine.slice(0, 40));
+  const last = await metrics();
+  const inflated = last.wsgate_ws_deflate_inflated_total - after.wsgate_ws_deflate_inflated_total;
+  assert(inflated >= 1, `wsgate_ws_deflate_inflated_total went up by ${inflated}: Chromium's message did not arrive compressed`);
+  console.log(`    Sec-WebSocket-Extensions: ${agreed}; compressed deliveries +${sent}, inflated +${inflated}`);
+});
+
 async function getJson(path) {
   const res = await fetch(`${BASE}${path}`, { signal: AbortSignal.timeout(HTTP_MS) });
   const raw = await res.text();

@@ -124,6 +124,10 @@ pub struct Args {
     /// Server process id: report its CPU (and, for idle, its RSS) over the measurement window.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Offer permessage-deflate as browsers do (the server must agree) and inflate what comes
+    /// compressed; reports count the bytes on the wire.
+    #[arg(long)]
+    pub deflate: bool,
     /// Client threads: 1 = a single-threaded runtime (at most one core for the client).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

@@ -26,6 +26,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    /// Offer permessage-deflate (RFC 7692) and inflate the compressed messages the server sends.
+    pub deflate: bool,
 }
 
 /// Parses `ws://host[:port]/path` (or `http://` when `scheme` is "http") and refuses anything
@@ -70,6 +72,7 @@ pub fn parse_target(url: &str, scheme: &str) -> Result<Target, String> {
         addr: SocketAddr::new(ip, port),
         host: authority.to_string(),
         path: path.to_string(),
+        deflate: false,
     })
 }
 
@@ -137,6 +140,10 @@ pub struct Conn {
     end: usize,
     /// Pings the server sent (each answered with a Pong).
     pub pings: u64,
+    /// The server agreed to permessage-deflate: RSV1 marks a compressed message.
+    inflate: bool,
+    /// Bytes of the data frames received (headers included), as they crossed the wire.
+    pub wire_bytes: u64,
 }
 
 /// What the server did besides sending data.
@@ -176,9 +183,15 @@ impl Conn {
     ) -> Result<Conn, ConnectError> {
         let _ = stream.set_nodelay(true);
         let key = new_key();
-        let offer = protocol.map_or(String::new(), |p| {
+        let mut offer = protocol.map_or(String::new(), |p| {
             format!("Sec-WebSocket-Protocol: {p}\r\n")
         });
+        if t.deflate {
+            // What browsers send.
+            offer.push_str(
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            );
+        }
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offer}\r\n",
             t.path, t.host
@@ -226,12 +239,23 @@ impl Conn {
                             "Sec-WebSocket-Accept is missing or wrong".into(),
                         ));
                     }
+                    let inflate = resp.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case("sec-websocket-extensions")
+                            && h.value.starts_with(b"permessage-deflate")
+                    });
+                    if t.deflate && !inflate {
+                        return Err(ConnectError::BadHandshake(
+                            "--deflate: the server did not agree to permessage-deflate".into(),
+                        ));
+                    }
                     return Ok(Conn {
                         stream,
                         buf,
                         start: head,
                         end,
                         pings: 0,
+                        inflate,
+                        wire_bytes: 0,
                     });
                 }
             }
@@ -272,11 +296,22 @@ impl Conn {
             }
             let total = total as usize;
             let payload = &self.buf[self.start + h.size..self.start + total];
-            if h.mask.is_some() || h.rsv != 0 {
+            let compressed = self.inflate && h.rsv == 0x4;
+            if h.mask.is_some() || (h.rsv != 0 && !compressed) {
                 return Err("the server sent a masked frame or RSV bits".into());
             }
             match OpCode::from_u8(h.opcode_raw) {
-                Some(OpCode::Text | OpCode::Binary) if h.fin => on_data(payload, h.opcode_raw == 1),
+                Some(OpCode::Text | OpCode::Binary) if h.fin && compressed => {
+                    self.wire_bytes += total as u64;
+                    let mut plain = bytes::BytesMut::new();
+                    crate::ws::deflate::inflate(payload, usize::MAX / 2, &mut plain)
+                        .map_err(|e| format!("a compressed message does not inflate: {e:?}"))?;
+                    on_data(&plain, h.opcode_raw == 1)
+                }
+                Some(OpCode::Text | OpCode::Binary) if h.fin => {
+                    self.wire_bytes += total as u64;
+                    on_data(payload, h.opcode_raw == 1)
+                }
                 Some(OpCode::Ping) => {
                     self.pings += 1;
                     out.extend_from_slice(&encode_masked(OpCode::Pong, true, payload, MASK));
@@ -370,8 +405,34 @@ fn stamp(ts: u64, seq: u64, sender: u64) -> [u8; STAMP_BYTES] {
     s
 }
 
+/// The filler after the stamp: JSON text of the kind a backend publishes (4 KB before it
+/// repeats), so compressed runs see the ratio real messages get, not that of a short cycle.
 fn pattern_byte(i: usize) -> u8 {
-    (i as u8).wrapping_mul(31).wrapping_add(7)
+    static TEXT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let text = TEXT.get_or_init(|| {
+        let words = [
+            "progress", "upload", "user", "alice", "bob", "message", "room", "hello", "build",
+            "finished", "step", "compile", "status", "running", "queued", "deploy",
+        ];
+        let mut s = String::from("[");
+        let mut k = 0u64;
+        while s.len() < 4096 {
+            let w = |j: u64| words[((j.wrapping_mul(2654435761)) >> 7) as usize % words.len()];
+            s.push_str(&format!(
+                "{{\"id\":{},\"type\":\"{}\",\"user\":\"{}\",\"text\":\"{} {} {}\",\"percent\":{}}},",
+                1000 + k * 7,
+                w(k),
+                w(k + 1),
+                w(k + 2),
+                w(k + 3),
+                w(k + 5),
+                (k * 13) % 100
+            ));
+            k += 1;
+        }
+        s.into_bytes()
+    });
+    text[i % text.len()]
 }
 
 fn pattern_payload(size: usize) -> Vec<u8> {

@@ -52,6 +52,8 @@ struct SubResult {
     disconnected: bool,
     last_ns: u64,
     latencies: Vec<u32>,
+    /// Bytes of the data frames it received, as on the wire (compressed when agreed).
+    wire_bytes: u64,
 }
 
 pub async fn run(plan: &Plan) -> Outcome {
@@ -122,6 +124,7 @@ pub async fn run(plan: &Plan) -> Outcome {
         total.out_of_order += r.out_of_order;
         total.corrupt += r.corrupt;
         total.last_ns = total.last_ns.max(r.last_ns);
+        total.wire_bytes += r.wire_bytes;
         total.latencies.append(&mut r.latencies);
     }
     let failed = a.msgs - ok_count;
@@ -152,6 +155,8 @@ pub async fn run(plan: &Plan) -> Outcome {
             },
             "expected_deliveries": ok_count * connected as u64,
             "deliveries": total.unique,
+            "wire_bytes": total.wire_bytes,
+            "wire_bytes_per_delivery": round2(total.wire_bytes as f64 / total.unique.max(1) as f64),
             "deliveries_per_s": if span_s > 0.0 { round2(total.unique as f64 / span_s) } else { 0.0 },
             "latency_us": Percentiles::of(&mut total.latencies),
             "lost": lost,
@@ -254,6 +259,7 @@ async fn subscriber(mut conn: Conn, s: Arc<Shared>) -> SubResult {
             out.clear();
         }
     }
+    r.wire_bytes = conn.wire_bytes;
     if complete {
         conn.close(Duration::from_secs(1)).await;
     }

@@ -40,7 +40,8 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
         .url
         .clone()
         .unwrap_or_else(|| args.mode.default_url().to_string());
-    let target = parse_target(&url, "ws").map_err(|e| format!("--url: {e}"))?;
+    let mut target = parse_target(&url, "ws").map_err(|e| format!("--url: {e}"))?;
+    target.deflate = args.deflate;
     let seconds = |name: &str, v: f64, min: f64| -> Result<(), String> {
         if !(v.is_finite() && v >= min && v <= MAX_SECONDS) {
             return Err(format!(

@@ -40,7 +40,7 @@ pub use secret::Secret;
 pub use server::Server;
 pub use tls::{SniCert, Tls};
 pub use validate::{Error, Problem};
-pub use websocket::WebSocket;
+pub use websocket::{Compression, WebSocket};
 
 /// The whole configuration. Every field has a default, so an empty file is a valid config.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

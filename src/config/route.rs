@@ -8,7 +8,7 @@ use super::duration::Duration;
 use super::hooks::{RouteHooks, check_hook_url};
 use super::proxy::{Upstream, upstream_names};
 use super::validate::{Seg, item};
-use super::websocket::{WebSocket, check_origin};
+use super::websocket::{Compression, WebSocket, check_origin};
 
 /// What a hub route does with messages its clients send.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub struct Route {
     pub max_message_bytes: Option<usize>,
     /// Overrides `websocket.allowed_origins` for this route.
     pub allowed_origins: Option<Vec<String>>,
+    /// Overrides `websocket.compression` ("on" or "off") for this route.
+    pub compression: Option<Compression>,
+    /// Overrides `websocket.compression_min_bytes` for this route.
+    pub compression_min_bytes: Option<usize>,
     /// Keep the group's recent publications: `{ size = 100, ttl = "5m" }` keeps at most `size`,
     /// none older than `ttl`. Every publication of such a group gets a position (epoch, offset),
     /// which is what recovery and replay need. Applies to every group the route's `group`
@@ -132,6 +136,8 @@ impl Route {
             subprotocols: Vec::new(),
             max_message_bytes: None,
             allowed_origins: None,
+            compression: None,
+            compression_min_bytes: None,
             history: None,
             replay: None,
             subscribe: None,
@@ -535,12 +541,14 @@ fn check_proxy_route(
         || r.allowed_origins.is_some()
         || !r.subprotocols.is_empty()
         || r.max_message_bytes.is_some()
+        || r.compression.is_some()
+        || r.compression_min_bytes.is_some()
         || r.on_message != OnMessage::Broadcast
         || !r.echo_to_sender;
     if hub_only {
         report(
             at("proxy_pass"),
-            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, history, replay, subscribe, client_publish, join_leave, hooks and anonymous apply to hub routes only; the upstream decides these for a proxy route".into(),
+            "group, on_message, echo_to_sender, subprotocols, max_message_bytes, allowed_origins, compression, compression_min_bytes, history, replay, subscribe, client_publish, join_leave, hooks and anonymous apply to hub routes only; the upstream decides these for a proxy route (compression is negotiated end to end between client and upstream)".into(),
         );
     }
 }

@@ -5,6 +5,16 @@ use serde::Deserialize;
 use super::duration::Duration;
 use super::validate::{Seg, keys};
 
+/// Whether a route offers permessage-deflate (RFC 7692) to clients that ask for it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Never: the extension is declined and every frame goes plain.
+    Off,
+    /// Accept a client's permessage-deflate offer (every browser makes one).
+    On,
+}
+
 /// `[websocket]`: per-connection WebSocket behaviour.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +52,15 @@ pub struct WebSocket {
     /// Most publications one recovery (a subscribe with `since`) may replay; a client that
     /// missed more gets `recovered: false`. Default 300.
     pub recovery_max_publications: usize,
+    /// permessage-deflate for clients that offer it: "on" or "off". Each publication is
+    /// compressed once and the same bytes go to every member that negotiated it; no
+    /// connection keeps a compression context, so it costs no memory per connection. Routes
+    /// may override it. Default "on".
+    pub compression: Compression,
+    /// Messages with a payload smaller than this go uncompressed even to clients that
+    /// negotiated compression (small messages shrink little and cost CPU to inflate). Routes
+    /// may override it. Default 256 bytes; 0 compresses everything.
+    pub compression_min_bytes: usize,
 }
 
 impl Default for WebSocket {
@@ -58,6 +77,8 @@ impl Default for WebSocket {
             max_command_errors: 10,
             max_subscriptions: 100,
             recovery_max_publications: 300,
+            compression: Compression::On,
+            compression_min_bytes: 256,
         }
     }
 }

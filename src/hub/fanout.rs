@@ -24,7 +24,7 @@ pub(super) fn deliver(members: &Members, p: &Publication, except: Option<u64>) -
         };
         // Without `except` no member's id is read: that is a dynamic call and a cache miss per
         // member, a measurable share of a 10,000-member fan-out.
-        n += match except {
+        let took = match except {
             None => list.members.iter().filter(|m| m.deliver(&frame)).count(),
             Some(ex) => list
                 .members
@@ -32,6 +32,8 @@ pub(super) fn deliver(members: &Members, p: &Publication, except: Option<u64>) -
                 .filter(|m| m.id() != ex && m.deliver(&frame))
                 .count(),
         };
+        list.codec.delivered(&frame, took);
+        n += took;
     }
     n
 }

@@ -31,4 +31,7 @@ pub trait Codec: Send + Sync + Debug {
     /// The bytes for `p`, or `None` when this protocol does not carry it (a presence event to
     /// a client that did not ask for them).
     fn encode(&self, p: &Publication) -> Option<Bytes>;
+    /// Told once per publication how many members took `frame` (its encoding of it), for the
+    /// codec's own metrics. Default: nothing.
+    fn delivered(&self, _frame: &Bytes, _members: usize) {}
 }

@@ -30,7 +30,8 @@ use crate::metrics::METRICS;
 use crate::reply::{Body, full, text};
 use crate::transport::{Rewind, Transport};
 use crate::ws::close::CloseReason;
-use crate::ws::codec::RAW;
+use crate::ws::codec::{Compression, PLAIN};
+use crate::ws::deflate;
 use crate::ws::frame;
 use crate::ws::handshake::{self, Accept, HandshakeError};
 use crate::ws::outbox::Outbox;
@@ -116,7 +117,7 @@ pub async fn websocket(
         check_open(server)?;
         Ok((accept, group, grant))
     });
-    let (accept, group, grant) = match admitted {
+    let (mut accept, group, grant) = match admitted {
         Ok(a) => a,
         Err(refusal) => {
             if !matches!(refusal, Refusal::ShuttingDown | Refusal::Full { .. }) {
@@ -146,8 +147,10 @@ pub async fn websocket(
     // Join before the 101 goes out: a backend that publishes as soon as the browser's `onopen`
     // fires must find the member there. Until the session runs, messages wait in its outbox. A
     // wsgate.v1 client joins nothing by itself: it subscribes by command.
+    let compression = negotiate_compression(&req, route, &mut accept);
+    let codecs = compression.map_or(PLAIN, |c| c.codecs);
     let v1 = (accept.protocol.as_deref() == Some(v1::PROTOCOL)).then(|| {
-        let mut s = route.v1_settings(&path);
+        let mut s = route.v1_settings(&path, codecs);
         s.user = plan.user.as_deref().map(Arc::from);
         s.grant = grant.clone();
         if let Some(groups) = &plan.chosen {
@@ -160,7 +163,7 @@ pub async fn websocket(
         }
         s
     });
-    let joined = Joined::new(server, id, plan, slot, route, &path, v1).await;
+    let joined = Joined::new(server, id, plan, slot, route, &path, v1, compression).await;
     if let Some(g) = grant {
         tokio::spawn(expire(Arc::downgrade(&joined.outbox), g));
     }
@@ -315,6 +318,22 @@ fn check_handshake(
     })
 }
 
+/// permessage-deflate (RFC 7692) when the route has it on and the client offered something
+/// acceptable; what the client is sent then. Never a refusal: a bad offer is declined and the
+/// connection goes on uncompressed.
+fn negotiate_compression(
+    req: &Request<Incoming>,
+    route: &Route,
+    accept: &mut Accept,
+) -> Option<&'static Compression> {
+    if !route.compresses() {
+        return None;
+    }
+    let agreed = deflate::negotiate(req.headers())?;
+    accept.extensions = Some(agreed.response());
+    route.compression_for(&agreed)
+}
+
 /// Another site's page may not use a visitor's cookies to join (RFC 6455 §10.2).
 fn check_origin(
     req: &Request<Incoming>,
@@ -417,6 +436,7 @@ struct Joined {
     extras: Option<Box<Extras>>,
     slot: Option<Slot>,
     v1: Option<v1::Settings>,
+    compression: Option<&'static Compression>,
 }
 
 impl Joined {
@@ -428,6 +448,7 @@ impl Joined {
         route: &Route,
         path: &str,
         v1: Option<v1::Settings>,
+        compression: Option<&'static Compression>,
     ) -> Self {
         let limit = server.config.websocket.send_queue_bytes;
         let outbox =
@@ -450,7 +471,7 @@ impl Joined {
         };
         for g in &groups {
             let how = Join {
-                codec: &RAW,
+                codec: compression.map_or(PLAIN, |c| c.codecs).raw,
                 presence: route.presence.then(|| presence.clone()),
                 events: route.join_leave,
             };
@@ -484,6 +505,7 @@ impl Joined {
             extras,
             slot: Some(slot),
             v1,
+            compression,
         }
     }
 
@@ -501,7 +523,8 @@ impl Joined {
             self.server.sessions.clone(),
             self.v1.take(),
         )
-        .with_extras(self.extras.take());
+        .with_extras(self.extras.take())
+        .compressing(self.compression);
         tokio::spawn(session);
     }
 }

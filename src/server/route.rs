@@ -9,6 +9,8 @@ use crate::broker::policy::GroupPattern;
 use crate::config::{self, OnMessage};
 use crate::hub::group::check_name;
 use crate::uri::percent_decode;
+use crate::ws::codec::{Codecs, Compression};
+use crate::ws::deflate::Agreed;
 use crate::ws::session::RouteCtx;
 use crate::ws::v1;
 
@@ -39,6 +41,9 @@ pub struct Route {
     pub hooks: Option<HookUrls>,
     /// With `[jwt]`: whether connections without a token may use the route.
     pub anonymous: bool,
+    /// What a client that negotiated permessage-deflate is sent, by the window it allowed us
+    /// (index: bits - 8); `None` when the route has compression off.
+    compression: Option<[&'static Compression; 8]>,
 }
 
 /// A route's backend hook URLs.
@@ -119,7 +124,27 @@ impl Route {
             ),
             hooks: r.hooks.as_ref().map(HookUrls::new),
             anonymous: r.anonymous,
+            compression: (r.compression.unwrap_or(ws.compression) == config::Compression::On).then(
+                || {
+                    let min = r.compression_min_bytes.unwrap_or(ws.compression_min_bytes);
+                    std::array::from_fn(|i| {
+                        let agreed = Agreed::with_window(8 + i as u8);
+                        Compression::get(min, agreed.compress_window())
+                    })
+                },
+            ),
         }
+    }
+
+    /// Whether the route offers permessage-deflate.
+    pub fn compresses(&self) -> bool {
+        self.compression.is_some()
+    }
+
+    /// What a client that agreed to `agreed` is sent on this route.
+    pub fn compression_for(&self, agreed: &Agreed) -> Option<&'static Compression> {
+        let table = self.compression.as_ref()?;
+        Some(table[usize::from(agreed.server_window.clamp(8, 15) - 8)])
     }
 
     /// What a plain client joining this route's group gets from its history first.
@@ -132,7 +157,7 @@ impl Route {
 
     /// What a `wsgate.v1` client connected at `path` may do: the route's subscribe patterns
     /// with the path's values filled in (literally).
-    pub fn v1_settings(&self, path: &str) -> v1::Settings {
+    pub fn v1_settings(&self, path: &str, codecs: Codecs) -> v1::Settings {
         let params = self.params(path).unwrap_or_default();
         let values: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let (max_errors, max_subscriptions, recovery_limit) = self.v1_limits;
@@ -153,6 +178,7 @@ impl Route {
             max_group_bytes: self.max_group_bytes,
             user: None,
             grant: None,
+            codecs,
         }
     }
 

@@ -7,13 +7,20 @@
 //! - [`V1`]: `wsgate.v1` envelopes, JSON in a text frame:
 //!   `{"type":"pub","group":"room:1","epoch":"…","offset":42,"data":…}` (see PROTOCOL.md).
 //! - [`V1_EVENTS`]: the same, plus `join`/`leave` events for a client that asked for them.
+//! - [`Deflated`]: any of these compressed with permessage-deflate (RFC 7692) for the clients
+//!   that negotiated it: still one encoding per publication, shared by every such member, as
+//!   no connection keeps a compression context ([`super::deflate`]). Messages under the
+//!   route's `compression_min_bytes` go plain.
+
+use std::sync::Mutex;
 
 use base64::Engine;
 use bytes::Bytes;
 
-use super::frame::{self, OpCode};
+use super::frame::{self, OpCode, RSV1};
 use crate::broker::{Kind, Publication};
 use crate::hub::Codec;
+use crate::metrics::METRICS;
 
 /// Bare payloads: the message in one frame.
 #[derive(Debug)]
@@ -90,6 +97,135 @@ pub fn direct(v1: bool, data: &[u8], kind: Kind) -> Bytes {
     }
     out.push('}');
     frame::encode(OpCode::Text, out.as_bytes())
+}
+
+/// The codecs a connection's publications use, one per client protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Codecs {
+    pub raw: &'static dyn Codec,
+    pub v1: &'static dyn Codec,
+    pub v1_events: &'static dyn Codec,
+}
+
+/// Uncompressed frames.
+pub static PLAIN: Codecs = Codecs {
+    raw: &RAW,
+    v1: &V1,
+    v1_events: &V1_EVENTS,
+};
+
+/// A protocol's frames compressed with permessage-deflate when their payload has at least
+/// `min_bytes` and compressing makes them smaller; plain otherwise.
+#[derive(Debug)]
+pub struct Deflated {
+    name: &'static str,
+    inner: &'static dyn Codec,
+    min_bytes: usize,
+    window: u8,
+}
+
+impl Codec for Deflated {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn encode(&self, p: &Publication) -> Option<Bytes> {
+        // A client's message comes framed for plain clients already: compress those bytes.
+        let plain = match &p.encoded {
+            Some((name, bytes)) if *name == self.inner.name() => bytes.clone(),
+            _ => self.inner.encode(p)?,
+        };
+        Some(compress_frame(plain, self.min_bytes, self.window))
+    }
+
+    fn delivered(&self, frame: &Bytes, members: usize) {
+        if frame.first().is_some_and(|b| b & RSV1 != 0) {
+            METRICS.deflate_deliveries.add(members as u64);
+        }
+    }
+}
+
+/// `plain`, an unmasked data frame, compressed when its payload has at least `min_bytes` and
+/// compressing makes it smaller; `plain` itself otherwise.
+pub fn compress_frame(plain: Bytes, min_bytes: usize, window: u8) -> Bytes {
+    let Some(h) = frame::parse_header(&plain) else {
+        return plain;
+    };
+    let payload = &plain[h.size..];
+    let Some(op) = OpCode::from_u8(h.opcode_raw).filter(|_| payload.len() >= min_bytes) else {
+        return plain;
+    };
+    match frame::encode_compressed(op, payload, window) {
+        Some(c) => {
+            let header = frame::parse_header(&c).map_or(0, |h| h.size);
+            METRICS.deflate_compressed.inc();
+            METRICS.deflate_bytes_in.add(payload.len() as u64);
+            METRICS.deflate_bytes_out.add((c.len() - header) as u64);
+            c
+        }
+        None => plain,
+    }
+}
+
+/// What connections that negotiated permessage-deflate on one route, with one window size,
+/// are sent.
+#[derive(Debug)]
+pub struct Compression {
+    pub codecs: Codecs,
+    /// Payloads smaller than this go plain.
+    pub min_bytes: usize,
+    /// The LZ77 window our compressed messages use, or `None` to send everything plain (a
+    /// client that allowed us only 8 bits, which zlib cannot compress within).
+    pub window: Option<u8>,
+}
+
+impl Compression {
+    /// The settings for `min_bytes` and a negotiated `window`, made once per process and kept
+    /// (a few per route: the codec names must live as long as the groups that list them).
+    pub fn get(min_bytes: usize, window: Option<u8>) -> &'static Compression {
+        static MADE: Mutex<Vec<&'static Compression>> = Mutex::new(Vec::new());
+        let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = made
+            .iter()
+            .find(|c| c.min_bytes == min_bytes && c.window == window)
+        {
+            return c;
+        }
+        let codecs = match window {
+            None => PLAIN,
+            Some(w) => {
+                let wrap = |inner: &'static dyn Codec| -> &'static dyn Codec {
+                    let name = format!("{}+deflate/{min_bytes}/{w}", inner.name());
+                    Box::leak(Box::new(Deflated {
+                        name: Box::leak(name.into_boxed_str()),
+                        inner,
+                        min_bytes,
+                        window: w,
+                    }))
+                };
+                Codecs {
+                    raw: wrap(&RAW),
+                    v1: wrap(&V1),
+                    v1_events: wrap(&V1_EVENTS),
+                }
+            }
+        };
+        let c: &'static Compression = Box::leak(Box::new(Compression {
+            codecs,
+            min_bytes,
+            window,
+        }));
+        made.push(c);
+        c
+    }
+
+    /// A frame of the session's own (an echo) as this connection is sent it.
+    pub fn frame(&self, plain: Bytes) -> Bytes {
+        match self.window {
+            Some(w) => compress_frame(plain, self.min_bytes, w),
+            None => plain,
+        }
+    }
 }
 
 /// A JSON string literal.
@@ -186,6 +322,35 @@ mod tests {
         assert_eq!(
             v1_text(&V1, &publication(Kind::Binary, b"\x00\xff")).unwrap(),
             r#"{"type":"pub","group":"room:1","b64data":"AP8="}"#
+        );
+    }
+
+    #[test]
+    fn deflated_codecs_compress_large_messages_once_and_leave_small_ones_plain() {
+        let c = Compression::get(40, Some(15));
+        assert!(std::ptr::eq(c, Compression::get(40, Some(15))), "made once");
+        assert_ne!(c.codecs.raw.name(), RAW.name());
+        let big = publication(
+            Kind::Text,
+            br#"{"percent":40,"text":"progress progress progress progress progress progress"}"#,
+        );
+        let f = c.codecs.raw.encode(&big).unwrap();
+        assert_eq!(f[0], 0x80 | RSV1 | 0x1, "FIN, RSV1, text");
+        let h = frame::parse_header(&f).unwrap();
+        let mut out = bytes::BytesMut::new();
+        super::super::deflate::inflate(&f[h.size..], 1 << 20, &mut out).unwrap();
+        assert_eq!(&out[..], &big.data[..]);
+        let small = publication(Kind::Text, b"hi");
+        assert_eq!(&c.codecs.raw.encode(&small).unwrap()[..], b"\x81\x02hi");
+        // v1 envelopes are compressed as a whole.
+        let f = c.codecs.v1.encode(&big).unwrap();
+        assert_eq!(f[0] & RSV1, RSV1);
+        // An 8-bit window: everything plain, on the plain codecs' lists.
+        let eight = Compression::get(40, None);
+        assert_eq!(eight.codecs.raw.name(), "raw");
+        assert_eq!(
+            eight.frame(RAW.encode(&big).unwrap()),
+            RAW.encode(&big).unwrap()
         );
     }
 

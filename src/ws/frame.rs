@@ -9,6 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::close::{self, CloseCode, ProtocolError};
+use super::deflate::{self, InflateError};
 
 /// Frame opcodes (RFC 6455 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub const SERVER_HEADER_MAX: usize = 10;
 
 /// Writes an unmasked frame header for `len` payload bytes at the end of `out`, returning how
 /// many bytes it used (2, 4 or 10).
-fn header_len(len: usize) -> usize {
+pub(super) fn header_len(len: usize) -> usize {
     if len < 126 {
         2
     } else if len <= u16::MAX as usize {
@@ -55,7 +56,7 @@ fn header_len(len: usize) -> usize {
     }
 }
 
-fn write_header(out: &mut [u8], fin: bool, opcode: OpCode, len: usize) {
+pub(super) fn write_header(out: &mut [u8], fin: bool, opcode: OpCode, len: usize) {
     out[0] = (if fin { 0x80 } else { 0 }) | opcode as u8;
     match out.len() {
         2 => out[1] = len as u8,
@@ -79,6 +80,23 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     buf.put_slice(payload);
     buf.freeze()
 }
+
+/// `payload` compressed (permessage-deflate, RFC 7692) into one unmasked frame with RSV1 set,
+/// using an LZ77 window of `window` bits; `None` when compressing would not make it smaller.
+pub fn encode_compressed(opcode: OpCode, payload: &[u8], window: u8) -> Option<Bytes> {
+    deflate::compress(payload, window, |body| {
+        let h = header_len(body.len());
+        let mut buf = BytesMut::with_capacity(h + body.len());
+        buf.resize(h, 0);
+        write_header(&mut buf[..h], true, opcode, body.len());
+        buf[0] |= RSV1;
+        buf.put_slice(body);
+        buf.freeze()
+    })
+}
+
+/// The frame header bit permessage-deflate uses to mark a compressed message (RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
 
 /// Encodes a Close frame with a status code and a reason (truncated on a char boundary so the
 /// payload stays within the 125 bytes a control frame may carry).
@@ -223,10 +241,14 @@ struct Current {
     remaining: u64,
 }
 
-/// Streaming decoder for frames a client sends (masked, no extensions).
+/// Streaming decoder for frames a client sends (masked; permessage-deflate when negotiated).
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
+    /// permessage-deflate was negotiated: RSV1 may mark a message as compressed.
+    deflate: bool,
+    /// The message being assembled is compressed (inflated once it is complete).
+    compressed: bool,
     header: [u8; 14],
     header_len: usize,
     current: Option<Current>,
@@ -241,6 +263,8 @@ impl Decoder {
     pub fn new(max_message: usize) -> Self {
         Decoder {
             max_message,
+            deflate: false,
+            compressed: false,
             header: [0; 14],
             header_len: 0,
             current: None,
@@ -249,6 +273,21 @@ impl Decoder {
             utf8_checked: 0,
             control: BytesMut::new(),
         }
+    }
+
+    /// Accepts messages compressed with permessage-deflate (negotiated for this connection).
+    /// The message limit applies to the inflated size; the compressed bytes of one message
+    /// may take up to an eighth more, as incompressible data can grow a little.
+    pub fn inflating(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
+    }
+
+    /// Most compressed bytes one message may gather before it is inflated.
+    fn compressed_limit(&self) -> usize {
+        self.max_message
+            .saturating_add(self.max_message / 8)
+            .saturating_add(1024)
     }
 
     /// True when nothing is buffered (no partial header, frame or message).
@@ -297,7 +336,8 @@ impl Decoder {
                 self.control.extend_from_slice(chunk);
             } else {
                 self.message.extend_from_slice(chunk);
-                if self.message_opcode == Some(OpCode::Text) {
+                // A compressed message is checked once inflated.
+                if self.message_opcode == Some(OpCode::Text) && !self.compressed {
                     self.check_utf8(false)?;
                 }
             }
@@ -310,7 +350,8 @@ impl Decoder {
 
     fn start_frame(&mut self, h: Header) -> Result<(), ProtocolError> {
         use CloseCode as C;
-        if h.rsv != 0 {
+        let rsv1 = h.rsv & 0x4 != 0;
+        if h.rsv & 0x3 != 0 || (rsv1 && !self.deflate) {
             return Err(ProtocolError::new(
                 C::PROTOCOL_ERROR,
                 "reserved bits set but no extension was negotiated",
@@ -322,6 +363,13 @@ impl Decoder {
                 format!("reserved opcode {:#x}", h.opcode_raw),
             ));
         };
+        if rsv1 && (opcode.is_control() || opcode == OpCode::Continuation) {
+            // RFC 7692 §6.1: only the first frame of a data message carries the bit.
+            return Err(ProtocolError::new(
+                C::PROTOCOL_ERROR,
+                "RSV1 set on a control or continuation frame (permessage-deflate marks only a message's first frame)",
+            ));
+        }
         let Some(mask) = h.mask else {
             return Err(ProtocolError::new(
                 C::PROTOCOL_ERROR,
@@ -365,12 +413,18 @@ impl Decoder {
                 (OpCode::Continuation, Some(_)) => {}
                 (op, _) => {
                     self.message_opcode = Some(op);
+                    self.compressed = rsv1;
                     self.utf8_checked = 0;
                     self.message = BytesMut::new();
                 }
             }
             let so_far = self.message.len().saturating_sub(SERVER_HEADER_MAX) as u64;
-            if so_far + h.len > self.max_message as u64 {
+            let limit = if self.compressed {
+                self.compressed_limit()
+            } else {
+                self.max_message
+            };
+            if so_far + h.len > limit as u64 {
                 return Err(ProtocolError::new(
                     C::MESSAGE_TOO_BIG,
                     format!("message over the {} byte limit", self.max_message),
@@ -392,6 +446,38 @@ impl Decoder {
             remaining: h.len,
         });
         Ok(())
+    }
+
+    /// Replaces the gathered compressed message with its inflated form (behind the same room
+    /// for a header), bounded by the message limit.
+    fn inflate(&mut self) -> Result<(), ProtocolError> {
+        let mut out = BytesMut::new();
+        out.resize(SERVER_HEADER_MAX, 0);
+        let inflated = deflate::inflate(
+            &self.message[SERVER_HEADER_MAX..],
+            self.max_message,
+            &mut out,
+        );
+        self.message = BytesMut::new();
+        match inflated {
+            Ok(()) => {
+                crate::metrics::METRICS.deflate_inflated.inc();
+                self.message = out;
+                self.utf8_checked = 0;
+                Ok(())
+            }
+            Err(InflateError::TooBig) => Err(ProtocolError::new(
+                CloseCode::MESSAGE_TOO_BIG,
+                format!(
+                    "message over the {} byte limit once inflated",
+                    self.max_message
+                ),
+            )),
+            Err(InflateError::Malformed(why)) => Err(ProtocolError::new(
+                CloseCode::INVALID_PAYLOAD,
+                format!("compressed message is not valid DEFLATE data ({why})"),
+            )),
+        }
     }
 
     /// Validates the UTF-8 gathered so far; `complete` means no more bytes will follow.
@@ -427,6 +513,9 @@ impl Decoder {
                     let op = self.message_opcode.take().expect("message is open");
                     if self.message.is_empty() {
                         self.message.resize(SERVER_HEADER_MAX, 0);
+                    }
+                    if std::mem::take(&mut self.compressed) {
+                        self.inflate()?;
                     }
                     if op == OpCode::Text {
                         self.check_utf8(true)?;

@@ -44,6 +44,9 @@ pub fn wants_websocket(headers: &HeaderMap) -> bool {
 pub struct Accept {
     pub accept: String,
     pub protocol: Option<String>,
+    /// The `Sec-WebSocket-Extensions` answer, when an extension was agreed
+    /// ([`super::deflate::negotiate`]).
+    pub extensions: Option<String>,
 }
 
 impl Accept {
@@ -61,6 +64,11 @@ impl Accept {
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_str(p).expect("subprotocols are validated tokens"),
             );
+        }
+        if let Some(e) = &self.extensions
+            && let Ok(v) = HeaderValue::from_str(e)
+        {
+            h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
         }
         h
     }
@@ -244,6 +252,7 @@ pub fn check(
     Ok(Accept {
         accept: accept_key(key.as_bytes()),
         protocol: select_protocol(headers, protocols),
+        extensions: None,
     })
 }
 

@@ -7,6 +7,7 @@
 
 pub mod close;
 pub mod codec;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod heartbeat;

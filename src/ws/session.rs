@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::close::{CloseReason, ProtocolError};
-use super::codec::RAW;
+use super::codec::{Compression, RAW};
 use super::frame::{self, Decoder, Event, OpCode};
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
@@ -102,6 +102,9 @@ pub struct Session<S = TcpStream> {
     v1: Option<Box<V1>>,
     /// Backend hooks' part: more groups, the relay of a forwarding route (none without hooks).
     extras: Option<Box<Extras>>,
+    /// What was agreed for permessage-deflate, when the client negotiated it (shared by every
+    /// such connection of the route: no per-connection compression state).
+    compression: Option<&'static Compression>,
 }
 
 /// Where a session is in its life.
@@ -159,6 +162,7 @@ impl<S: Transport> Session<S> {
             timer: None,
             v1: v1.map(|s| Box::new(V1::new(s))),
             extras: None,
+            compression: None,
         }
     }
 
@@ -166,6 +170,19 @@ impl<S: Transport> Session<S> {
     /// ends) and the relay that takes its messages and hears of its close.
     pub fn with_extras(mut self, extras: Option<Box<Extras>>) -> Self {
         self.extras = extras;
+        self
+    }
+
+    /// The client negotiated permessage-deflate: its compressed messages are inflated, and
+    /// its echoes compressed as `compression` says (publications are compressed by the
+    /// fan-out, once for every such member).
+    pub fn compressing(mut self, compression: Option<&'static Compression>) -> Self {
+        if let Some(c) = compression {
+            METRICS.deflate_connections.inc();
+            self.compression = Some(c);
+            let max = self.route.max_message_bytes;
+            self.decoder = Decoder::new(max).inflating(true);
+        }
         self
     }
 
@@ -294,7 +311,16 @@ impl<S: Transport> Session<S> {
                 METRICS.messages_received.inc();
                 match self.route.on_message {
                     OnMessage::Drop => {}
-                    OnMessage::Echo => self.enqueue_own(m.into_frame()),
+                    OnMessage::Echo => {
+                        let frame = match self.compression {
+                            Some(c) => c.frame(m.into_frame()),
+                            None => m.into_frame(),
+                        };
+                        if frame[0] & frame::RSV1 != 0 {
+                            METRICS.deflate_deliveries.inc();
+                        }
+                        self.enqueue_own(frame);
+                    }
                     OnMessage::Broadcast => self.publish(m),
                     OnMessage::Forward => self.forward(m),
                 }
@@ -569,6 +595,9 @@ impl<S> Drop for Session<S> {
             }
         }
         METRICS.connections.dec();
+        if self.compression.is_some() {
+            METRICS.deflate_connections.dec();
+        }
         self.env.slots.give_back();
     }
 }

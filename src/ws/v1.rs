@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::close::{CloseCode, ProtocolError};
-use super::codec::{V1 as V1_CODEC, V1_EVENTS, envelope, json_str};
+use super::codec::{Codecs, envelope, json_str};
 use super::frame::{self, OpCode};
 use super::outbox::Outbox;
 use crate::broker::policy::GroupPattern;
@@ -57,6 +57,8 @@ pub struct Settings {
     /// The token the connection was admitted with (`[jwt]`): its user goes into presence, its
     /// groups bound what the route allows, and `refresh` replaces it.
     pub grant: Option<Arc<crate::auth::Grant>>,
+    /// The codecs its publications use (compressed when it negotiated permessage-deflate).
+    pub codecs: Codecs,
 }
 
 /// The state of one v1 connection.
@@ -439,7 +441,11 @@ impl V1 {
             Some(frame::encode(OpCode::Text, reply.as_bytes()))
         });
         let how = Join {
-            codec: if events { &V1_EVENTS } else { &V1_CODEC },
+            codec: if events {
+                self.settings.codecs.v1_events
+            } else {
+                self.settings.codecs.v1
+            },
             presence: self.settings.presence.then_some(Presence {
                 user: self.settings.user.clone(),
                 info,
