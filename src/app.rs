@@ -13,6 +13,7 @@ use crate::api::Api;
 use crate::broker::Broker;
 use crate::broker::memory::{self, Memory};
 use crate::broker::policy::{GroupPattern, Policies, StreamPolicy};
+use crate::broker::redis;
 use crate::config::{BrokerKind, Config};
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, raise_nofile_limit};
@@ -35,6 +36,8 @@ pub enum StartError {
         "proxy.tunnel_io = \"io_uring\" but this kernel refuses io_uring ({0}); set proxy.tunnel_io to \"auto\" or \"epoll\", or allow io_uring (sysctl kernel.io_uring_disabled, the container's seccomp profile)"
     )]
     IoUring(#[source] std::io::Error),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::redis::ConnectError),
 }
 
 /// A running server, for tests and for `serve_blocking`. It derefs to a [`Handle`], whose
@@ -66,6 +69,11 @@ impl Handle {
     /// Members of `group` on this node.
     pub fn member_count(&self, group: &str) -> usize {
         self.0.hub.member_count(group)
+    }
+
+    /// This node's id (the first part of the connection ids presence shows).
+    pub fn node(&self) -> u64 {
+        self.0.hub.node()
     }
 
     /// Groups with at least one member on this node.
@@ -128,15 +136,47 @@ fn policies(config: &Config) -> Policies {
     )
 }
 
-/// The broker `config` asks for.
-fn broker(config: &Config) -> Arc<dyn Broker> {
-    match config.broker.kind {
+/// The broker `config` asks for; a Redis broker is connected (and must answer) before wsgate
+/// serves.
+async fn broker(config: &Config) -> Result<Arc<dyn Broker>, StartError> {
+    let redis = |target| redis::Settings {
+        target,
+        prefix: config.broker.prefix.clone(),
+        policies: policies(config),
+        meta_ttl: config.hub.history_meta_ttl.get(),
+        presence_ttl: config.broker.presence_ttl.get(),
+        timeout: config.broker.timeout.get(),
+    };
+    Ok(match config.broker.kind {
         BrokerKind::Memory => Arc::new(Memory::new(memory::Settings {
             policies: policies(config),
             max_bytes: config.hub.history_max_bytes,
             meta_ttl: config.hub.history_meta_ttl.get(),
         })),
+        BrokerKind::Redis => {
+            redis::Redis::connect(redis(redis::Target::Single(config.broker.url.clone()))).await?
+        }
+        BrokerKind::RedisCluster => {
+            redis::Redis::connect(redis(redis::Target::Cluster(config.broker.nodes.clone())))
+                .await?
+        }
+    })
+}
+
+/// Whether the broker `config` names can be reached now (for `check-config`): connects once,
+/// within `broker.timeout`, and lets go.
+///
+/// # Errors
+/// The sentence `serve` would stop with.
+pub fn reach_broker(config: &Config) -> Result<(), String> {
+    if config.broker.kind == BrokerKind::Memory {
+        return Ok(());
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime to reach the broker: {e}"))?;
+    rt.block_on(async { broker(config).await.map(drop).map_err(|e| e.to_string()) })
 }
 
 /// Binds and starts serving; returns once the listener is bound.
@@ -156,7 +196,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let shutdown = Shutdown::new();
-    let broker = broker(&config);
+    let broker = broker(&config).await?;
     let broker_task = broker.clone().background();
     let hub = Hub::new(broker);
     let ws = &config.websocket;

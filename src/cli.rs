@@ -75,6 +75,11 @@ pub fn run(cli: Cli) -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match crate::config::load(Some(file), &crate::config::process_env()) {
         Ok(cfg) => {
+            if let Err(why) = crate::app::reach_broker(&cfg) {
+                eprintln!("{}: broker: {why}", file.display());
+                eprintln!("1 problem(s) found in {}", file.display());
+                return ExitCode::FAILURE;
+            }
             let proxied = cfg.routes.iter().filter(|r| r.is_proxy()).count();
             let proxy = if proxied > 0 {
                 format!(

@@ -26,7 +26,7 @@ use toml::de::DeTable;
 
 pub use addr::{parse_cidr, parse_listen, parse_server_addr};
 pub use api::Api;
-pub use broker::{Broker, BrokerKind};
+pub use broker::{Broker, BrokerKind, redis_url_problem};
 pub use duration::Duration;
 pub use hub::Hub;
 pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
@@ -137,6 +137,7 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     cfg.websocket.check(&mut report);
     cfg.api.check(&mut report);
     cfg.hub.check(&mut report);
+    cfg.broker.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);
     route::check(&cfg.routes, &cfg.websocket, &cfg.upstreams, &mut report);
     problems

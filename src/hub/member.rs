@@ -28,4 +28,9 @@ pub trait Codec: Send + Sync + Debug {
     /// The bytes for `p`, or `None` when this protocol does not carry it (a presence event to
     /// a client that did not ask for them).
     fn encode(&self, p: &Publication) -> Option<Bytes>;
+    /// Whether its clients remember stream positions and recover from them when they come
+    /// back (so the hub asks them to come back when publications may have been lost).
+    fn tracks_positions(&self) -> bool {
+        false
+    }
 }

@@ -56,6 +56,10 @@ impl Codec for V1 {
         }
         Some(frame::encode(OpCode::Text, envelope(p).as_bytes()))
     }
+
+    fn tracks_positions(&self) -> bool {
+        true
+    }
 }
 
 /// A JSON string literal.

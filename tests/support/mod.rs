@@ -3,6 +3,7 @@
 
 pub mod broker_suite;
 pub mod doctor;
+pub mod redis;
 pub mod upstream;
 pub mod v1;
 
