@@ -23,7 +23,7 @@ kind = "redis"
 url = "{url}"
 prefix = "{prefix}"
 presence_ttl = "2s"
-timeout = "1s"
+timeout = "5s"
 
 [[route]]
 path = "/room/{{room}}/"

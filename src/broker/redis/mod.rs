@@ -148,6 +148,17 @@ enum Job {
     },
 }
 
+impl Job {
+    fn group(&self) -> &str {
+        match self {
+            Job::Publish { p, .. } => &p.group,
+            Job::PresenceAdd { group, .. }
+            | Job::PresenceRemove { group, .. }
+            | Job::PresenceList { group, .. } => group,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Subs {
     /// Why each group is wanted: the hub's members (1) plus each attach in progress.
@@ -326,6 +337,10 @@ impl Redis {
             if s.active.contains(group) {
                 return Ok(());
             }
+            // Down: answer now rather than hold a joining socket for the whole timeout.
+            if !self.health.up.load(Ordering::Relaxed) {
+                return Err(self.unavailable());
+            }
             let (tx, rx) = oneshot::channel();
             s.waiting.push((group.clone(), tx));
             rx
@@ -395,8 +410,10 @@ impl Redis {
                 }
                 .await;
                 if let Err(e) = result {
-                    self.down(e.to_string());
-                    self.answer_waiters(Some(self.unavailable()));
+                    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                        self.down(e.to_string());
+                    }
+                    self.answer_waiters(Some(self.unavailable_because(&e)));
                     tokio::time::sleep(CHECK_DOWN).await;
                 }
             }
@@ -707,16 +724,43 @@ impl Redis {
                     Err(_) => break,
                 }
             }
-            self.send(&mut batch).await;
+            self.send(std::mem::take(&mut batch)).await;
         }
     }
 
-    fn command(&self, pipe: &mut redis::Pipeline, job: &Job, by_body: bool) {
-        let script = |pipe: &mut redis::Pipeline, s: &redis::Script| {
+    /// Sends a batch: as one pipeline to one Redis; to a cluster as one pipeline per slot, at
+    /// once (a pipeline may not cross slots), keeping each slot's order.
+    async fn send(self: &Arc<Self>, batch: Vec<Job>) {
+        if !self.conn.is_sharded() {
+            return self.send_pipeline(batch).await;
+        }
+        let mut by_slot: HashMap<redis::cluster_routing::Slot, Vec<Job>> = HashMap::new();
+        for j in batch {
+            let channel = self.keys(j.group()).channel;
+            by_slot
+                .entry(redis::cluster_routing::Slot::for_key(channel))
+                .or_default()
+                .push(j);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, jobs) in by_slot {
+            let this = self.clone();
+            tasks.spawn(async move { this.send_each(jobs).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// The command that carries `job`: a script by its hash, or by its body when Redis lost it.
+    fn command(&self, job: &Job, by_body: bool) -> redis::Cmd {
+        let script = |s: &redis::Script| {
             if by_body {
-                pipe.cmd("EVAL").arg(code_of(&self.scripts, s));
+                let mut c = redis::cmd("EVAL");
+                c.arg(code_of(&self.scripts, s));
+                c
             } else {
-                pipe.cmd("EVALSHA").arg(s.get_hash());
+                let mut c = redis::cmd("EVALSHA");
+                c.arg(s.get_hash());
+                c
             }
         };
         match job {
@@ -724,8 +768,8 @@ impl Redis {
                 let k = self.keys(&p.group);
                 match policy {
                     Some(policy) => {
-                        script(pipe, &self.scripts.publish);
-                        pipe.arg(2)
+                        let mut c = script(&self.scripts.publish);
+                        c.arg(2)
                             .arg(&k.history)
                             .arg(&k.meta)
                             .arg(&k.channel)
@@ -736,13 +780,14 @@ impl Redis {
                             .arg(wire::tail_head(p))
                             .arg(&p.data[..])
                             .arg(self.conn.publish_command());
+                        c
                     }
                     None => {
                         let mut msg = wire::plain_head(p).into_bytes();
                         msg.extend_from_slice(&p.data);
-                        pipe.cmd(self.conn.publish_command())
-                            .arg(&k.channel)
-                            .arg(msg);
+                        let mut c = redis::cmd(self.conn.publish_command());
+                        c.arg(&k.channel).arg(msg);
+                        c
                     }
                 }
             }
@@ -752,34 +797,70 @@ impl Redis {
                 entry,
             } => {
                 let k = self.keys(group);
-                script(pipe, &self.scripts.presence_add);
-                pipe.arg(2)
+                let mut c = script(&self.scripts.presence_add);
+                c.arg(2)
                     .arg(&k.presence)
                     .arg(&k.presence_expiry)
                     .arg(field)
                     .arg(entry)
                     .arg(self.settings.presence_ttl.as_millis() as u64);
+                c
             }
             Job::PresenceRemove { group, field } => {
                 let k = self.keys(group);
-                script(pipe, &self.scripts.presence_remove);
-                pipe.arg(2)
-                    .arg(&k.presence)
-                    .arg(&k.presence_expiry)
-                    .arg(field);
+                let mut c = script(&self.scripts.presence_remove);
+                c.arg(2).arg(&k.presence).arg(&k.presence_expiry).arg(field);
+                c
             }
             Job::PresenceList { group, .. } => {
                 let k = self.keys(group);
-                script(pipe, &self.scripts.presence_list);
-                pipe.arg(2).arg(&k.presence).arg(&k.presence_expiry);
+                let mut c = script(&self.scripts.presence_list);
+                c.arg(2).arg(&k.presence).arg(&k.presence_expiry);
+                c
             }
+        }
+    }
+
+    /// One slot's jobs on a cluster, each its own command (the cluster client follows MOVED and
+    /// ASK for single commands while slots move), all sent at once in order.
+    async fn send_each(&self, jobs: Vec<Job>) {
+        let mut pending: Vec<Job> = jobs;
+        let mut by_body = false;
+        while !pending.is_empty() {
+            let cmds: Vec<redis::Cmd> = pending.iter().map(|j| self.command(j, by_body)).collect();
+            let futures: Vec<_> = cmds
+                .iter()
+                .map(|c| {
+                    let mut conn = self.conn.clone();
+                    async move {
+                        timeout(self.settings.timeout, c.query_async::<Value>(&mut conn)).await
+                    }
+                })
+                .collect();
+            let results = futures_util::future::join_all(futures).await;
+            let mut again = Vec::new();
+            for (j, r) in pending.drain(..).zip(results) {
+                match r {
+                    Ok(v) => self.answer(j, v),
+                    Err(e) if e.code() == Some("NOSCRIPT") && !by_body => again.push(j),
+                    Err(e) => {
+                        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                            self.down(e.to_string());
+                        }
+                        fail(j, &self.unavailable_because(&e));
+                    }
+                }
+            }
+            pending = again;
+            by_body = true;
         }
     }
 
     /// Sends a batch as one pipeline and answers each job; jobs whose script Redis no longer
     /// has (it restarted) go again with the script's body.
-    async fn send(&self, batch: &mut Vec<Job>) {
+    async fn send_pipeline(&self, mut batch: Vec<Job>) {
         let mut by_body = false;
+        let mut rewritten = false;
         while !batch.is_empty() {
             if !self.health.up.load(Ordering::Relaxed) {
                 let e = self.unavailable();
@@ -791,17 +872,24 @@ impl Redis {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for j in batch.iter() {
-                self.command(&mut pipe, j, by_body);
+                pipe.add_command(self.command(j, by_body));
             }
             let mut conn = self.conn.clone();
             let values: Vec<Value> =
                 match timeout(self.settings.timeout, pipe.query_async(&mut conn)).await {
                     Ok(v) => v,
+                    // Written to a socket Redis had already closed (it restarted): none of it
+                    // reached Redis, and the client library is connecting again; once more.
+                    Err(e) if is_broken_pipe(&e) && !rewritten => {
+                        rewritten = true;
+                        continue;
+                    }
                     Err(e) => {
-                        if !e.is_io_error() && !e.is_timeout() && !e.is_connection_dropped() {
+                        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                            self.down(e.to_string());
+                        } else {
                             tracing::warn!(error = %e, "Redis refused a pipeline");
                         }
-                        self.down(e.to_string());
                         let e = self.unavailable_because(&e);
                         for j in batch.drain(..) {
                             fail(j, &e);
@@ -816,7 +904,7 @@ impl Redis {
                     v => self.answer(j, v),
                 }
             }
-            *batch = again;
+            batch = again;
             by_body = true;
         }
     }
@@ -923,6 +1011,12 @@ fn code_of(s: &Scripts, which: &redis::Script) -> &'static str {
     all.iter()
         .find(|(x, _)| x.get_hash() == which.get_hash())
         .map_or("", |(_, c)| c)
+}
+
+fn is_broken_pipe(e: &redis::RedisError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn fail(job: Job, e: &Error) {
