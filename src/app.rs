@@ -13,6 +13,7 @@ use crate::api::Api;
 use crate::broker::Broker;
 use crate::broker::memory::{self, Memory};
 use crate::broker::policy::{GroupPattern, Policies, StreamPolicy};
+use crate::broker::redis;
 use crate::config::{BrokerKind, Config};
 use crate::hooks::Hooks;
 use crate::hub::Hub;
@@ -41,6 +42,8 @@ pub enum StartError {
     Tls(#[from] crate::server::tls::TlsError),
     #[error(transparent)]
     Jwt(#[from] crate::auth::JwtError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::redis::ConnectError),
 }
 
 /// A running server, for tests and for `serve_blocking`. It derefs to a [`Handle`], whose
@@ -72,6 +75,11 @@ impl Handle {
     /// Members of `group` on this node.
     pub fn member_count(&self, group: &str) -> usize {
         self.0.hub.member_count(group)
+    }
+
+    /// This node's id (the first part of the connection ids presence shows).
+    pub fn node(&self) -> u64 {
+        self.0.hub.node()
     }
 
     /// Groups with at least one member on this node.
@@ -156,15 +164,47 @@ fn policies(config: &Config) -> Policies {
     )
 }
 
-/// The broker `config` asks for.
-fn broker(config: &Config) -> Arc<dyn Broker> {
-    match config.broker.kind {
+/// The broker `config` asks for; a Redis broker is connected (and must answer) before wsgate
+/// serves.
+async fn broker(config: &Config) -> Result<Arc<dyn Broker>, StartError> {
+    let redis = |target| redis::Settings {
+        target,
+        prefix: config.broker.prefix.clone(),
+        policies: policies(config),
+        meta_ttl: config.hub.history_meta_ttl.get(),
+        presence_ttl: config.broker.presence_ttl.get(),
+        timeout: config.broker.timeout.get(),
+    };
+    Ok(match config.broker.kind {
         BrokerKind::Memory => Arc::new(Memory::new(memory::Settings {
             policies: policies(config),
             max_bytes: config.hub.history_max_bytes,
             meta_ttl: config.hub.history_meta_ttl.get(),
         })),
+        BrokerKind::Redis => {
+            redis::Redis::connect(redis(redis::Target::Single(config.broker.url.clone()))).await?
+        }
+        BrokerKind::RedisCluster => {
+            redis::Redis::connect(redis(redis::Target::Cluster(config.broker.nodes.clone())))
+                .await?
+        }
+    })
+}
+
+/// Whether the broker `config` names can be reached now (for `check-config`): connects once,
+/// within `broker.timeout`, and lets go.
+///
+/// # Errors
+/// The sentence `serve` would stop with.
+pub fn reach_broker(config: &Config) -> Result<(), String> {
+    if config.broker.kind == BrokerKind::Memory {
+        return Ok(());
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime to reach the broker: {e}"))?;
+    rt.block_on(async { broker(config).await.map(drop).map_err(|e| e.to_string()) })
 }
 
 /// Checks what the config names outside itself and `serve` would read (the TLS certificate and
@@ -211,7 +251,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let shutdown = Shutdown::new();
-    let broker = broker(&config);
+    let broker = broker(&config).await?;
     let broker_task = broker.clone().background();
     let hub = Hub::new(broker);
     let ws = &config.websocket;

@@ -79,6 +79,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 eprintln!("{}: {e}", file.display());
                 return ExitCode::FAILURE;
             }
+            if let Err(why) = crate::app::reach_broker(&cfg) {
+                eprintln!("{}: broker: {why}", file.display());
+                eprintln!("1 problem(s) found in {}", file.display());
+                return ExitCode::FAILURE;
+            }
             let proxied = cfg.routes.iter().filter(|r| r.is_proxy()).count();
             let proxy = if proxied > 0 {
                 format!(

@@ -22,10 +22,12 @@
 //!   nodes.
 //!
 //! [`memory::Memory`] is the single-node broker: this process is the whole cluster.
+//! [`redis::Redis`] shares groups between nodes through a Redis or a Redis Cluster.
 
 pub mod memory;
 pub mod policy;
 pub mod publication;
+pub mod redis;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -43,6 +45,17 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub trait Handler: Send + Sync + Debug {
     /// Delivers `p` to this node's members of its group; returns how many took it.
     fn handle(&self, p: &Publication) -> usize;
+
+    /// Members of `group` on this node now (what a broker that delivers later reports as a
+    /// publish's local recipients).
+    fn local_members(&self, _group: &str) -> usize {
+        0
+    }
+
+    /// Publications of `group` may have been lost on their way to this node (the broker was
+    /// cut off longer than history covers, or its history was lost): members that track
+    /// positions should come back and recover. `reason` says what happened.
+    fn lost(&self, _group: &str, _reason: &str) {}
 }
 
 /// Carries publications between nodes and keeps groups' streams. See the module docs for the
@@ -86,6 +99,11 @@ pub trait Broker: Send + Sync + Debug {
 
     /// Every connection in `group`, on every node.
     fn presence(&self, group: &str) -> BoxFuture<Result<Vec<PresenceEntry>, Error>>;
+
+    /// Whether the broker can take publishes now; the sentence says why not (`/readyz`).
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// The broker's own background work (expiring history, reconnecting), run for as long as
     /// the process serves; `None` when it has none.

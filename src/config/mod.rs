@@ -29,7 +29,7 @@ use toml::de::DeTable;
 
 pub use addr::{parse_cidr, parse_listen, parse_server_addr};
 pub use api::Api;
-pub use broker::{Broker, BrokerKind};
+pub use broker::{Broker, BrokerKind, redis_url_problem};
 pub use duration::Duration;
 pub use hooks::{ConnectFailure, Hooks, MessageFailure, RouteHooks};
 pub use hub::Hub;
@@ -151,6 +151,7 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
         j.check(&mut report);
     }
     cfg.hub.check(&mut report);
+    cfg.broker.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);
     route::check(&cfg.routes, &cfg.websocket, &cfg.upstreams, &mut report);
     problems

@@ -294,6 +294,7 @@ pub(super) fn check(
             || norm.starts_with("/api/")
             || norm == "/metrics"
             || norm == "/healthz"
+            || norm == "/readyz"
             || norm == "/wsgate.js"
         {
             report(

@@ -34,4 +34,9 @@ pub trait Codec: Send + Sync + Debug {
     /// Told once per publication how many members took `frame` (its encoding of it), for the
     /// codec's own metrics. Default: nothing.
     fn delivered(&self, _frame: &Bytes, _members: usize) {}
+    /// Whether its clients remember stream positions and recover from them when they come
+    /// back (so the hub asks them to come back when publications may have been lost).
+    fn tracks_positions(&self) -> bool {
+        false
+    }
 }

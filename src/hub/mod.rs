@@ -339,6 +339,37 @@ impl Handler for Hub {
         METRICS.deliveries.add(n as u64);
         n
     }
+
+    fn local_members(&self, group: &str) -> usize {
+        self.member_count(group)
+    }
+
+    /// Closes members whose protocol recovers from a position with 1012 (come back): they
+    /// resubscribe with their last position and learn whether history still covers the gap.
+    /// Others stay: a plain client has no position to recover from.
+    fn lost(&self, group: &str, reason: &str) {
+        let Some(g) = self.find(group) else {
+            return;
+        };
+        let members: Vec<Arc<dyn Member>> = read(&g)
+            .lists
+            .iter()
+            .filter(|l| l.codec.tracks_positions())
+            .flat_map(|l| l.members.iter().cloned())
+            .collect();
+        let mut why = format!("publications may be missing: {reason}");
+        if why.len() > 123 {
+            let mut end = 120;
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            why.truncate(end);
+            why.push_str("...");
+        }
+        for m in members {
+            m.disconnect(1012, &why);
+        }
+    }
 }
 
 // The hub's locks guard plain collections updated in single steps, so a panic elsewhere cannot

@@ -17,7 +17,6 @@ use tokio::net::TcpStream;
 use super::route::Route;
 use super::state::Server;
 use crate::auth::{Grant, JwtError};
-use crate::broker::HistoryQuery;
 use crate::broker::policy::GroupPattern;
 use crate::config::{ConnectFailure, OnMessage};
 use crate::hooks::Conn;
@@ -475,20 +474,15 @@ impl Joined {
                 presence: route.presence.then(|| presence.clone()),
                 events: route.join_leave,
             };
-            match route.replay() {
-                HistoryQuery::Live => {
-                    server.hub.join(g, outbox.clone(), how);
-                }
-                q => {
-                    let attached = server
-                        .hub
-                        .attach(g, outbox.clone(), how.clone(), q, None)
-                        .await;
-                    if let Err(e) = attached {
-                        tracing::warn!(group = %g, error = %e, "no replay for a joining client");
-                        server.hub.join(g, outbox.clone(), how);
-                    }
-                }
+            // Attached even without replay: a broker for many nodes answers once the group's
+            // subscription is in place, so a publish right after the 101 reaches this member.
+            let attached = server
+                .hub
+                .attach(g, outbox.clone(), how.clone(), route.replay(), None)
+                .await;
+            if let Err(e) = attached {
+                tracing::warn!(group = %g, error = %e, "no replay for a joining client");
+                server.hub.join(g, outbox.clone(), how);
             }
         }
         let extras = relay(server, route, path, id, &plan, &member);

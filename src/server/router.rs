@@ -30,6 +30,8 @@ pub enum Target<'a> {
     /// `/wsgate.js`, the browser client.
     Script,
     Health,
+    /// `/readyz`: 200 while the broker takes publishes, else 503 saying why.
+    Ready,
     Favicon,
     Metrics,
     Api,
@@ -56,6 +58,7 @@ impl Server {
             "/" => Target::Demo,
             "/wsgate.js" => Target::Script,
             "/healthz" => Target::Health,
+            "/readyz" => Target::Ready,
             "/favicon.ico" => Target::Favicon,
             "/metrics" => Target::Metrics,
             p if p == "/api" || p.starts_with("/api/") => Target::Api,
@@ -102,6 +105,13 @@ pub async fn handle(
         Target::Demo => crate::web::demo_page(&req),
         Target::Script => crate::web::script(&req),
         Target::Health => text(StatusCode::OK, "ok\n"),
+        Target::Ready => match server.hub.broker().readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
         // Browsers ask for it on every page; a 204 keeps their consoles free of 404 noise.
         Target::Favicon => text(StatusCode::NO_CONTENT, ""),
         Target::Metrics => {
@@ -158,7 +168,7 @@ fn not_found(path: &str, server: &Server) -> Response<Body> {
         }
     }
     body.push_str(
-        "\nHTTP:\n  GET  /  (demo page)\n  GET  /wsgate.js  (the browser client)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /api/groups/{group}/presence\n  GET  /api/groups/{group}/history\n  POST /api/connections/{id}/messages\n  DELETE /api/connections/{id}\n  GET  /metrics\n  GET  /healthz\n",
+        "\nHTTP:\n  GET  /  (demo page)\n  GET  /wsgate.js  (the browser client)\n  POST /api/groups/{group}/messages\n  POST /api/publish\n  GET  /api/groups/{group}/presence\n  GET  /api/groups/{group}/history\n  POST /api/connections/{id}/messages\n  DELETE /api/connections/{id}\n  GET  /metrics\n  GET  /healthz\n  GET  /readyz\n",
     );
     text(StatusCode::NOT_FOUND, body)
 }

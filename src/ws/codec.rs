@@ -63,6 +63,10 @@ impl Codec for V1 {
         }
         Some(frame::encode(OpCode::Text, envelope(p).as_bytes()))
     }
+
+    fn tracks_positions(&self) -> bool {
+        true
+    }
 }
 
 /// A message for one connection alone (`POST /api/connections/{id}/messages`, a backend's

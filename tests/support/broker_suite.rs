@@ -36,6 +36,33 @@ fn policies() -> Policies {
     )])
 }
 
+/// Subscribes this node to `group` as the hub does for its first member, and waits until the
+/// broker is ready to deliver it (a join with nothing to replay answers then).
+async fn subscribe(b: &Arc<dyn Broker>, group: &str) {
+    b.subscribe(group);
+    b.attach(group, HistoryQuery::Live, Box::new(|_| {}))
+        .await
+        .expect("the broker subscribes");
+}
+
+/// Waits (bounded) until the recorder holds `n` publications; a broker across the network
+/// delivers after the publish returns.
+async fn delivered(rec: &Recorder, n: usize) -> Vec<Publication> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = rec.0.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} publications delivered",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn setup(make: &Make) -> (Arc<dyn Broker>, Arc<Recorder>) {
     let b = make(policies());
     let r = Arc::new(Recorder::default());
@@ -80,6 +107,8 @@ fn offsets(r: &Replay) -> Vec<u64> {
 /// once each and in order, with them; a group without history gets no position.
 pub async fn positions_and_delivery(make: &Make) {
     let (b, rec) = setup(make);
+    subscribe(&b, "h:1").await;
+    subscribe(&b, "plain").await;
     let mut got = Vec::new();
     for i in 0..3 {
         got.push(publish(&*b, text("h:1", &i.to_string())).await.unwrap());
@@ -90,8 +119,13 @@ pub async fn positions_and_delivery(make: &Make) {
     );
     assert!(got.iter().all(|p| p.epoch == got[0].epoch));
     assert_eq!(publish(&*b, text("plain", "x")).await, None);
-    let seen = rec.0.lock().unwrap().clone();
-    assert_eq!(seen.len(), 4, "each publication delivered once");
+    let seen = delivered(&rec, 4).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        rec.0.lock().unwrap().len(),
+        4,
+        "each publication delivered once"
+    );
     assert_eq!(
         seen[2].position,
         Some(got[2].clone()),
@@ -186,6 +220,7 @@ pub async fn replay_bounds(make: &Make) {
 /// never both and never neither, however publishes race it.
 pub async fn attach_seam(make: &Make) {
     let (b, rec) = setup(make);
+    subscribe(&b, "h:s").await;
     let b2 = b.clone();
     let publisher = tokio::spawn(async move {
         for i in 0..200 {
@@ -214,7 +249,7 @@ pub async fn attach_seam(make: &Make) {
         tokio::task::yield_now().await;
     }
     publisher.await.unwrap();
-    let delivered = rec.0.lock().unwrap().clone();
+    let delivered = delivered(&rec, 200).await;
     for (replayed, live_from, top) in seams {
         let top = top.map_or(0, |t| t.offset);
         if let Some(last) = replayed.last() {
