@@ -504,7 +504,18 @@ fn no_module_imports_what_it_must_not_know() {
                 "server", "ws", "hub", "broker", "proxy", "api", "app", "cli", "bench",
             ],
         ),
-        ("server", &["app", "cli", "bench"]),
+        ("server", &["app", "cli", "bench", "admin"]),
+        (
+            "admin",
+            &["ws", "transport", "app", "cli", "bench", "doctor"],
+        ),
+        (
+            "access",
+            &[
+                "server", "ws", "hub", "broker", "proxy", "api", "web", "app", "cli", "bench",
+                "metrics", "admin",
+            ],
+        ),
         (
             "bench",
             &["server", "hub", "broker", "proxy", "api", "web", "app"],

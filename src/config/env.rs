@@ -5,7 +5,16 @@ use serde::de::DeserializeOwned;
 
 use super::validate::{Error, Problem, from_toml_error};
 
-const ENV_SECTIONS: [&str; 6] = ["server", "websocket", "api", "proxy", "broker", "hub"];
+const ENV_SECTIONS: [&str; 8] = [
+    "server",
+    "websocket",
+    "api",
+    "proxy",
+    "broker",
+    "hub",
+    "admin",
+    "log",
+];
 
 /// Turns an environment value into TOML: numbers and booleans as such, anything else a string.
 fn env_value(raw: &str) -> toml::Value {

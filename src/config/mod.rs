@@ -7,11 +7,13 @@
 //! locates a problem in the file, `env.rs` applies environment overrides.
 
 mod addr;
+mod admin;
 mod api;
 mod broker;
 mod duration;
 mod env;
 mod hub;
+mod log;
 mod proxy;
 mod route;
 mod secret;
@@ -25,10 +27,12 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 pub use addr::{parse_cidr, parse_listen, parse_server_addr};
+pub use admin::Admin;
 pub use api::Api;
 pub use broker::{Broker, BrokerKind};
 pub use duration::Duration;
 pub use hub::Hub;
+pub use log::{Log, LogFormat};
 pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
 pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
@@ -47,6 +51,10 @@ pub struct Config {
     pub hub: Hub,
     pub websocket: WebSocket,
     pub api: Api,
+    /// `[admin]`: the operator's listener.
+    pub admin: Admin,
+    /// `[log]`: log format and access lines.
+    pub log: Log,
     /// `[proxy]`: settings shared by every proxy route.
     pub proxy: Proxy,
     /// `[[upstream]]` tables: named groups of servers that proxy routes forward to.
@@ -136,6 +144,7 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     cfg.server.check(&mut report);
     cfg.websocket.check(&mut report);
     cfg.api.check(&mut report);
+    cfg.admin.check(&mut report);
     cfg.hub.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);
     route::check(&cfg.routes, &cfg.websocket, &cfg.upstreams, &mut report);

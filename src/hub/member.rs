@@ -18,6 +18,23 @@ pub trait Member: Send + Sync + Debug {
     fn budget(&self) -> usize;
     /// Closes the member's connection with `code` and `reason` (its queue goes out first).
     fn disconnect(&self, code: u16, reason: &str);
+    /// Its queue and liveness, for an operator.
+    fn stats(&self) -> MemberStats {
+        MemberStats::default()
+    }
+}
+
+/// What an operator sees of a member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    /// Bytes queued and not yet written.
+    pub queued_bytes: usize,
+    /// The queue's limit (past it, the member is a slow consumer).
+    pub limit: usize,
+    /// When its peer last sent anything, on the heartbeat clock (ms); 0 when unknown.
+    pub last_heard_ms: u64,
+    /// A Close is due or under way.
+    pub closing: bool,
 }
 
 /// Encodes publications for one client protocol. The fan-out calls it at most once per

@@ -207,6 +207,15 @@ impl Member for Outbox {
             reason: std::sync::Arc::from(reason),
         });
     }
+
+    fn stats(&self) -> crate::hub::MemberStats {
+        crate::hub::MemberStats {
+            queued_bytes: self.queued_bytes(),
+            limit: self.limit,
+            last_heard_ms: self.beat.last_heard(),
+            closing: self.is_closing(),
+        }
+    }
 }
 
 impl Entry for Outbox {
