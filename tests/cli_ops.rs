@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -195,4 +196,58 @@ async fn logs_are_human_by_default_and_json_from_the_config_key() {
         &["--log-format", "human"],
     );
     assert!(serde_json::from_str::<Value>(&flagged.seen[0]).is_err());
+}
+
+/// The unit and the container recipe are not run here (no systemd, no image builds in tests);
+/// this checks that they say what the README promises and that the commands they run exist.
+#[test]
+fn the_systemd_unit_and_containerfile_are_sensible() {
+    let unit = std::fs::read_to_string("packaging/wsgate.service").unwrap();
+    let keys: HashMap<&str, &str> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    for (k, v) in [
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+    ] {
+        assert_eq!(keys.get(k), Some(&v), "{k}");
+    }
+    let nofile: u64 = keys["LimitNOFILE"].parse().unwrap();
+    assert!(nofile >= 65536, "LimitNOFILE={nofile}");
+    for section in ["[Unit]", "[Service]", "[Install]"] {
+        assert!(unit.contains(section), "{section}");
+    }
+    // The commands it runs are real subcommands with real flags.
+    for line in ["ExecStart", "ExecStartPre"] {
+        let cmd = keys[line];
+        let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        assert_eq!(args.last(), Some(&"/etc/wsgate/wsgate.toml"), "{cmd}");
+        let mut help = vec![args[0], "--help"];
+        help.retain(|a| !a.is_empty());
+        let out = std::process::Command::new(BIN)
+            .args(&help)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}");
+    }
+
+    let cf = std::fs::read_to_string("packaging/Containerfile").unwrap();
+    let froms: Vec<&str> = cf.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "a multi-stage build: {froms:?}");
+    assert!(froms[0].ends_with(" AS build"), "{}", froms[0]);
+    assert!(cf.contains("COPY --from=build /src/target/release/wsgate /usr/local/bin/wsgate"));
+    assert!(cf.contains("USER wsgate"));
+    let cmd = cf.lines().find_map(|l| l.strip_prefix("CMD ")).unwrap();
+    let args: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert_eq!(args[0], "serve");
+    // The image rewrites the generated config's listen line; it must be there to rewrite.
+    let out = std::process::Command::new(BIN)
+        .arg("genconfig")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\nlisten = \"127.0.0.1:8080\"\n"));
 }

@@ -83,11 +83,11 @@ try {
   await clients.evaluate(({ base, room }) => {
     window.socks = [];
     window.got = [[], []];
-    window.closed = [null, null];
+    window.closes = [null, null];
     for (let i = 0; i < 2; i++) {
       const ws = new WebSocket(base.replace('http', 'ws') + `/room/${room}/`);
       ws.onmessage = (e) => window.got[i].push(e.data);
-      ws.onclose = (e) => { window.closed[i] = { code: e.code, reason: e.reason }; };
+      ws.onclose = (e) => { window.closes[i] = { code: e.code, reason: e.reason }; };
       window.socks.push(ws);
     }
   }, { base: MAIN, room });
@@ -126,7 +126,7 @@ try {
   await consolePage.fill('#code', '4000');
   await consolePage.fill('#reason', 'bye from the console');
   await consolePage.click('#disconnect button');
-  const closed = await until(() => clients.evaluate(() => window.closed.find((c) => c)));
+  const closed = await until(() => clients.evaluate(() => window.closes.find((c) => c)));
   check(closed && closed.code === 4000 && closed.reason === 'bye from the console',
     `a socket was closed with 4000 and the reason (${JSON.stringify(closed)})`);
   const one = await until(async () => (await row.locator('.members').textContent()) === '1');

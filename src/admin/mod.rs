@@ -116,6 +116,8 @@ impl Admin {
             }
             (&Method::GET, "/readyz") => return Ok(self.readyz()),
             (&Method::GET | &Method::HEAD, "/") => return Ok(crate::web::console_page(&req)),
+            // Browsers ask for it with the page; a 204 keeps their consoles free of 404s.
+            (&Method::GET, "/favicon.ico") => return Ok(text(StatusCode::NO_CONTENT, "")),
             _ => {}
         }
         self.authorise(&req)?;
