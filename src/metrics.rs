@@ -4,7 +4,8 @@
 //! Other modules only count, through the handles on [`METRICS`]; this module never calls back
 //! into them. A labelled series is looked up once, when its route, outcome or upstream is first
 //! named (a route's gauge when the route is built, the `101` outcome at start), never per
-//! message: on the hot paths a count is one relaxed atomic add. Counters are registered without
+//! message: on the hot paths a count is one relaxed atomic add (for bytes and histograms, to the
+//! calling thread's own cache line). Counters are registered without
 //! their `_total` suffix, which the encoder appends; units (`_seconds`, `_bytes`) likewise.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,10 +78,58 @@ impl EncodeMetric for Gauge {
     }
 }
 
+/// Per-thread slots of a hot metric. A counter bumped by every worker on every write would
+/// bounce one cache line between cores; each thread instead adds to its own line (picked once
+/// per thread) and a scrape sums the lines.
+const SHARDS: usize = 8;
+
+/// One cache line of slots: a histogram's buckets and sum, or a counter in slot 0.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct Line([AtomicU64; 16]);
+
+fn shard() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// A counter on a hot path (bytes in and out): one relaxed add to this thread's own line.
+#[derive(Debug, Clone, Default)]
+pub struct HotCounter(Arc<[Line; SHARDS]>);
+
+impl HotCounter {
+    pub fn add(&self, n: u64) {
+        self.0[shard()].0[0].fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|l| l.0[0].load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for HotCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for HotCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// A distribution in fixed buckets (a Prometheus histogram, not a summary), without a lock:
 /// `prometheus_client`'s own histogram takes a mutex per observation, which the publish path
 /// must not. Values are integers in the histogram's own unit (nanoseconds, frames); `scale`
-/// turns them into the exported unit (seconds) when rendered.
+/// turns them into the exported unit (seconds) when rendered. Observations go to the calling
+/// thread's line (see [`HotCounter`]).
 #[derive(Debug, Clone)]
 pub struct Histogram(Arc<Buckets>);
 
@@ -89,19 +138,22 @@ struct Buckets {
     /// Upper bounds, ascending, in the recorded unit; a last, implicit `+Inf` bucket follows.
     bounds: &'static [u64],
     scale: f64,
-    /// One count per bucket (not cumulative), `bounds.len() + 1` of them.
-    counts: Box<[AtomicU64]>,
-    sum: AtomicU64,
+    /// Per thread: one count per bucket (not cumulative), `bounds.len() + 1` of them, then the
+    /// sum in the last slot.
+    lines: [Line; SHARDS],
 }
+
+/// Most bounds a histogram may have: its buckets, `+Inf` and the sum share one line.
+const MAX_BOUNDS: usize = 14;
 
 impl Histogram {
     pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+        assert!(bounds.len() <= MAX_BOUNDS, "at most {MAX_BOUNDS} buckets");
         debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
         Histogram(Arc::new(Buckets {
             bounds,
             scale,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
+            lines: Default::default(),
         }))
     }
 
@@ -114,21 +166,35 @@ impl Histogram {
         let b = &self.0;
         // `le` is inclusive: v lands in the first bucket whose bound is >= v.
         let i = b.bounds.partition_point(|&bound| bound < v);
-        b.counts[i].fetch_add(1, Ordering::Relaxed);
-        b.sum.fetch_add(v, Ordering::Relaxed);
+        let line = &b.lines[shard()].0;
+        line[i].fetch_add(1, Ordering::Relaxed);
+        line[15].fetch_add(v, Ordering::Relaxed);
     }
 
     pub fn observe_duration(&self, d: Duration) {
         self.observe(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
+    /// Observations in bucket `i` (the last is `+Inf`), all threads together.
+    fn bucket(&self, i: usize) -> u64 {
+        self.0
+            .lines
+            .iter()
+            .map(|l| l.0[i].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn sum(&self) -> u64 {
+        self.0
+            .lines
+            .iter()
+            .map(|l| l.0[15].load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        (0..=self.0.bounds.len()).map(|i| self.bucket(i)).sum()
     }
 }
 
@@ -139,10 +205,10 @@ impl TypedMetric for Histogram {
 impl EncodeMetric for Histogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let b = &self.0;
-        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(b.counts.len());
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(b.bounds.len() + 1);
         let mut count = 0;
-        for (i, c) in b.counts.iter().enumerate() {
-            let c = c.load(Ordering::Relaxed);
+        for i in 0..=b.bounds.len() {
+            let c = self.bucket(i);
             count += c;
             let le = b
                 .bounds
@@ -150,7 +216,7 @@ impl EncodeMetric for Histogram {
                 .map_or(f64::INFINITY, |&v| v as f64 * b.scale);
             buckets.push((le, c));
         }
-        let sum = b.sum.load(Ordering::Relaxed) as f64 * b.scale;
+        let sum = self.sum() as f64 * b.scale;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
     fn metric_type(&self) -> MetricType {
@@ -235,8 +301,8 @@ pub struct Metrics {
     /// `wsgate_ws_handshakes_total{outcome="max_connections"}`.
     pub connections_refused: Counter,
     pub messages_received: Counter,
-    pub received_bytes: Counter,
-    pub sent_bytes: Counter,
+    pub received_bytes: HotCounter,
+    pub sent_bytes: HotCounter,
     pub publishes: Counter,
     pub deliveries: Counter,
     pub publish_duration: Histogram,
@@ -274,8 +340,8 @@ impl Reg {
         self.0.register(name, help, c.clone());
         c
     }
-    fn bytes(&mut self, name: &str, help: &str) -> Counter {
-        let c = Counter::default();
+    fn bytes(&mut self, name: &str, help: &str) -> HotCounter {
+        let c = HotCounter::default();
         self.0
             .register_with_unit(name, help, Unit::Bytes, c.clone());
         c
@@ -499,14 +565,30 @@ mod tests {
         for v in [0, 10, 11, 20, 31, 1000] {
             h.observe(v);
         }
-        let counts: Vec<u64> =
-            h.0.counts
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect();
+        let counts: Vec<u64> = (0..4).map(|i| h.bucket(i)).collect();
         assert_eq!(counts, [2, 2, 0, 2]);
         assert_eq!(h.count(), 6);
-        assert_eq!(h.0.sum.load(Ordering::Relaxed), 1072);
+        assert_eq!(h.sum(), 1072);
+    }
+
+    #[test]
+    fn threads_count_on_their_own_lines_and_a_scrape_sums_them() {
+        static B: [u64; 2] = [1, 2];
+        let (c, h) = (HotCounter::default(), Histogram::new(&B, 1.0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        c.add(2);
+                        h.observe(2);
+                    }
+                });
+            }
+        });
+        assert_eq!(c.get(), 8000);
+        assert_eq!(h.count(), 4000);
+        assert_eq!(h.bucket(1), 4000);
+        assert_eq!(h.sum(), 8000);
     }
 
     #[test]
