@@ -32,6 +32,14 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr} for the admin listener: {source}; stop the other process or change admin.listen"
+    )]
+    AdminBind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error(
@@ -51,6 +59,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `[admin] listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     handle: Handle,
     accept: JoinHandle<()>,
     /// The heartbeat wheels, the active health checks.
@@ -276,6 +286,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             jwt,
         },
     ));
+    let admin = match admin_listener(&config)? {
+        Some(l) => {
+            let a = l.local_addr().map_err(|source| StartError::AdminBind {
+                addr: config.admin.listen.clone(),
+                source,
+            })?;
+            Some((a, l))
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|(a, _)| *a);
     let accept = tokio::spawn(listener::serve(listener, server.clone()));
     let mut tasks = vec![
         tokio::spawn(heartbeat.run()),
@@ -286,12 +307,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(t) = tls {
         tasks.push(tokio::spawn(t.watch(server.shutdown.clone())));
     }
+    // The admin listener outlives the drain (so `/readyz` answers 503 during it) and stops
+    // with the other background tasks.
+    if let Some((_, l)) = admin {
+        tasks.push(tokio::spawn(
+            crate::admin::Admin::new(server.clone()).serve(l),
+        ));
+    }
     Ok(Running {
         addr,
+        admin_addr,
         handle: Handle(server),
         accept,
         tasks,
     })
+}
+
+/// The admin listener, bound, when the config asks for one.
+fn admin_listener(config: &Config) -> Result<Option<TcpListener>, StartError> {
+    if config.admin.listen.is_empty() {
+        return Ok(None);
+    }
+    let bind_err = |source| StartError::AdminBind {
+        addr: config.admin.listen.clone(),
+        source,
+    };
+    let addr = crate::config::parse_listen(&config.admin.listen)
+        .map_err(|m| bind_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
+    crate::admin::bind(addr).map(Some).map_err(bind_err)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -345,6 +388,9 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
             running.scheme(),
             running.addr
         );
+        if let Some(a) = running.admin_addr {
+            tracing::info!("admin listening on http://{a} (console at /, /healthz, /readyz, /metrics)");
+        }
         let signal = wait_for_signal(&running.handle).await;
         tracing::info!(signal, "shutting down: no new connections, closing WebSockets with 1001");
         let grace = running.handle.0.config.server.shutdown_grace;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::LogFormat;
+
 const EXAMPLES: &str = "\
 Examples:
   wsgate                                   serve on 127.0.0.1:8080 with built-in defaults
@@ -14,6 +16,8 @@ Examples:
   WSGATE_WEBSOCKET__PING_INTERVAL=10s wsgate serve
                                            any config key from the environment
   wsgate check-config wsgate.toml          validate a config file and exit
+  wsgate genconfig > wsgate.toml           write a commented config with every default
+  wsgate serve --log-format json           one JSON object per log line (or [log] format)
   wsgate bench echo --conns 100            measure a server on this machine (see bench --help)
   wsgate doctor wss://example.com/ws       diagnose an endpoint step by step (see doctor --help)
   wsgate doctor ws://127.0.0.1:8080/room/lobby/ --idle-probe 75s
@@ -31,6 +35,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "WSGATE_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log lines as "human" text or "json" objects; overrides [log] format.
+    #[arg(long, global = true, value_parser = ["human", "json"])]
+    pub log_format: Option<String>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -44,6 +52,8 @@ pub enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Print a commented configuration with every key at its default, ready to edit.
+    Genconfig,
     /// Measure a WebSocket server on this machine (wsgate or a peer): echo, room, fanout, idle
     /// or handshake. One JSON object on stdout; exit 1 on any loss or error.
     Bench(crate::bench::Args),
@@ -64,11 +74,58 @@ pub struct ServeArgs {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    let flag = cli.log_format.as_deref().map(|f| match f {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Human,
+    });
+    let logs = Logs {
+        filter: cli.log,
+        flag,
+    };
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::CheckConfig { file } => check_config(&file),
-        Command::Serve(args) => serve(args),
-        Command::Bench(args) => crate::bench::run(args),
-        Command::Doctor(args) => crate::doctor::run(args),
+        Command::Genconfig => {
+            print!("{}", GENCONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => serve(args, logs),
+        Command::Bench(args) => {
+            logs.init(None);
+            crate::bench::run(args)
+        }
+        Command::Doctor(args) => {
+            logs.init(None);
+            crate::doctor::run(args)
+        }
+    }
+}
+
+/// The commented configuration `wsgate genconfig` prints: the example config, which a test
+/// keeps valid and in step with the defaults.
+const GENCONFIG: &str = include_str!("../wsgate.example.toml");
+
+/// How to start logging, once the format is known.
+struct Logs {
+    filter: String,
+    /// `--log-format`, which wins over the config.
+    flag: Option<LogFormat>,
+}
+
+impl Logs {
+    /// Starts logging to stderr in the flag's format, else `config`'s, else human.
+    fn init(&self, config: Option<LogFormat>) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new(&self.filter))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Colours only for a terminal: a journal or a pipe gets plain text.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr);
+        match self.flag.or(config).unwrap_or_default() {
+            LogFormat::Human => builder.init(),
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+        }
     }
 }
 
@@ -113,7 +170,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs, logs: Logs) -> ExitCode {
     let mut config =
         match crate::config::load(args.config.as_deref(), &crate::config::process_env()) {
             Ok(c) => c,
@@ -125,6 +182,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    logs.init(Some(config.log.format));
     if let Some(l) = args.listen {
         if let Err(m) = crate::config::parse_listen(&l) {
             eprintln!("--listen: {m}");

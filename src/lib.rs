@@ -4,15 +4,16 @@
 //! [`config`] what the operator asked for; [`server`] listeners, HTTP, routing and admission;
 //! [`ws`] the WebSocket protocol and sessions; [`hub`] groups and fan-out; [`broker`] publications
 //! and reaching other nodes; [`api`] the publish endpoints; [`hooks`] backends told of
-//! connects, messages and disconnects over HTTP; [`web`] the embedded demo page;
-//! [`metrics`] counters and `/metrics`; [`proxy`] the reverse proxy; [`app`] wiring, start and
-//! and reaching other nodes; [`api`] the publish endpoints; [`web`] the embedded demo page;
-//! [`metrics`] counters and `/metrics`; [`auth`] API keys and JSON Web Tokens; [`proxy`] the reverse proxy; [`app`] wiring, start and
+//! connects, messages and disconnects over HTTP; [`auth`] API keys and JSON Web Tokens;
+//! [`web`] the embedded demo page; [`metrics`] counters and `/metrics`; [`admin`] the
+//! operator's listener (admin API, console); [`proxy`] the reverse proxy; [`app`] wiring, start and
 //! stop order; [`cli`] the command line; [`bench`] the load generator behind `wsgate bench`.
-//! Leaves every module may use: [`reply`] (HTTP bodies and replies), [`transport`] (the streams
+//! Leaves every module may use: [`access`] (access log lines), [`reply`] (HTTP bodies and replies), [`transport`] (the streams
 //! sessions and tunnels run on), [`uri`] (path helpers), [`lifecycle`] (shutdown signal,
 //! connection slots).
 
+pub mod access;
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;

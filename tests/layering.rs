@@ -508,7 +508,18 @@ fn no_module_imports_what_it_must_not_know() {
             "hooks",
             &["server", "proxy", "api", "web", "app", "cli", "bench"],
         ),
-        ("server", &["app", "cli", "bench"]),
+        ("server", &["app", "cli", "bench", "admin"]),
+        (
+            "admin",
+            &["ws", "transport", "app", "cli", "bench", "doctor"],
+        ),
+        (
+            "access",
+            &[
+                "server", "ws", "hub", "broker", "proxy", "api", "web", "app", "cli", "bench",
+                "metrics", "admin",
+            ],
+        ),
         (
             "auth",
             &[

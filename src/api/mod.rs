@@ -162,6 +162,14 @@ impl Api {
         Ok(r.local_recipients)
     }
 
+    /// The disconnect endpoint as a response (the admin API serves the same operation).
+    pub fn disconnect_request(&self, id: &str, query: Option<&str>) -> Response<Body> {
+        match self.disconnect(id, query) {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    }
+
     /// `DELETE /api/connections/{id}[?code=4000&reason=...]`: closes one connection of this
     /// node (ids as presence shows them) with that code (default 1000) and reason; its queued
     /// messages go out first.

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 
 use super::validate::{Error, Problem, from_toml_error};
 
-const ENV_SECTIONS: [&str; 8] = [
+const ENV_SECTIONS: [&str; 10] = [
     "server",
     "websocket",
     "api",
@@ -14,6 +14,8 @@ const ENV_SECTIONS: [&str; 8] = [
     "hub",
     "hooks",
     "jwt",
+    "admin",
+    "log",
 ];
 
 /// Turns an environment value into TOML: numbers and booleans as such, anything else a string.

@@ -7,6 +7,7 @@
 //! locates a problem in the file, `env.rs` applies environment overrides.
 
 mod addr;
+mod admin;
 mod api;
 mod broker;
 mod duration;
@@ -14,6 +15,7 @@ mod env;
 mod hooks;
 mod hub;
 mod jwt;
+mod log;
 mod proxy;
 mod route;
 mod secret;
@@ -28,12 +30,14 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 pub use addr::{parse_cidr, parse_listen, parse_server_addr};
+pub use admin::Admin;
 pub use api::Api;
 pub use broker::{Broker, BrokerKind, redis_url_problem};
 pub use duration::Duration;
 pub use hooks::{ConnectFailure, Hooks, MessageFailure, RouteHooks};
 pub use hub::Hub;
 pub use jwt::Jwt;
+pub use log::{Log, LogFormat};
 pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
 pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
@@ -57,6 +61,10 @@ pub struct Config {
     pub hooks: Hooks,
     /// `[jwt]`: tokens for hub routes. Absent: no token is asked for.
     pub jwt: Option<Jwt>,
+    /// `[admin]`: the operator's listener.
+    pub admin: Admin,
+    /// `[log]`: log format and access lines.
+    pub log: Log,
     /// `[proxy]`: settings shared by every proxy route.
     pub proxy: Proxy,
     /// `[[upstream]]` tables: named groups of servers that proxy routes forward to.
@@ -150,6 +158,7 @@ fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
     if let Some(j) = &cfg.jwt {
         j.check(&mut report);
     }
+    cfg.admin.check(&mut report);
     cfg.hub.check(&mut report);
     cfg.broker.check(&mut report);
     proxy::check(&cfg.proxy, &cfg.upstreams, &mut report);

@@ -21,6 +21,23 @@ pub trait Member: Send + Sync + Debug {
     /// Queues a message meant for this connection alone (not a group's publication), encoded
     /// the way its client protocol carries such messages; false when it cannot take it.
     fn send(&self, data: &[u8], kind: Kind) -> bool;
+    /// Its queue and liveness, for an operator.
+    fn stats(&self) -> MemberStats {
+        MemberStats::default()
+    }
+}
+
+/// What an operator sees of a member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    /// Bytes queued and not yet written.
+    pub queued_bytes: usize,
+    /// The queue's limit (past it, the member is a slow consumer).
+    pub limit: usize,
+    /// When its peer last sent anything, on the heartbeat clock (ms); 0 when unknown.
+    pub last_heard_ms: u64,
+    /// A Close is due or under way.
+    pub closing: bool,
 }
 
 /// Encodes publications for one client protocol. The fan-out calls it at most once per

@@ -13,6 +13,7 @@
 
 mod fanout;
 pub mod group;
+pub mod inspect;
 pub mod member;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use crate::broker::{
 };
 use crate::metrics::METRICS;
 use group::{Flags, Members};
-pub use member::{Codec, Member};
+pub use member::{Codec, Member, MemberStats};
 
 type Shard = RwLock<HashMap<Arc<str>, Arc<RwLock<Members>>>>;
 /// Connections by id, one shard of them.
@@ -300,7 +301,10 @@ impl Hub {
     pub fn publish(&self, mut p: Publication) -> Published {
         METRICS.publishes.inc();
         p.origin = self.node;
-        self.broker.publish(p)
+        let started = std::time::Instant::now();
+        let published = self.broker.publish(p);
+        METRICS.publish_duration.observe_duration(started.elapsed());
+        published
     }
 
     /// Members of a group on this node.

@@ -53,9 +53,20 @@ pub async fn handle(
         );
         return r;
     }
-    if upgrade::is_websocket_upgrade(&req) {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = if upgrade::is_websocket_upgrade(&req) {
         upgrade::upgrade(proxy, upstream, req, peer).await
     } else {
         forward::forward(proxy, upstream, req, peer).await
-    }
+    };
+    let (name, status, took) = (
+        &proxy.upstreams[upstream].name,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    crate::metrics::METRICS.proxy_response(name, status, took);
+    let bytes = hyper::body::Body::size_hint(resp.body()).exact();
+    crate::access::proxied(peer, method.as_str(), &path, name, status, took, bytes);
+    resp
 }

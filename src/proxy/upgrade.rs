@@ -528,7 +528,8 @@ pub async fn serve_first<S: Transport>(
     let Some(ui) = (fast && normal).then(|| route(path)).flatten() else {
         return Err(client);
     };
-    upgrade_raw(
+    let started = std::time::Instant::now();
+    let code = upgrade_raw(
         proxy,
         ui,
         client,
@@ -539,10 +540,14 @@ pub async fn serve_first<S: Transport>(
         peer,
     )
     .await;
+    let (name, took) = (&proxy.upstreams[ui].name, started.elapsed());
+    METRICS.proxy_response(name, code, took);
+    crate::access::proxied(peer, "GET", path, name, code, took, None);
     Ok(())
 }
 
 /// The fast path: the client's head is parsed (`fields`); `after` is what came behind it.
+/// Returns the status the client got.
 #[allow(clippy::too_many_arguments)]
 async fn upgrade_raw<'a, S: Transport>(
     proxy: &Arc<Proxy>,
@@ -553,25 +558,31 @@ async fn upgrade_raw<'a, S: Transport>(
     fields: impl Iterator<Item = Field<'a>> + Clone,
     path: &str,
     peer: SocketAddr,
-) {
+) -> u16 {
     METRICS.proxy_requests.inc();
     let slot = match take_slot(proxy, peer) {
         Ok(s) => s,
-        Err(r) => return r.reply(&mut client).await,
+        Err(r) => {
+            r.reply(&mut client).await;
+            return StatusCode::SERVICE_UNAVAILABLE.as_u16();
+        }
     };
     let key = h1::get(fields.clone(), "sec-websocket-key");
     let answer = match exchange(proxy, ui, peer, target.as_bytes(), fields, key).await {
         Ok(a) => a,
         Err(e) => {
             let (status, body) = e.report(path);
-            return reply_and_close(&mut client, status, &[], &body).await;
+            reply_and_close(&mut client, status, &[], &body).await;
+            return status.as_u16();
         }
     };
     if answer.status != 101 {
         // No tunnel: the answer's body does not count against the tunnel limit.
         drop(slot);
         note_refusal(proxy, ui, &answer, path);
-        return relay_raw(client, answer).await;
+        let code = answer.status;
+        relay_raw(client, answer).await;
+        return code;
     }
     let mut out = pooled();
     {
@@ -597,6 +608,7 @@ async fn upgrade_raw<'a, S: Transport>(
     } = answer;
     unpool(buf);
     spawn_tunnel(proxy, slot, active, client, c_pre, stream, u_pre, Some(out));
+    101
 }
 
 /// Relays a non-101 answer to the client on the fast path, then closes: the status and

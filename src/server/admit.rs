@@ -50,6 +50,18 @@ enum Refusal {
 }
 
 impl Refusal {
+    /// The `outcome` label of `wsgate_ws_handshakes_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Handshake(e) => e.reason(),
+            Refusal::Origin(_) => "origin",
+            Refusal::Group(_) => "group",
+            Refusal::Unauthorized(_) => "token",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::Full { .. } => "max_connections",
+        }
+    }
+
     fn into_response(self, path: &str) -> Response<Body> {
         match self {
             Refusal::Handshake(e) => {
@@ -108,6 +120,7 @@ pub async fn websocket(
     server: &Arc<Server>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let started = std::time::Instant::now();
     let path = req.uri().path().to_string();
     let admitted = check_handshake(&req, route, &path, peer).and_then(|accept| {
         check_origin(&req, route, &path, peer)?;
@@ -119,10 +132,22 @@ pub async fn websocket(
     let (mut accept, group, grant) = match admitted {
         Ok(a) => a,
         Err(refusal) => {
-            if !matches!(refusal, Refusal::ShuttingDown | Refusal::Full { .. }) {
-                METRICS.handshake_failures.inc();
+            // `max_connections` is counted where the slot was refused.
+            if !matches!(refusal, Refusal::Full { .. }) {
+                METRICS.handshake_refused(refusal.reason());
             }
-            return refusal.into_response(&path);
+            let reason = refusal.reason();
+            let r = refusal.into_response(&path);
+            let bytes = hyper::body::Body::size_hint(r.body()).exact().unwrap_or(0);
+            crate::access::handshake(
+                peer,
+                &path,
+                r.status().as_u16(),
+                Some(reason),
+                started.elapsed(),
+                bytes,
+            );
+            return r;
         }
     };
     let id = server.next_id();
@@ -195,6 +220,8 @@ pub async fn websocket(
             Err(upgraded) => joined.start(TokioIo::new(upgraded), Bytes::new(), ctx),
         }
     });
+    METRICS.handshakes_accepted.inc();
+    crate::access::handshake(peer, &path, 101, None, started.elapsed(), 0);
     upgrade_response(&accept)
 }
 

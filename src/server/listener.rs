@@ -11,6 +11,7 @@ use super::state::Server;
 
 /// Accepts connections until shutdown begins.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    server.set_accepting(true);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -36,4 +37,5 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
             }
         }
     }
+    server.set_accepting(false);
 }

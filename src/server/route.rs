@@ -111,6 +111,7 @@ impl Route {
                 on_message: r.on_message,
                 echo_to_sender: r.echo_to_sender,
                 max_message_bytes: r.max_message_bytes.unwrap_or(ws.max_message_bytes),
+                open: crate::metrics::METRICS.route_connections(&r.path),
             }),
             replay: r.replay.map(|p| (p.last, p.within.get())),
             presence: r.presence,

@@ -105,7 +105,7 @@ pub async fn handle(
         Target::Demo => crate::web::demo_page(&req),
         Target::Script => crate::web::script(&req),
         Target::Health => text(StatusCode::OK, "ok\n"),
-        Target::Ready => match server.hub.broker().readiness() {
+        Target::Ready => match server.readiness() {
             Ok(()) => text(StatusCode::OK, "ready\n"),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -2,7 +2,7 @@
 //! and the session environment, the proxy, the API, and the shutdown signal.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::route::Route;
 use super::tls::Tls;
@@ -56,6 +56,8 @@ pub struct Server {
     /// `server.max_handshakes_per_second_per_ip`.
     pub per_ip: super::rate::PerIp,
     next_id: AtomicU64,
+    /// The main listener's accept loop is running.
+    accepting: AtomicBool,
 }
 
 impl Server {
@@ -89,12 +91,31 @@ impl Server {
             tls: parts.tls,
             jwt: parts.jwt,
             next_id: AtomicU64::new(1),
+            accepting: AtomicBool::new(false),
         }
     }
 
     /// WebSocket connections open now (or being upgraded).
     pub fn open_connections(&self) -> usize {
         self.sessions.slots.open()
+    }
+
+    /// Whether this node should get traffic: its listener accepts, it is not shutting down, and
+    /// its broker can take publishes (`Broker::readiness`). The one
+    /// place that decides readiness: every `/readyz` asks it. `Err` says what is not ready.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.shutdown.is_begun() {
+            return Err("shutting down: no new connections are accepted".into());
+        }
+        if !self.accepting.load(Ordering::Relaxed) {
+            return Err("the listener is not accepting connections yet".into());
+        }
+        self.hub.broker().readiness()?;
+        Ok(())
+    }
+
+    pub(super) fn set_accepting(&self, on: bool) {
+        self.accepting.store(on, Ordering::Relaxed);
     }
 
     /// A connection id, unique for the life of the process.

@@ -1,4 +1,5 @@
-//! Static files embedded in the binary: the demo page. No logic lives here.
+//! Static files embedded in the binary: the demo page and the admin console. No logic lives
+//! here.
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -7,6 +8,9 @@ use crate::reply::{Body, full, text};
 
 /// The demo page: join a group by name, see messages arrive, send and publish.
 pub const DEMO_HTML: &str = include_str!("demo.html");
+
+/// The admin listener's live console: rates, groups, health, publish and disconnect forms.
+pub const CONSOLE_HTML: &str = include_str!("console.html");
 
 /// The browser client of the `wsgate.v1` protocol.
 pub const WSGATE_JS: &str = include_str!("wsgate.js");
@@ -54,5 +58,22 @@ pub fn script<B>(req: &Request<B>) -> Response<Body> {
         HeaderValue::from_static("text/javascript; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// Serves the admin console for GET and HEAD (the admin listener routes only those here). Its
+/// script and styles are inline and it talks only to the listener it came from.
+pub fn console_page<B>(_req: &Request<B>) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(CONSOLE_HTML.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"),
+    );
     r
 }

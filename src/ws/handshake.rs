@@ -101,6 +101,17 @@ wsgate most likely dropped them. With nginx, add these two lines to the location
 (and proxy_http_version 1.1; on nginx older than 1.29.7). Or put wsgate itself in front: it needs no upgrade config.\n";
 
 impl HandshakeError {
+    /// A short name for metrics and access logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::MethodNotGet(_) => "method",
+            HandshakeError::OldHttpVersion(_) => "http_version",
+            HandshakeError::MissingUpgradeHeaders { .. } => "upgrade_headers",
+            HandshakeError::UnsupportedVersion(_) => "ws_version",
+            HandshakeError::BadKey(_) => "bad_key",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             HandshakeError::MethodNotGet(_) => StatusCode::METHOD_NOT_ALLOWED,

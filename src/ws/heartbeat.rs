@@ -41,6 +41,11 @@ impl Beat {
         self.last_rx.store(now_ms, Ordering::Relaxed);
     }
 
+    /// When the peer last sent anything, on the wheel's clock.
+    pub fn last_heard(&self) -> u64 {
+        self.last_rx.load(Ordering::Relaxed)
+    }
+
     /// Settles the outstanding Ping, if any, without a new `last_rx` (see the tunnel's entry).
     pub fn settle(&self) {
         if self.ping_sent.load(Ordering::Relaxed) != 0 {

@@ -221,6 +221,15 @@ impl Member for Outbox {
     fn send(&self, data: &[u8], kind: Kind) -> bool {
         self.push(&super::codec::direct(self.v1, data, kind))
     }
+
+    fn stats(&self) -> crate::hub::MemberStats {
+        crate::hub::MemberStats {
+            queued_bytes: self.queued_bytes(),
+            limit: self.limit,
+            last_heard_ms: self.beat.last_heard(),
+            closing: self.is_closing(),
+        }
+    }
 }
 
 impl Entry for Outbox {

@@ -57,6 +57,8 @@ pub struct RouteCtx {
     pub on_message: OnMessage,
     pub echo_to_sender: bool,
     pub max_message_bytes: usize,
+    /// This route's open-connections gauge, resolved when the route was built.
+    pub open: crate::metrics::Gauge,
 }
 
 /// What every session shares: one `Arc` per session instead of one per handle.
@@ -143,6 +145,7 @@ impl<S: Transport> Session<S> {
         io.set_nodelay();
         METRICS.connections.inc();
         METRICS.connections_total.inc();
+        route.open.inc();
         Session {
             io,
             outbox,
@@ -372,6 +375,9 @@ impl<S: Transport> Session<S> {
 
     fn take_signals(&mut self, cx: &mut Context<'_>) {
         let sig = self.outbox.take(&mut self.out, cx.waker());
+        if !self.out.is_empty() {
+            METRICS.send_queue_frames.observe(self.out.len() as u64);
+        }
         if sig.ping && !self.close_sent {
             self.enqueue_control(frame::encode(OpCode::Ping, b""));
         }
@@ -405,6 +411,7 @@ impl<S: Transport> Session<S> {
                 Poll::Ready(Ok(mut n)) => {
                     progressed = true;
                     self.outbox.sent(n);
+                    METRICS.sent_bytes.add(n as u64);
                     while n > 0 {
                         let left = self.out[0].len() - self.offset;
                         if n >= left {
@@ -441,6 +448,7 @@ impl<S: Transport> Session<S> {
                 Poll::Pending => Ok(None),
                 Poll::Ready(Ok(0)) => Err(End::PeerGone),
                 Poll::Ready(Ok(n)) => {
+                    METRICS.received_bytes.add(n as u64);
                     self.outbox.beat.heard(self.env.heartbeat.now_ms());
                     Ok(Some(
                         self.decoder.feed(&mut buf[..n], &mut |e| events.push(e)),
@@ -598,6 +606,7 @@ impl<S> Drop for Session<S> {
         if self.compression.is_some() {
             METRICS.deflate_connections.dec();
         }
+        self.route.open.dec();
         self.env.slots.give_back();
     }
 }
@@ -646,6 +655,7 @@ mod tests {
             on_message,
             echo_to_sender: true,
             max_message_bytes: 1024,
+            open: Default::default(),
         });
         let s = Session::new(
             server,

@@ -258,9 +258,12 @@ impl Redis {
             subs_wake: Notify::new(),
             seams: Mutex::default(),
             mine: Mutex::default(),
-            health: Health {
-                up: AtomicBool::new(true),
-                ..Health::default()
+            health: {
+                crate::metrics::broker_up(true);
+                Health {
+                    up: AtomicBool::new(true),
+                    ..Health::default()
+                }
             },
             scripts,
             hasher,
@@ -311,6 +314,7 @@ impl Redis {
 
     fn down(&self, why: String) {
         if self.health.up.swap(false, Ordering::Relaxed) {
+            crate::metrics::broker_up(false);
             tracing::warn!(broker = %self.settings.target.describe(), error = %why, "the broker is unreachable; publishes answer 503 until it is back");
         }
         *lock(&self.health.why) = why;
@@ -969,6 +973,8 @@ impl Redis {
             match ping {
                 Ok(()) => {
                     if !self.health.up.swap(true, Ordering::Relaxed) {
+                        crate::metrics::broker_up(true);
+                        crate::metrics::broker_reconnect();
                         tracing::info!(broker = %self.settings.target.describe(), "the broker is reachable again");
                     }
                     self.subs_wake.notify_one();
