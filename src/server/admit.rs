@@ -187,7 +187,8 @@ pub async fn websocket(
         }
         s
     });
-    let joined = Joined::new(server, id, plan, slot, route, &path, v1, compression).await;
+    let speaks = Speaks { v1, compression };
+    let joined = Joined::new(server, id, plan, slot, route, &path, speaks).await;
     if let Some(g) = grant {
         tokio::spawn(expire(Arc::downgrade(&joined.outbox), g));
     }
@@ -451,6 +452,13 @@ fn upgrade_response(accept: &Accept) -> Response<Body> {
     r
 }
 
+/// What the handshake settled about the client's language: the `wsgate.v1` protocol or raw
+/// frames, and the compression both sides agreed on.
+struct Speaks {
+    v1: Option<v1::Settings>,
+    compression: Option<&'static Compression>,
+}
+
 /// A member that joined its group at handshake time, before its session exists. Dropping it
 /// (the upgrade failed) leaves the group and frees the connection slot; `start` hands both over
 /// to the session, whose own drop does the same at the end.
@@ -473,9 +481,9 @@ impl Joined {
         slot: Slot,
         route: &Route,
         path: &str,
-        v1: Option<v1::Settings>,
-        compression: Option<&'static Compression>,
+        speaks: Speaks,
     ) -> Self {
+        let Speaks { v1, compression } = speaks;
         let limit = server.config.websocket.send_queue_bytes;
         let outbox =
             Arc::new(Outbox::new(id, limit, server.heartbeat.now_ms()).speaking_v1(v1.is_some()));
