@@ -30,14 +30,23 @@ async fn a_cluster_delivers_once_and_in_order_while_a_slot_moves() {
     const GROUPS: usize = 4;
     const PER_GROUP: usize = 60;
     const EACH: usize = 50;
+    // Shorter than next_text's own limit, so a missing publication is reported with its group.
+    const SLOW: std::time::Duration = std::time::Duration::from_secs(8);
     let mut readers = Vec::new();
     for g in 0..GROUPS {
         for i in 0..PER_GROUP {
             let mut ws = connect(addrs[(g + i) % 3], &format!("/room/c{g}/")).await;
+            let node = (g + i) % 3;
             readers.push(tokio::spawn(async move {
                 let mut got = Vec::with_capacity(EACH);
                 while got.len() < EACH {
-                    got.push(next_text(&mut ws).await);
+                    match tokio::time::timeout(SLOW, next_text(&mut ws)).await {
+                        Ok(m) => got.push(m),
+                        Err(_) => panic!(
+                            "room:c{g}, a member on node {node}: {} of {EACH} publications within {SLOW:?}: {got:?}",
+                            got.len()
+                        ),
+                    }
                 }
                 let extra =
                     tokio::time::timeout(std::time::Duration::from_millis(300), next(&mut ws))

@@ -537,3 +537,47 @@ async fn the_api_reads_history_and_presence_and_closes_a_connection() {
     assert_eq!(r.status, 404, "{r:?}");
     assert!(r.body.contains("no connection"), "{}", r.body);
 }
+
+/// A raw body sent as `application/json` reaches a wsgate.v1 client as a JSON value (not a
+/// string holding JSON) and a raw client as the same text; a body that is not JSON is refused
+/// with 400 before anything is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_published_to_a_group_is_a_json_value_for_v1_clients() {
+    let srv = start(HISTORY).await;
+    let mut v1 = connect_v1(srv.addr, "/h/js").await;
+    v1.subscribe("h:js").await;
+    let mut raw = connect(srv.addr, "/plain/js").await;
+    eventually("joined", || srv.member_count("plain:js") == 1).await;
+    for group in ["h:js", "plain:js"] {
+        let r = post(
+            srv.addr,
+            &format!("/api/groups/{group}/messages"),
+            Some("application/json; charset=utf-8"),
+            br#"{"percent": 40}"#,
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let e = v1.next_event().await;
+    assert_eq!(
+        (e["type"].clone(), e["data"].clone()),
+        (json!("pub"), json!({ "percent": 40 })),
+        "{e}"
+    );
+    assert_eq!(next_text(&mut raw).await, r#"{"percent": 40}"#);
+    let r = post(
+        srv.addr,
+        "/api/groups/h:js/messages",
+        Some("application/json"),
+        b"{not json",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("not valid JSON"), "{}", r.body);
+    // Nothing went out for the refused body: the next publication is the next publish.
+    publish(srv.addr, "h:js", "after").await;
+    let e = v1.next_event().await;
+    assert_eq!(e["data"], json!("after"), "{e}");
+}

@@ -227,11 +227,7 @@ impl Api {
     async fn send(&self, id: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let (node, conn) = connection_id(id)?;
         let kind = content_kind(&req)?;
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| is_json_request(&v.to_ascii_lowercase()));
+        let json = json_content(&req);
         let body = read_body(req, self.cfg.max_body_bytes).await?;
         let kind = match kind {
             Some(k) => k,
@@ -242,18 +238,7 @@ impl Api {
                 ));
             }
         };
-        check_text(kind, &body)?;
-        // JSON stays a JSON value in a wsgate.v1 envelope, so it must be one.
-        let kind = if json {
-            serde_json::from_slice::<Value>(&body).map_err(|e| {
-                ApiError::bad(format!(
-                    "the body is not valid JSON ({e}); send it as text/plain to send it as text"
-                ))
-            })?;
-            Kind::Json
-        } else {
-            kind
-        };
+        let kind = checked_kind(kind, json, &body)?;
         let gone = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -443,6 +428,7 @@ impl Api {
             Endpoint::Disconnect(id) => return self.disconnect(&id, req.uri().query()),
         };
         let kind = content_kind(&req)?;
+        let json = json_content(&req);
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -470,7 +456,7 @@ impl Api {
                 let Some(kind) = kind else {
                     return self.publish_form(&group, &content_type, &body).await;
                 };
-                check_text(kind, &body)?;
+                let kind = checked_kind(kind, json, &body)?;
                 let n = self.publish(&group, body, kind).await?;
                 Ok(json_response(StatusCode::OK, &json!({ "recipients": n })))
             }
@@ -664,6 +650,30 @@ fn caller(req: &Request<Incoming>, peer: IpAddr) -> IpAddr {
         return IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
     }
     peer
+}
+
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+fn json_content(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| is_json_request(&v.to_ascii_lowercase()))
+}
+
+/// The kind a raw body is published as: text must be UTF-8, and a body sent as JSON must be
+/// JSON, because a wsgate.v1 client receives it as a JSON value in its envelope (raw clients
+/// get the same bytes as a text frame either way).
+fn checked_kind(kind: Kind, json: bool, body: &[u8]) -> Result<Kind, ApiError> {
+    check_text(kind, body)?;
+    if !json {
+        return Ok(kind);
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+        ApiError::bad(format!(
+            "the body is not valid JSON ({e}); send it as text/plain to publish it as text"
+        ))
+    })?;
+    Ok(Kind::Json)
 }
 
 /// A text message's body must be UTF-8.

@@ -69,6 +69,10 @@ pub struct Args {
     /// wsgate's echo route for echo/idle/handshake, /room/bench/ for room, /room/fanout/ for fanout.
     #[arg(long)]
     pub url: Option<String>,
+    /// More WebSocket URLs (repeatable): connections are spread round robin over --url and
+    /// these, e.g. the nodes of a cluster sharing one broker. Loopback only, like --url.
+    #[arg(long = "also-url")]
+    pub also_url: Vec<String>,
     /// fanout: where to POST each message (HTTP/1.1, one keep-alive connection). Default:
     /// wsgate's publish API for the group of the default fanout URL.
     #[arg(long)]

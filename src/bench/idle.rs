@@ -53,7 +53,7 @@ pub async fn run(plan: &Plan) -> Outcome {
     let rss_before = rss();
     let started = Instant::now();
     let conns = connect_many(
-        &plan.target,
+        &plan.targets(),
         a.conns,
         a.concurrency,
         1024,

@@ -9,7 +9,18 @@ use super::client::{self, Target, parse_target};
 pub struct Plan {
     pub args: Args,
     pub target: Target,
+    /// `--also-url`: further targets the connections are spread over, after `target`.
+    pub also: Vec<Target>,
     pub publish: Option<Target>,
+}
+
+impl Plan {
+    /// Where connections go: `--url`, then each `--also-url`, round robin.
+    pub fn targets(&self) -> Vec<Target> {
+        std::iter::once(self.target.clone())
+            .chain(self.also.iter().cloned())
+            .collect()
+    }
 }
 
 const MAX_CONNS: usize = 200_000;
@@ -42,6 +53,15 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
         .unwrap_or_else(|| args.mode.default_url().to_string());
     let mut target = parse_target(&url, "ws").map_err(|e| format!("--url: {e}"))?;
     target.deflate = args.deflate;
+    let also = args
+        .also_url
+        .iter()
+        .map(|u| {
+            let mut t = parse_target(u, "ws").map_err(|e| format!("--also-url: {e}"))?;
+            t.deflate = args.deflate;
+            Ok(t)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let seconds = |name: &str, v: f64, min: f64| -> Result<(), String> {
         if !(v.is_finite() && v >= min && v <= MAX_SECONDS) {
             return Err(format!(
@@ -110,6 +130,7 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
     Ok(Plan {
         args: args.clone(),
         target,
+        also,
         publish,
     })
 }
@@ -149,6 +170,21 @@ mod tests {
         );
         let e = parse("fanout --url ws://127.0.0.1:1/ --publish-url http://8.8.8.8/p").unwrap_err();
         assert!(e.starts_with("--publish-url: 8.8.8.8"), "{e}");
+    }
+
+    #[test]
+    fn also_urls_join_the_targets_in_order_and_must_be_loopback() {
+        let p = parse(
+            "fanout --url ws://127.0.0.1:9000/r/ --also-url ws://127.0.0.1:9001/r/ --also-url ws://127.0.0.1:9002/r/ --publish-url http://127.0.0.1:9000/p",
+        )
+        .unwrap();
+        let ports: Vec<u16> = p.targets().iter().map(|t| t.addr.port()).collect();
+        assert_eq!(ports, [9000, 9001, 9002]);
+        let e = parse(
+            "fanout --url ws://127.0.0.1:9000/ --also-url ws://10.0.0.1:9001/ --publish-url http://127.0.0.1:9000/p",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("--also-url: 10.0.0.1"), "{e}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Run {
     pub async fn connect(&self, plan: &Plan, read_buf: usize) -> Vec<(usize, client::Conn)> {
         let a = &plan.args;
         connect_many(
-            &plan.target,
+            &plan.targets(),
             a.conns,
             a.concurrency,
             read_buf,
@@ -143,10 +143,11 @@ impl Run {
     }
 }
 
-/// Connects `n` clients with at most `concurrency` handshakes in flight, each bounded by
-/// `timeout`; failures are recorded and skipped. Returns the connections with their index.
+/// Connects `n` clients, spread round robin over `targets`, with at most `concurrency`
+/// handshakes in flight, each bounded by `timeout`; failures are recorded and skipped. Returns
+/// the connections with their index.
 pub async fn connect_many(
-    target: &Target,
+    targets: &[Target],
     n: usize,
     concurrency: usize,
     read_buf: usize,
@@ -162,7 +163,7 @@ pub async fn connect_many(
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let target = target.clone();
+        let target = targets[i % targets.len()].clone();
         let counters = counters.clone();
         let errors = errors.clone();
         set.spawn(async move {

@@ -1,4 +1,4 @@
-//! One connection to Redis or to a Redis Cluster, the same to the rest of the broker: commands
+//! The connection to Redis or to a Redis Cluster (two for a cluster, see [`Conn::Cluster`]), the same to the rest of the broker: commands
 //! and pipelines go through [`redis::aio::ConnectionLike`], pub/sub messages arrive as RESP3
 //! pushes on the channel given at connect, and the client library reconnects with backoff and
 //! subscribes again by itself (`ConnectionManager` with automatic resubscription; the cluster
@@ -49,14 +49,22 @@ fn redact(url: &str) -> String {
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// Commands and sharded subscriptions on connections of their own: when a slot moves, the
+    /// masters tell subscribers with an `sunsubscribe` push that the client library takes for
+    /// the reply of the oldest command in flight on that connection (measured: a publish got
+    /// it as its answer, then every later reply was one command late). A connection that never
+    /// subscribes never gets one.
+    Cluster {
+        commands: ClusterConnection,
+        subs: ClusterConnection,
+    },
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Conn::Single(_) => "Conn::Single",
-            Conn::Cluster(_) => "Conn::Cluster",
+            Conn::Cluster { .. } => "Conn::Cluster",
         })
     }
 }
@@ -92,16 +100,23 @@ impl Conn {
                     ))
                 }
                 Target::Cluster(nodes) => {
-                    let client = ClusterClientBuilder::new(nodes.clone())
-                        .use_protocol(ProtocolVersion::RESP3)
-                        .push_sender(pushes)
-                        .connection_timeout(timeout)
-                        .response_timeout(timeout)
-                        .retries(3)
-                        .min_retry_wait(50)
-                        .max_retry_wait(1000)
-                        .build()?;
-                    Ok(Conn::Cluster(client.get_async_connection().await?))
+                    let client = |pushes: Option<UnboundedSender<PushInfo>>| {
+                        let mut b = ClusterClientBuilder::new(nodes.clone())
+                            .use_protocol(ProtocolVersion::RESP3)
+                            .connection_timeout(timeout)
+                            .response_timeout(timeout)
+                            .retries(3)
+                            .min_retry_wait(50)
+                            .max_retry_wait(1000);
+                        if let Some(p) = pushes {
+                            b = b.push_sender(p);
+                        }
+                        b.build()
+                    };
+                    Ok(Conn::Cluster {
+                        commands: client(None)?.get_async_connection().await?,
+                        subs: client(Some(pushes))?.get_async_connection().await?,
+                    })
                 }
             }
         };
@@ -116,7 +131,7 @@ impl Conn {
 
     /// Whether groups' channels are sharded (`SSUBSCRIBE`/`SPUBLISH`).
     pub fn is_sharded(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
+        matches!(self, Conn::Cluster { .. })
     }
 
     /// The command that publishes to a group's channel.
@@ -133,9 +148,9 @@ impl Conn {
         match self {
             Conn::Single(c) => c.subscribe(channels).await,
             // A SSUBSCRIBE names channels of one slot only.
-            Conn::Cluster(c) => {
+            Conn::Cluster { subs, .. } => {
                 for ch in channels {
-                    c.ssubscribe(ch).await?;
+                    subs.ssubscribe(ch).await?;
                 }
                 Ok(())
             }
@@ -145,9 +160,9 @@ impl Conn {
     pub async fn unsubscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
         match self {
             Conn::Single(c) => c.unsubscribe(channels).await,
-            Conn::Cluster(c) => {
+            Conn::Cluster { subs, .. } => {
                 for ch in channels {
-                    c.sunsubscribe(ch).await?;
+                    subs.sunsubscribe(ch).await?;
                 }
                 Ok(())
             }
@@ -159,7 +174,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster { commands, .. } => commands.req_packed_command(cmd),
         }
     }
 
@@ -171,14 +186,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster { commands, .. } => commands.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster { commands, .. } => commands.get_db(),
         }
     }
 }

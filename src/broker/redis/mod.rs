@@ -167,6 +167,9 @@ struct Subs {
     active: HashSet<Arc<str>>,
     /// Attaches waiting for their group's subscription.
     waiting: Vec<Waiter>,
+    /// Groups whose shard channel moved to another master (cluster): subscribed again where it
+    /// went, then caught up from history, since publications made meanwhile reached nobody here.
+    moved: HashSet<Arc<str>>,
 }
 
 /// An attach waiting for its group's subscription.
@@ -329,6 +332,7 @@ impl Redis {
         *n = n.saturating_add_signed(delta);
         if *n == 0 {
             s.wanted.remove(group);
+            s.moved.remove(group);
         }
         drop(s);
         self.subs_wake.notify_one();
@@ -395,7 +399,16 @@ impl Redis {
                     if !add.is_empty() {
                         let chans: Vec<String> = add.iter().map(|g| self.keys(g).channel).collect();
                         timeout(t, conn.subscribe(&chans)).await?;
-                        lock(&self.subs).active.extend(add.iter().cloned());
+                        let moved: Vec<Arc<str>> = {
+                            let mut s = lock(&self.subs);
+                            s.active.extend(add.iter().cloned());
+                            add.iter().filter(|g| s.moved.remove(*g)).cloned().collect()
+                        };
+                        for g in moved {
+                            if let Some(seam) = self.seam_if_wanted(&g) {
+                                self.catch_up(&g, &seam, None).await;
+                            }
+                        }
                     }
                     if !remove.is_empty() {
                         let chans: Vec<String> =
@@ -468,12 +481,34 @@ impl Redis {
                     }
                     self.health.resync.store(true, Ordering::Relaxed);
                 }
-                // A slot moved away (cluster): the library subscribes where it went; what was
-                // published meanwhile comes from history.
-                PushKind::SUnsubscribe => self.health.resync.store(true, Ordering::Relaxed),
+                // A slot moved away (cluster), or the answer to our own unsubscribe.
+                PushKind::SUnsubscribe => self.slot_moved(push.data),
                 _ => {}
             }
         }
+    }
+
+    /// A master said this node no longer hears a shard channel. If the group is still wanted,
+    /// its slot moved: subscribe again (the cluster client sends it to the slot's new master)
+    /// and, once that is confirmed, catch up from history, so a publication made between the
+    /// two (which reached nobody here) is delivered, in order, and the last one of a burst too
+    /// (no later publication would reveal its gap).
+    fn slot_moved(&self, data: Vec<Value>) {
+        let Some(Value::BulkString(ch)) = data.into_iter().next() else {
+            return;
+        };
+        let Some(group) = wire::group_of(&self.settings.prefix, &ch) else {
+            return;
+        };
+        let mut s = lock(&self.subs);
+        let Some((group, _)) = s.wanted.get_key_value(group) else {
+            return;
+        };
+        let group = group.clone();
+        s.active.remove(&group);
+        s.moved.insert(group);
+        drop(s);
+        self.subs_wake.notify_one();
     }
 
     /// Delivers one publication from Redis to this node, at most once and in offset order.
@@ -828,10 +863,20 @@ impl Redis {
     /// One slot's jobs on a cluster, each its own command (the cluster client follows MOVED and
     /// ASK for single commands while slots move), all sent at once in order.
     async fn send_each(&self, jobs: Vec<Job>) {
-        let mut pending: Vec<Job> = jobs;
+        // Numbered, so jobs sent again keep their first order.
+        let mut pending: Vec<(usize, Job)> = jobs.into_iter().enumerate().collect();
         let mut by_body = false;
+        // While a slot moves, the masters' views disagree for a moment and the client's own
+        // redirects can run out. A redirect means the command did not run, so it is sent again
+        // after a pause, until the broker's timeout: a publish is never lost or doubled to a
+        // migration, and still fails plainly when the cluster does not settle.
+        let settle_by = tokio::time::Instant::now() + self.settings.timeout;
+        let mut pause = Duration::from_millis(20);
         while !pending.is_empty() {
-            let cmds: Vec<redis::Cmd> = pending.iter().map(|j| self.command(j, by_body)).collect();
+            let cmds: Vec<redis::Cmd> = pending
+                .iter()
+                .map(|(_, j)| self.command(j, by_body))
+                .collect();
             let futures: Vec<_> = cmds
                 .iter()
                 .map(|c| {
@@ -842,11 +887,17 @@ impl Redis {
                 })
                 .collect();
             let results = futures_util::future::join_all(futures).await;
-            let mut again = Vec::new();
-            for (j, r) in pending.drain(..).zip(results) {
+            let (mut again, mut redirected) = (Vec::new(), Vec::new());
+            for ((n, j), r) in pending.drain(..).zip(results) {
                 match r {
                     Ok(v) => self.answer(j, v),
-                    Err(e) if e.code() == Some("NOSCRIPT") && !by_body => again.push(j),
+                    Err(e) if e.code() == Some("NOSCRIPT") && !by_body => again.push((n, j)),
+                    Err(e)
+                        if e.is_cluster_error()
+                            && tokio::time::Instant::now() + pause < settle_by =>
+                    {
+                        redirected.push((n, j))
+                    }
                     Err(e) => {
                         if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
                             self.down(e.to_string());
@@ -855,8 +906,17 @@ impl Redis {
                     }
                 }
             }
+            if !again.is_empty() {
+                by_body = true;
+            }
+            if !redirected.is_empty() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+                // In their first order: a slot's publications keep their sequence.
+                again.extend(redirected);
+                again.sort_by_key(|(n, _)| *n);
+            }
             pending = again;
-            by_body = true;
         }
     }
 
