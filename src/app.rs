@@ -186,11 +186,15 @@ async fn broker(config: &Config) -> Result<Arc<dyn Broker>, StartError> {
         timeout: config.broker.timeout.get(),
     };
     Ok(match config.broker.kind {
-        BrokerKind::Memory => Arc::new(Memory::new(memory::Settings {
-            policies: policies(config),
-            max_bytes: config.hub.history_max_bytes,
-            meta_ttl: config.hub.history_meta_ttl.get(),
-        })),
+        BrokerKind::Memory => {
+            // In process: up for as long as wsgate is.
+            crate::metrics::broker_up(true);
+            Arc::new(Memory::new(memory::Settings {
+                policies: policies(config),
+                max_bytes: config.hub.history_max_bytes,
+                meta_ttl: config.hub.history_meta_ttl.get(),
+            }))
+        }
         BrokerKind::Redis => {
             redis::Redis::connect(redis(redis::Target::Single(config.broker.url.clone()))).await?
         }
