@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # What many nodes cost (issue 12): one wsgate binary, one redis-server started here on a free
 # port, interleaved in one run:
-#   fanout-memory   FANOUT_SUBS subscribers on one node with the memory broker, FANOUT_RATE
-#                   publishes/s over HTTP: deliveries/s, publish->deliver p50/p99
+#   fanout-memory   subscribers on one node with the memory broker, publishing over HTTP, for
+#                   each of FANOUT_CASES: deliveries/s, publish->deliver p50/p99
 #   fanout-redis    the same subscribers spread over two nodes sharing Redis, publishing to the
 #                   first node: the same figures, plus the CPU of both nodes and of Redis
 #   throughput      PUBLISH_REQS requests to POST /api/publish on node A, each to NGROUPS groups
 #                   (one subscriber of each on node B): publications/s through Redis, Redis CPU
 #                   per publication, and what a third node with no members got from Redis
-#                   (CLIENT LIST's subscription counts and output bytes, and INFO's
-#                   pubsub channels)
+#                   (CLIENT LIST's subscription counts, and the bytes each node's sockets to
+#                   Redis received, from the kernel's tcp_info)
 #
 #   bench/redis.sh                     # all; tables into bench/results/redis-<time>/tables.md
 #   bench/redis.sh fanout              # some
-# Settings (environment): REPS (1), FANOUT_SUBS (10000), FANOUT_MSGS (500), FANOUT_RATE (100),
+# Settings (environment): REPS (1), FANOUT_CASES ("1000x20 10000x20 10000x100": subscribers x
+# publishes/s, one run each), FANOUT_SECONDS (5: of publishing per run),
 # NGROUPS (1000), PUBLISH_REQS (200), SIZE (64), WSGATE_BIN (default: a release build of this
 # tree), OUT.
 set -euo pipefail
@@ -24,9 +25,8 @@ source "$ROOT/scripts/lib.sh"
 cd "$ROOT"
 REPS="${REPS:-1}"
 SIZE="${SIZE:-64}"
-FANOUT_SUBS="${FANOUT_SUBS:-10000}"
-FANOUT_MSGS="${FANOUT_MSGS:-500}"
-FANOUT_RATE="${FANOUT_RATE:-100}"
+FANOUT_SECONDS="${FANOUT_SECONDS:-5}"
+FANOUT_CASES="${FANOUT_CASES:-1000x20 10000x20 10000x100}"
 NGROUPS="${NGROUPS:-1000}"
 PUBLISH_REQS="${PUBLISH_REQS:-200}"
 FIGURES=("$@")
@@ -80,10 +80,13 @@ for rep in $(seq "$REPS"); do
   for fig in "${FIGURES[@]}"; do
     case "$fig" in
       fanout)
+        for case in $FANOUT_CASES; do
+        subs=${case%x*} rate=${case#*x}
+        msgs=$(python3 -c "print(max(1, round($rate * $FANOUT_SECONDS)))")
         node memory "$ROUTE"
-        bench_json "fanout-memory.wsgate.$rep" "$NODE_PID" fanout --url "ws://127.0.0.1:$NODE_PORT/room/fanout/" \
+        bench_json "fanout-memory.wsgate.$rep-$case" "$NODE_PID" fanout --url "ws://127.0.0.1:$NODE_PORT/room/fanout/" \
           --publish-url "http://127.0.0.1:$NODE_PORT/api/groups/room:fanout/messages" \
-          --conns "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE" --concurrency 200
+          --conns "$subs" --msgs "$msgs" --rate "$rate" --concurrency 200
         stop "$NODE_PID"
         rcli FLUSHALL >/dev/null
         node a "$REDIS_BROKER
@@ -93,14 +96,15 @@ $ROUTE"
 $ROUTE"
         B_PORT=$NODE_PORT B_PID=$NODE_PID
         a0=$(cpu_s "$A_PID") b0=$(cpu_s "$B_PID") r0=$(cpu_s "$REDIS_PID")
-        bench_json "fanout-redis.wsgate.$rep" "$A_PID" fanout --url "ws://127.0.0.1:$A_PORT/room/fanout/" \
+        bench_json "fanout-redis.wsgate.$rep-$case" "$A_PID" fanout --url "ws://127.0.0.1:$A_PORT/room/fanout/" \
           --also-url "ws://127.0.0.1:$B_PORT/room/fanout/" \
           --publish-url "http://127.0.0.1:$A_PORT/api/groups/room:fanout/messages" \
-          --conns "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE" --concurrency 200
-        python3 -c "import json; print(json.dumps({'node_a_cpu_s': $(cpu_s "$A_PID") - $a0, 'node_b_cpu_s': $(cpu_s "$B_PID") - $b0, 'redis_cpu_s': $(cpu_s "$REDIS_PID") - $r0}))" \
-          >"$OUT/fanout-redis-cpu.wsgate.$rep.json"
+          --conns "$subs" --msgs "$msgs" --rate "$rate" --concurrency 200
+        python3 -c "import json; print(json.dumps({'subs': $subs, 'rate': $rate, 'node_a_cpu_s': $(cpu_s "$A_PID") - $a0, 'node_b_cpu_s': $(cpu_s "$B_PID") - $b0, 'redis_cpu_s': $(cpu_s "$REDIS_PID") - $r0}))" \
+          >"$OUT/fanout-redis-cpu.wsgate.$rep-$case.json"
         stop "$A_PID"
         stop "$B_PID"
+        done
         ;;
       throughput)
         rcli FLUSHALL >/dev/null
@@ -154,18 +158,19 @@ print("| figure | value | clean |\n|---|---|---|")
 mem, red, cpu = runs("fanout-memory"), runs("fanout-redis"), runs("fanout-redis-cpu")
 for name, rs in (("1 node, memory broker", mem), ("2 nodes + Redis", red)):
     for r in rs:
-        print(f"| fan-out to {get(r,'conns'):,}, {name}: deliveries/s, p50 / p99 ms, machine busy % | {get(r,'deliveries_per_s'):,.0f}, {get(r,'latency_us.p50')/1000:.2f} / {get(r,'latency_us.p99')/1000:.1f}, {get(r,'cpu.machine_busy_pct'):.0f} | {r.get('ok')} |")
+        print(f"| fan-out to {get(r,'subs'):,} at {get(r,'rate'):g}/s, {name}: deliveries/s, p50 / p99 ms, publish request p50 ms, publishes/s achieved, machine busy % | {get(r,'deliveries_per_s'):,.0f}, {get(r,'latency_us.p50')/1000:.2f} / {get(r,'latency_us.p99')/1000:.1f}, {get(r,'publish.request_latency_us.p50')/1000:.2f}, {get(r,'publish.achieved_rate'):.0f}, {get(r,'cpu.machine_busy_pct'):.0f} | {r.get('ok')} |")
 for r in mem:
-    print(f"| 1 node: server CPU s | {get(r,'cpu.server_cpu_s'):.2f} | |")
+    print(f"| 1 node, {get(r,'subs'):,} at {get(r,'rate'):g}/s: server CPU s | {get(r,'cpu.server_cpu_s'):.2f} | |")
 for c in cpu:
-    print(f"| 2 nodes + Redis: CPU s node A (publishes), node B, Redis | {c['node_a_cpu_s']:.2f}, {c['node_b_cpu_s']:.2f}, {c['redis_cpu_s']:.2f} | |")
-if mem and red:
-    m = statistics.mean(get(r, 'latency_us.p50') for r in mem)
-    x = statistics.mean(get(r, 'latency_us.p50') for r in red)
-    print(f"| p50 added by the Redis path | {(x - m)/1000:+.2f} ms (target <= 2 ms) | |")
+    print(f"| 2 nodes + Redis, {c['subs']:,} at {c['rate']:g}/s: CPU s node A (publishes), node B, Redis | {c['node_a_cpu_s']:.2f}, {c['node_b_cpu_s']:.2f}, {c['redis_cpu_s']:.2f} | |")
+for subs, rate in sorted({(get(r, 'subs'), get(r, 'rate')) for r in mem}):
+    m = [get(r, 'latency_us.p50') for r in mem if (get(r, 'subs'), get(r, 'rate')) == (subs, rate)]
+    x = [get(r, 'latency_us.p50') for r in red if (get(r, 'subs'), get(r, 'rate')) == (subs, rate)]
+    if m and x:
+        print(f"| p50 added by the Redis path, {subs:,} at {rate:g}/s | {(statistics.mean(x) - statistics.mean(m))/1000:+.2f} ms (target <= 2 ms) | |")
 for r in runs("throughput"):
     print(f"| {r['requests']} publishes to {r['groups']:,} groups each through Redis: publications/s | {r['publications_per_s']:,.0f} | {r.get('ok')} |")
     print(f"| Redis CPU per publication (us), node A CPU per publication (us) | {r['redis_cpu_us_per_pub']:.1f}, {r['node_a_cpu_us_per_pub']:.1f} | |")
     print(f"| deliveries on node B (one member per group) | {r['deliveries']:,} of {r['expected_deliveries']:,} | |")
-    print(f"| node C (one member, in another group): Redis subscriptions, bytes Redis sent it during the run | {r['lone_node_subscriptions']}, {r['lone_node_bytes_during_run']:,} (its member's group got no publications) | |")
+    print(f"| node C (one member, in another group): Redis subscriptions, bytes it received from Redis during the run | {r['lone_node_subscriptions']}, {r['lone_node_bytes_during_run']:,} (node B, the members' node: {r['member_node_bytes_during_run']:,}) | |")
 EOF

@@ -19,9 +19,21 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
-def rchar(pid):
-    with open(f"/proc/{pid}/io") as f:
-        return int(next(l for l in f if l.startswith("rchar:")).split()[1])
+def bytes_from_redis(pid, redis_port):
+    """Bytes a process has received on its TCP connections to Redis (the kernel's tcp_info)."""
+    out = subprocess.run(
+        ["ss", "-tinpH", "state", "established", f"( dport = :{redis_port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    total, mine = 0, False
+    for line in out.splitlines():
+        if not line.startswith(("\t", " ")):
+            mine = f"pid={pid}," in line
+        elif mine:
+            for field in line.split():
+                if field.startswith("bytes_received:"):
+                    total += int(field.split(":")[1])
+    return total
 
 
 def ws_connect(url):
@@ -131,7 +143,8 @@ def main():
             key.data.feed()
 
     before = {p: cpu_s(p) for p in (pid_a, pid_b, pid_c, pid_redis)}
-    lone_read0 = rchar(pid_c)
+    lone_read0 = bytes_from_redis(pid_c, a.redis_port)
+    b_read0 = bytes_from_redis(pid_b, a.redis_port)
     started = time.monotonic()
     failed = 0
     for _ in range(a.requests):
@@ -156,7 +169,8 @@ def main():
         drain(deadline)
     delivered_s = time.monotonic() - started
     after = {p: cpu_s(p) for p in (pid_a, pid_b, pid_c, pid_redis)}
-    lone_read = rchar(pid_c) - lone_read0
+    lone_read = bytes_from_redis(pid_c, a.redis_port) - lone_read0
+    b_read = bytes_from_redis(pid_b, a.redis_port) - b_read0
     pubs = a.requests * a.groups
     subs = sorted(
         ((int(c.get("sub", 0)) + int(c.get("ssub", 0)) + int(c.get("psub", 0))) for c in client_list(a.redis_port)),
@@ -181,7 +195,9 @@ def main():
         # node C one (its lone member's group), node A none.
         "redis_subscriptions_per_connection": [s for s in subs if s > 0],
         "lone_node_subscriptions": next((s for s in subs if 0 < s < a.groups), 0),
+        # What each node received from Redis during the run, from its sockets' tcp_info.
         "lone_node_bytes_during_run": lone_read,
+        "member_node_bytes_during_run": b_read,
         "lone_member_messages": lone.messages,
     }
     print(json.dumps(report))
