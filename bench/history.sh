@@ -135,23 +135,13 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-python3 - "$OUT" <<'EOF' | tee "$OUT/tables.md"
-import glob, json, os, statistics, sys
+PYTHONPATH="$ROOT/bench" python3 - "$OUT" <<'EOF' | tee "$OUT/tables.md"
+import statistics, sys
+import results_lib
 d = sys.argv[1]
 def runs(prefix):
-    out = []
-    for p in sorted(glob.glob(os.path.join(d, prefix + ".wsgate.*.json"))):
-        try:
-            out.append(json.loads(open(p).read().strip().splitlines()[-1]))
-        except (ValueError, IndexError):
-            pass
-    return out
-def get(r, path):
-    for k in path.split("."):
-        if not isinstance(r, dict) or r.get(k) is None:
-            return None
-        r = r[k]
-    return r
+    return results_lib.runs(d, prefix)
+get = results_lib.get
 def mean(rs, f):
     v = [f(r) for r in rs if f(r) is not None]
     return statistics.mean(v) if v else None

@@ -256,7 +256,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: config.server.listen.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, m),
         })?;
-    let listener = bind(addr).map_err(|source| StartError::Bind {
+    // The kernel caps this at net.core.somaxconn; a deep queue absorbs connection bursts.
+    let listener = bind(addr, 4096).map_err(|source| StartError::Bind {
         addr: addr.to_string(),
         source,
     })?;
@@ -338,10 +339,11 @@ fn admin_listener(config: &Config) -> Result<Option<TcpListener>, StartError> {
     };
     let addr = crate::config::parse_listen(&config.admin.listen)
         .map_err(|m| bind_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m)))?;
-    crate::admin::bind(addr).map(Some).map_err(bind_err)
+    // A few operators, not a crowd: a short accept queue.
+    bind(addr, 128).map(Some).map_err(bind_err)
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -349,8 +351,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
-    // The kernel caps this at net.core.somaxconn; a deep queue absorbs connection bursts.
-    sock.listen(4096)
+    sock.listen(backlog)
 }
 
 impl Running {

@@ -26,17 +26,32 @@ pub fn demo_page<B>(req: &Request<B>) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut r = Response::new(full(Bytes::from_static(DEMO_HTML.as_bytes())));
+    asset(
+        DEMO_HTML,
+        "text/html; charset=utf-8",
+        Some(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+        ),
+    )
+}
+
+/// One of the built-in files, never cached (it changes with the binary), under its content
+/// security policy when it is a page.
+fn asset(
+    body: &'static str,
+    content_type: &'static str,
+    csp: Option<&'static str>,
+) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:"),
-    );
+    if let Some(csp) = csp {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(csp),
+        );
+    }
     r
 }
 
@@ -51,29 +66,17 @@ pub fn script<B>(req: &Request<B>) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut r = Response::new(full(Bytes::from_static(WSGATE_JS.as_bytes())));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    asset(WSGATE_JS, "text/javascript; charset=utf-8", None)
 }
 
 /// Serves the admin console for GET and HEAD (the admin listener routes only those here). Its
 /// script and styles are inline and it talks only to the listener it came from.
 pub fn console_page<B>(_req: &Request<B>) -> Response<Body> {
-    let mut r = Response::new(full(Bytes::from_static(CONSOLE_HTML.as_bytes())));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"),
-    );
-    r
+    asset(
+        CONSOLE_HTML,
+        "text/html; charset=utf-8",
+        Some(
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+        ),
+    )
 }
