@@ -42,6 +42,22 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
         .unwrap_or_else(|| args.mode.default_url().to_string());
     let mut target = parse_target(&url, "ws").map_err(|e| format!("--url: {e}"))?;
     target.deflate = args.deflate;
+    if target.secure {
+        let host = target
+            .host
+            .rsplit_once(':')
+            .filter(|(h, _)| !h.is_empty() && (!h.starts_with('[') || h.ends_with(']')))
+            .map_or(target.host.as_str(), |(h, _)| h);
+        target.tls = Some(
+            client::TlsClient::new(host, args.ca.as_deref(), args.insecure)
+                .map_err(|e| format!("--url: {e}"))?,
+        );
+    } else if args.ca.is_some() || args.insecure {
+        return Err("--ca and --insecure are for wss:// URLs; this --url is ws://".into());
+    }
+    if args.ca.is_some() && args.insecure {
+        return Err("give --ca or --insecure, not both".into());
+    }
     let seconds = |name: &str, v: f64, min: f64| -> Result<(), String> {
         if !(v.is_finite() && v >= min && v <= MAX_SECONDS) {
             return Err(format!(
@@ -182,6 +198,16 @@ mod tests {
         }
         let e = parse("fanout --conns 100000 --msgs 10000000").unwrap_err();
         assert!(e.contains("8e9"), "{e}");
+    }
+
+    #[test]
+    fn wss_takes_a_ca_or_insecure_and_ws_takes_neither() {
+        let p = parse("echo --url wss://127.0.0.1:8443/ws/echo --insecure").unwrap();
+        assert!(p.target.secure && p.target.tls.is_some());
+        let e = parse("echo --url wss://127.0.0.1:8443/ --ca /nonexistent/ca.pem").unwrap_err();
+        assert!(e.contains("--ca /nonexistent/ca.pem: cannot read"), "{e}");
+        let e = parse("echo --url ws://127.0.0.1:8080/ --insecure").unwrap_err();
+        assert!(e.contains("for wss:// URLs"), "{e}");
     }
 
     #[test]
