@@ -37,9 +37,11 @@ fi
 BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 git -C "$ROOT" rev-parse --short HEAD >"$OUT/commit" 2>/dev/null || true
 
-# One certificate for localhost and 127.0.0.1, ECDSA P-256 (what most sites serve now).
+# One self-signed certificate for localhost and 127.0.0.1, ECDSA P-256 (what most sites serve
+# now). CA:FALSE: openssl's default marks it a CA, which rustls refuses as a server's certificate.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
   -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>>"$OUT/openssl.log"
 
 SERVER_PID=""
@@ -51,7 +53,7 @@ start_wsgate() {
   local scheme=$1 conf="$OUT/$1.toml"
   PORT="$(free_port)"
   {
-    printf '[server]\nlisten = "127.0.0.1:%s"\nmax_connections = 30000\n' "$PORT"
+    printf '[server]\nlisten = "127.0.0.1:%s"\nmax_connections = 10000\n' "$PORT"
     if [ "$scheme" = wss ]; then
       printf '[server.tls]\ncert = "%s"\nkey = "%s"\n' "$OUT/cert.pem" "$OUT/key.pem"
     fi
