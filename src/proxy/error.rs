@@ -49,7 +49,7 @@ pub enum Error {
         upstream: String,
         server: String,
         sni: String,
-        failure: super::tls::Failure,
+        failure: Box<super::tls::Failure>,
     },
     #[error("upstream {upstream:?} server {server} answered the WebSocket upgrade wrongly: {what}")]
     BadUpgrade {

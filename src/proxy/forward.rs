@@ -205,7 +205,7 @@ pub async fn forward(
                     sni: proxy
                         .tls(ui)
                         .map_or_else(String::new, |t| t.sni(&server.addr)),
-                    failure,
+                    failure: Box::new(failure),
                 }
             }
             Ok(Err(e)) if e.is_connect() => {
@@ -243,7 +243,7 @@ pub async fn forward(
                             upstream: up.name.clone(),
                             server: server.addr.clone(),
                             sni,
-                            failure,
+                            failure: Box::new(failure),
                         }
                         .into_response(&path);
                     }

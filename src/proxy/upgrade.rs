@@ -196,7 +196,7 @@ async fn connect(proxy: &Proxy, ui: usize, peer: SocketAddr) -> Result<(usize, S
                         upstream: up.name.clone(),
                         server: addr.clone(),
                         sni: tls.sni(addr),
-                        failure,
+                        failure: Box::new(failure),
                     },
                 }
             }
@@ -389,7 +389,7 @@ where
                             upstream: up.name.clone(),
                             server: server.clone(),
                             sni,
-                            failure,
+                            failure: Box::new(failure),
                         },
                         buf,
                     );
