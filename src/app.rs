@@ -51,6 +51,8 @@ pub enum StartError {
     #[error(transparent)]
     Jwt(#[from] crate::auth::JwtError),
     #[error(transparent)]
+    UpstreamTls(#[from] crate::proxy::tls::SetupError),
+    #[error(transparent)]
     Broker(#[from] crate::broker::redis::ConnectError),
 }
 
@@ -222,7 +224,7 @@ pub fn reach_broker(config: &Config) -> Result<(), String> {
 }
 
 /// Checks what the config names outside itself and `serve` would read (the TLS certificate and
-/// key files), so `check-config` refuses what would stop `serve`.
+/// key files, the upstreams' CA and client certificates), so `check-config` refuses what would stop `serve`.
 ///
 /// # Errors
 /// The first file that cannot be used.
@@ -233,6 +235,7 @@ pub fn check_files(config: &Config) -> Result<(), StartError> {
     if let Some(j) = &config.jwt {
         crate::auth::Jwt::new(j)?;
     }
+    crate::proxy::state::check_tls(&config.upstreams)?;
     Ok(())
 }
 
@@ -271,7 +274,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let hub = Hub::new(broker);
     let ws = &config.websocket;
     let heartbeat = Heartbeat::new(ws.ping_interval.get(), ws.pong_timeout.get());
-    let proxy = Arc::new(Proxy::new(&config, &shutdown));
+    let proxy = Arc::new(Proxy::new(&config, &shutdown)?);
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
     proxy
         .start_engines(config.proxy.tunnel_io, threads)

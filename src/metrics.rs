@@ -283,6 +283,12 @@ struct UpstreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamReason {
+    upstream: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamCode {
     upstream: String,
     code: u16,
@@ -316,6 +322,7 @@ pub struct Metrics {
     pub proxy_errors: Counter,
     proxy_responses: Family<UpstreamCode, Counter>,
     proxy_durations: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
+    proxy_upstream_tls_failures: Family<UpstreamReason, Counter>,
     pub proxy_tunnels: Gauge,
     pub proxy_tunnels_total: Counter,
     pub proxy_pongs_swallowed: Counter,
@@ -408,6 +415,12 @@ impl Metrics {
             Unit::Seconds,
             proxy_durations.clone(),
         );
+        let proxy_upstream_tls_failures = Family::<UpstreamReason, Counter>::default();
+        r.0.register(
+            "wsgate_proxy_upstream_tls_failures",
+            "TLS failures toward https:// upstream servers, by upstream and reason (untrusted, name, expired, not_tls, client_cert, timeout, ...)",
+            proxy_upstream_tls_failures.clone(),
+        );
         Metrics {
             connections: r.gauge("wsgate_ws_connections", "WebSocket connections open now"),
             connections_total: r.counter("wsgate_ws_connections", "WebSocket connections accepted"),
@@ -472,6 +485,7 @@ impl Metrics {
             ),
             proxy_responses,
             proxy_durations,
+            proxy_upstream_tls_failures,
             proxy_tunnels: r.gauge("wsgate_proxy_tunnels", "Proxied WebSocket tunnels open now"),
             proxy_tunnels_total: r
                 .counter("wsgate_proxy_tunnels", "Proxied WebSocket tunnels opened"),
@@ -584,6 +598,16 @@ impl Metrics {
     pub fn handshake_refused(&self, reason: &'static str) {
         self.handshakes
             .get_or_create(&OutcomeLabel { outcome: reason })
+            .inc();
+    }
+
+    /// Counts a TLS failure toward a server of `upstream`.
+    pub fn proxy_upstream_tls_failure(&self, upstream: &str, reason: &'static str) {
+        self.proxy_upstream_tls_failures
+            .get_or_create(&UpstreamReason {
+                upstream: upstream.to_string(),
+                reason,
+            })
             .inc();
     }
 

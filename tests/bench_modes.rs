@@ -231,3 +231,50 @@ async fn recover_without_history_is_not_ok() {
     assert_eq!(num(r, "not_recovered"), 3.0, "{r}");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_and_handshake_run_over_wss_trusting_the_ca_given() {
+    let dir = support::doctor::TempDir::new("bench-wss");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let srv = start(&format!(
+        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    ))
+    .await;
+    let url = format!("wss://localhost:{}/ws/echo", srv.addr.port());
+    let ca = cert.display().to_string();
+    let out = bench(&format!(
+        "echo --url {url} --ca {ca} --conns 2 --inflight 2 --warmup 0 --duration 0.3"
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(r["url"], url.as_str());
+    assert!(num(r, "messages") > 0.0, "{r}");
+    assert_eq!(num(r, "lost") + num(r, "corrupt"), 0.0);
+    let out = bench(&format!(
+        "handshake --url {url} --ca {ca} --total 20 --concurrency 2"
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "completed"), 20.0);
+    // --insecure takes the self-signed certificate without its CA; without either the
+    // certificate is checked against this machine's roots and every handshake fails.
+    let out = bench(&format!(
+        "handshake --url {url} --insecure --total 5 --concurrency 1"
+    ))
+    .await;
+    assert!(out.ok, "{}", out.report);
+    let out = bench(&format!(
+        "handshake --url {url} --total 3 --concurrency 1 --timeout 2"
+    ))
+    .await;
+    assert!(!out.ok, "{}", out.report);
+    assert!(out.report.to_string().contains("tls"), "{}", out.report);
+    srv.shutdown().await;
+}

@@ -56,6 +56,7 @@ Examples (against `wsgate serve` on 127.0.0.1:8080):
       --publish-url http://127.0.0.1:8080/api/groups/room:fanout/messages
   wsgate bench idle --conns 19000 --hold 30 --pid $(pgrep -n wsgate)
   wsgate bench handshake --total 20000 --concurrency 50
+  wsgate bench echo --url wss://localhost:8443/ws/echo --ca cert.pem
   wsgate bench recover --conns 5000 --missed 20 --group room:recover";
 
 /// `wsgate bench` arguments. Durations are in seconds and may have a fraction.
@@ -65,7 +66,9 @@ pub struct Args {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: Mode,
-    /// WebSocket URL, loopback only (ws://127.x.x.x, ws://[::1], ws://localhost). Default:
+    /// WebSocket URL, loopback only (ws:// or wss://; 127.x.x.x, [::1], localhost); wss:// runs
+    /// a TLS handshake per connection (see --ca, --insecure; sessions are resumed as browsers
+    /// do). Default:
     /// wsgate's echo route for echo/idle/handshake, /room/bench/ for room, /room/fanout/ for fanout.
     #[arg(long)]
     pub url: Option<String>,
@@ -132,6 +135,14 @@ pub struct Args {
     /// compressed; reports count the bytes on the wire.
     #[arg(long)]
     pub deflate: bool,
+    /// wss:// URLs: PEM file with the CA (or the self-signed certificate) the server's
+    /// certificate must chain to. Without it (and without --insecure), this machine's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<String>,
+    /// wss:// URLs: accept any server certificate (a self-signed one in a benchmark). Only the
+    /// client's check of the certificate is skipped; the server's work is the same.
+    #[arg(long)]
+    pub insecure: bool,
     /// Client threads: 1 = a single-threaded runtime (at most one core for the client).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

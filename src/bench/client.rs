@@ -1,13 +1,21 @@
-//! The bench's own WebSocket client: loopback-only targets, the upgrade handshake (the accept key
-//! is checked), pre-masked stamped frames and a frame reader over one reusable buffer.
+//! The bench's own WebSocket client: loopback-only targets (`ws://`, or `wss://` over rustls),
+//! the upgrade handshake (the accept key is checked), pre-masked stamped frames and a frame
+//! reader over one reusable buffer.
 //!
 //! It speaks just enough RFC 6455 for benchmarks: unfragmented data frames, Pings answered with
 //! Pongs, Close. A fragmented message from the server is reported as a protocol error.
 
+use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::ws::frame::{OpCode, encode_masked, parse_header};
 
@@ -28,17 +36,215 @@ pub struct Target {
     pub path: String,
     /// Offer permessage-deflate (RFC 7692) and inflate the compressed messages the server sends.
     pub deflate: bool,
+    /// The URL was `wss://`: every connection runs a TLS handshake first.
+    pub secure: bool,
+    /// How `wss://` connections verify the server (set from `--ca` / `--insecure`).
+    pub tls: Option<TlsClient>,
 }
 
-/// Parses `ws://host[:port]/path` (or `http://` when `scheme` is "http") and refuses anything
-/// that is not on this machine. The error is a sentence for the user.
+/// TLS for `wss://` targets: the connector and the name sent and checked.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub connector: TlsConnector,
+    pub name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for TlsClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for TlsClient {}
+
+impl TlsClient {
+    /// A client for `host` that trusts the CA certificates in `ca` (PEM), or any certificate
+    /// when `insecure`, or this machine's roots when neither is given. Sessions are resumed as
+    /// browsers do. The error is a sentence for the user.
+    pub fn new(host: &str, ca: Option<&str>, insecure: bool) -> Result<TlsClient, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("cannot set up TLS: {e}"))?;
+        let builder = if insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match ca {
+                Some(path) => {
+                    use rustls::pki_types::CertificateDer;
+                    use rustls::pki_types::pem::PemObject;
+                    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                        .and_then(|i| i.collect())
+                        .map_err(|e| format!("--ca {path}: cannot read a PEM certificate from it ({e}); give the CA (or the self-signed certificate) the server uses"))?;
+                    let (added, _) = roots.add_parsable_certificates(certs);
+                    if added == 0 {
+                        return Err(format!(
+                            "--ca {path}: holds no usable CA certificate; give the CA (or the self-signed certificate) in PEM"
+                        ));
+                    }
+                }
+                None => {
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                }
+            }
+            builder.with_root_certificates(roots)
+        };
+        let mut config = builder.with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(bare.to_string())
+            .map_err(|e| format!("{host:?} cannot be a TLS server name: {e}"))?;
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+/// `--insecure`: any certificate is accepted (the handshake's signatures are still checked).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A bench connection: plain TCP, or TLS over it for `wss://`.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Parses `ws://host[:port]/path` or `wss://...` (or `http://` when `scheme` is "http") and
+/// refuses anything that is not on this machine. The error is a sentence for the user.
 pub fn parse_target(url: &str, scheme: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix(scheme)
-        .and_then(|r| r.strip_prefix("://"))
-        .ok_or_else(|| {
-            format!("{url:?} is not a {scheme}:// URL; expected e.g. {scheme}://127.0.0.1:8080/path (TLS is not supported)")
-        })?;
+    let secure_scheme = format!("{scheme}s://");
+    let (secure, rest) = match url.strip_prefix(&secure_scheme) {
+        Some(r) if scheme == "ws" => (true, r),
+        _ => (
+            false,
+            url.strip_prefix(scheme)
+                .and_then(|r| r.strip_prefix("://"))
+                .ok_or_else(|| {
+                    if scheme == "ws" {
+                        format!("{url:?} is not a ws:// or wss:// URL; expected e.g. ws://127.0.0.1:8080/path")
+                    } else {
+                        format!("{url:?} is not a {scheme}:// URL; expected e.g. {scheme}://127.0.0.1:8080/path (TLS is not supported here)")
+                    }
+                })?,
+        ),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -58,6 +264,7 @@ pub fn parse_target(url: &str, scheme: &str) -> Result<Target, String> {
         Some(p) => p
             .parse()
             .map_err(|_| format!("{url:?}: port {p:?} is not a number from 1 to 65535"))?,
+        None if secure => 443,
         None => 80,
     };
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
@@ -73,6 +280,8 @@ pub fn parse_target(url: &str, scheme: &str) -> Result<Target, String> {
         host: authority.to_string(),
         path: path.to_string(),
         deflate: false,
+        secure,
+        tls: None,
     })
 }
 
@@ -91,6 +300,8 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("handshake: {0}")]
     Io(#[source] std::io::Error),
     #[error("the server answered {status} instead of 101")]
@@ -105,6 +316,7 @@ impl ConnectError {
     pub fn kind(&self) -> &'static str {
         match self {
             ConnectError::Connect { .. } => "connect",
+            ConnectError::Tls(_) => "tls",
             ConnectError::Io(_) => "handshake_io",
             ConnectError::Status { .. } => "http_status",
             ConnectError::BadHandshake(_) => "bad_handshake",
@@ -134,7 +346,7 @@ fn new_key() -> String {
 /// An open WebSocket with its read buffer.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -172,16 +384,25 @@ impl Conn {
                 addr: t.addr,
                 source,
             })?;
+        let _ = stream.set_nodelay(true);
+        let stream = match &t.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => Stream::Tls(Box::new(
+                tls.connector
+                    .connect(tls.name.clone(), stream)
+                    .await
+                    .map_err(ConnectError::Tls)?,
+            )),
+        };
         Conn::upgrade(stream, t, read_buf, protocol).await
     }
 
     async fn upgrade(
-        mut stream: TcpStream,
+        mut stream: Stream,
         t: &Target,
         read_buf: usize,
         protocol: Option<&str>,
     ) -> Result<Conn, ConnectError> {
-        let _ = stream.set_nodelay(true);
         let key = new_key();
         let mut offer = protocol.map_or(String::new(), |p| {
             format!("Sec-WebSocket-Protocol: {p}\r\n")
@@ -496,8 +717,13 @@ mod tests {
             let e = parse_target(url, "ws").unwrap_err();
             assert!(e.contains("is not a loopback address"), "{url}: {e}");
         }
-        let e = parse_target("wss://127.0.0.1/", "ws").unwrap_err();
-        assert!(e.contains("not a ws:// URL"), "{e}");
+        let t = parse_target("wss://localhost/x", "ws").unwrap();
+        assert!(t.secure);
+        assert_eq!(t.addr.port(), 443);
+        let e = parse_target("https://127.0.0.1/", "ws").unwrap_err();
+        assert!(e.contains("not a ws:// or wss:// URL"), "{e}");
+        let e = parse_target("https://127.0.0.1/", "http").unwrap_err();
+        assert!(e.contains("not a http:// URL"), "{e}");
         let e = parse_target("ws://127.0.0.1:99999/", "ws").unwrap_err();
         assert!(e.contains("port"), "{e}");
     }

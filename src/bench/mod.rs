@@ -86,7 +86,12 @@ pub async fn run_plan(plan: Plan, nofile: u64) -> Outcome {
         head.insert("ok".into(), json!(out.ok));
         head.insert(
             "url".into(),
-            json!(format!("ws://{}{}", plan.target.host, plan.target.path)),
+            json!(format!(
+                "{}://{}{}",
+                if plan.target.secure { "wss" } else { "ws" },
+                plan.target.host,
+                plan.target.path
+            )),
         );
         if let Some(p) = &plan.publish {
             head.insert(

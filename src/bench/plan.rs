@@ -53,12 +53,35 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
         .unwrap_or_else(|| args.mode.default_url().to_string());
     let mut target = parse_target(&url, "ws").map_err(|e| format!("--url: {e}"))?;
     target.deflate = args.deflate;
+    if args.ca.is_some() && args.insecure {
+        return Err("give --ca or --insecure, not both".into());
+    }
+    if !target.secure && (args.ca.is_some() || args.insecure) {
+        return Err("--ca and --insecure are for wss:// URLs; this --url is ws://".into());
+    }
+    // A wss:// target gets its TLS client, checking the certificate for the URL's host.
+    let secure = |target: &mut Target, flag: &str| -> Result<(), String> {
+        if target.secure {
+            let host = target
+                .host
+                .rsplit_once(':')
+                .filter(|(h, _)| !h.is_empty() && (!h.starts_with('[') || h.ends_with(']')))
+                .map_or(target.host.as_str(), |(h, _)| h);
+            target.tls = Some(
+                client::TlsClient::new(host, args.ca.as_deref(), args.insecure)
+                    .map_err(|e| format!("{flag}: {e}"))?,
+            );
+        }
+        Ok(())
+    };
+    secure(&mut target, "--url")?;
     let also = args
         .also_url
         .iter()
         .map(|u| {
             let mut t = parse_target(u, "ws").map_err(|e| format!("--also-url: {e}"))?;
             t.deflate = args.deflate;
+            secure(&mut t, "--also-url")?;
             Ok(t)
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -218,6 +241,16 @@ mod tests {
         }
         let e = parse("fanout --conns 100000 --msgs 10000000").unwrap_err();
         assert!(e.contains("8e9"), "{e}");
+    }
+
+    #[test]
+    fn wss_takes_a_ca_or_insecure_and_ws_takes_neither() {
+        let p = parse("echo --url wss://127.0.0.1:8443/ws/echo --insecure").unwrap();
+        assert!(p.target.secure && p.target.tls.is_some());
+        let e = parse("echo --url wss://127.0.0.1:8443/ --ca /nonexistent/ca.pem").unwrap_err();
+        assert!(e.contains("--ca /nonexistent/ca.pem: cannot read"), "{e}");
+        let e = parse("echo --url ws://127.0.0.1:8080/ --insecure").unwrap_err();
+        assert!(e.contains("for wss:// URLs"), "{e}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::de::DeTable;
 
-pub use addr::{parse_cidr, parse_listen, parse_server_addr};
+pub use addr::{parse_cidr, parse_listen, parse_server_addr, split_server_scheme};
 pub use admin::Admin;
 pub use api::Api;
 pub use broker::{Broker, BrokerKind, redis_url_problem};
@@ -38,7 +38,9 @@ pub use hooks::{ConnectFailure, Hooks, MessageFailure, RouteHooks};
 pub use hub::Hub;
 pub use jwt::Jwt;
 pub use log::{Log, LogFormat};
-pub use proxy::{Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream};
+pub use proxy::{
+    Balance, Proxy, ServerEntry, ServerTable, TunnelIo, Upstream, UpstreamTls, read_certs, read_key,
+};
 pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
 pub use server::Server;

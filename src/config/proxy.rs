@@ -3,7 +3,10 @@
 
 use serde::Deserialize;
 
-use super::addr::{parse_cidr, parse_server_addr};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::addr::{parse_cidr, parse_server_addr, split_server_scheme};
 use super::duration::Duration;
 use super::validate::{Seg, item, keys};
 
@@ -75,7 +78,8 @@ pub enum Balance {
     IpHash,
 }
 
-/// One server of an upstream: `"host:port"` or `{ addr = "host:port", weight = 2, backup = true }`.
+/// One server of an upstream: `"host:port"` or `{ addr = "host:port", weight = 2, backup = true }`;
+/// `"https://host:port"` (or `wss://`) is reached over TLS (see [`UpstreamTls`]).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum ServerEntry {
@@ -87,7 +91,7 @@ pub enum ServerEntry {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTable {
-    /// `host:port`.
+    /// `host:port`, or `https://host:port` (`wss://` alike) for a server reached over TLS.
     pub addr: String,
     /// Share of requests relative to the other servers. Default 1.
     #[serde(default = "default_weight")]
@@ -152,6 +156,82 @@ pub struct Upstream {
     /// How often the active health check runs. Default 5 s.
     #[serde(default = "default_health_interval")]
     pub health_interval: Duration,
+    /// `[upstream.tls]`: how the servers are verified (and how wsgate identifies itself) when
+    /// they are written `https://host:port`. Absent: the system's roots, each server's own host
+    /// name, no client certificate.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstream.tls]` (or `tls = { ... }` in the `[[upstream]]` table): TLS toward the servers of
+/// an upstream written as `https://host:port`, like nginx's `proxy_ssl_*` directives.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// PEM file with the CA certificate(s) the servers' certificates must chain to. Default "":
+    /// this machine's root certificates (what `curl` trusts).
+    pub ca: String,
+    /// The name sent in SNI and checked against the servers' certificates. Default "": the host
+    /// of each server's address (an IP address is checked as one).
+    pub server_name: String,
+    /// PEM file with a client certificate chain, for servers that ask for one (mutual TLS).
+    /// Default "": none. Needs `client_key`.
+    pub client_cert: String,
+    /// PEM file with the private key of `client_cert`.
+    pub client_key: String,
+    /// Accept any certificate (the handshake signature is still checked). For tests against
+    /// self-signed servers only: anyone on the path can impersonate the upstream. Logged as a
+    /// warning at start. Default false.
+    pub insecure_skip_verify: bool,
+}
+
+impl Upstream {
+    /// Whether the servers are reached over TLS (all of them are, or none: [`check`] refuses a
+    /// mix).
+    pub fn is_tls(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| split_server_scheme(&s.table().addr).is_ok_and(|(tls, _)| tls))
+    }
+}
+
+/// Reads the PEM certificates in `path` (a CA bundle or a certificate chain, leaf first).
+///
+/// # Errors
+/// A sentence saying what is wrong with the file and what to give instead.
+pub fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_problem(path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_problem(path, e))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{path} holds no PEM certificate (a -----BEGIN CERTIFICATE----- block); give a PEM certificate file"
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads the PEM private key in `path` (PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// A sentence saying what is wrong with the file and what to give instead.
+pub fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => format!(
+            "{path} holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY); give the key of the client certificate"
+        ),
+        e => pem_problem(path, e),
+    })
+}
+
+fn pem_problem(path: &str, e: pem::Error) -> String {
+    match e {
+        pem::Error::Io(io) => format!(
+            "cannot read {path}: {io}; check the path (a relative path starts from the directory wsgate runs in)"
+        ),
+        e => format!("{path} is not valid PEM ({e:?}); re-export the file in PEM format"),
+    }
 }
 
 fn default_max_fails() -> u32 {
@@ -222,6 +302,7 @@ pub(super) fn check(p: &Proxy, upstreams: &[Upstream], report: &mut impl FnMut(V
                 "is empty; list at least one \"host:port\"".into(),
             );
         }
+        let mut schemes = (0, 0);
         for (k, entry) in u.servers.iter().enumerate() {
             let t = entry.table();
             let here = vec![
@@ -230,8 +311,18 @@ pub(super) fn check(p: &Proxy, upstreams: &[Upstream], report: &mut impl FnMut(V
                 Seg::Key("servers".into()),
                 Seg::Index(k),
             ];
-            if let Err(m) = parse_server_addr(&t.addr) {
-                report(here.clone(), m);
+            match split_server_scheme(&t.addr) {
+                Ok((tls, host_port)) => {
+                    if tls {
+                        schemes.1 += 1;
+                    } else {
+                        schemes.0 += 1;
+                    }
+                    if let Err(m) = parse_server_addr(&host_port) {
+                        report(here.clone(), m);
+                    }
+                }
+                Err(m) => report(here.clone(), m),
             }
             if t.weight == 0 || t.weight > 1000 {
                 report(
@@ -242,6 +333,15 @@ pub(super) fn check(p: &Proxy, upstreams: &[Upstream], report: &mut impl FnMut(V
                     ),
                 );
             }
+        }
+        if schemes.0 > 0 && schemes.1 > 0 {
+            report(
+                at("servers"),
+                "mixes https:// servers with plain ones; the servers of one upstream are all TLS or all plain, so split them into two upstreams".into(),
+            );
+        }
+        if let Some(tls) = &u.tls {
+            check_tls(tls, i, schemes.1 > 0, report);
         }
         if !u.servers.is_empty() && u.servers.iter().all(|s| s.table().backup) {
             report(
@@ -288,6 +388,78 @@ pub(super) fn check(p: &Proxy, upstreams: &[Upstream], report: &mut impl FnMut(V
                 "must be more than 0s, e.g. \"5s\"".into(),
             );
         }
+    }
+}
+
+/// Checks `[upstream.tls]` of upstream `i`, reading the PEM files it names as `serve` would.
+fn check_tls(
+    tls: &UpstreamTls,
+    i: usize,
+    servers_tls: bool,
+    report: &mut impl FnMut(Vec<Seg>, String),
+) {
+    let at = |k: &str| {
+        vec![
+            Seg::Key("upstream".into()),
+            Seg::Index(i),
+            Seg::Key("tls".into()),
+            Seg::Key(k.into()),
+        ]
+    };
+    if !servers_tls {
+        report(
+            vec![
+                Seg::Key("upstream".into()),
+                Seg::Index(i),
+                Seg::Key("tls".into()),
+            ],
+            "is set but the servers are plain; write them as \"https://host:port\" to reach them over TLS, or remove [upstream.tls]".into(),
+        );
+    }
+    if !tls.ca.is_empty()
+        && let Err(m) = read_certs(&tls.ca)
+    {
+        report(at("ca"), m);
+    }
+    if !tls.server_name.is_empty()
+        && rustls_pki_types::ServerName::try_from(tls.server_name.as_str()).is_err()
+    {
+        report(
+            at("server_name"),
+            format!(
+                "{:?} is not a DNS name or IP address; give the name the servers' certificates are issued for",
+                tls.server_name
+            ),
+        );
+    }
+    match (tls.client_cert.is_empty(), tls.client_key.is_empty()) {
+        // Reported at the key that is there, so the message has a line to point at.
+        (false, true) => report(
+            at("client_cert"),
+            "has no client_key; add the key it was issued for (client_key = \"client.key\")".into(),
+        ),
+        (true, false) => report(
+            at("client_key"),
+            "has no client_cert; add the certificate it belongs to (client_cert = \"client.pem\")"
+                .into(),
+        ),
+        _ => {}
+    }
+    if !tls.client_cert.is_empty()
+        && let Err(m) = read_certs(&tls.client_cert)
+    {
+        report(at("client_cert"), m);
+    }
+    if !tls.client_key.is_empty()
+        && let Err(m) = read_key(&tls.client_key)
+    {
+        report(at("client_key"), m);
+    }
+    if tls.insecure_skip_verify && !tls.ca.is_empty() {
+        report(
+            at("insecure_skip_verify"),
+            "is true while ca is set, so the CA would be ignored; remove one of them".into(),
+        );
     }
 }
 

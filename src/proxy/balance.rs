@@ -16,7 +16,7 @@ use crate::config::{self, Balance};
 /// One server of an upstream.
 #[derive(Debug)]
 pub struct Server {
-    /// `host:port` as configured.
+    /// `host:port` as configured (without the `https://` of a TLS server).
     pub addr: String,
     pub weight: u32,
     pub backup: bool,
@@ -70,7 +70,7 @@ impl Upstream {
             .map(|s| {
                 let t = s.table();
                 Server {
-                    addr: t.addr,
+                    addr: config::split_server_scheme(&t.addr).map_or(t.addr, |(_, a)| a),
                     weight: t.weight.max(1),
                     backup: t.backup,
                     active: AtomicUsize::new(0),

@@ -44,12 +44,27 @@ pub enum Error {
         server: String,
         reason: String,
     },
+    #[error("upstream {upstream:?} server {server} over TLS (name {sni:?}): {failure}")]
+    Tls {
+        upstream: String,
+        server: String,
+        sni: String,
+        failure: Box<super::tls::Failure>,
+    },
     #[error("upstream {upstream:?} server {server} answered the WebSocket upgrade wrongly: {what}")]
     BadUpgrade {
         upstream: String,
         server: String,
         what: String,
     },
+}
+
+/// A keep-alive pool's error with its cause, for messages.
+pub(super) fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
 }
 
 impl Error {
@@ -60,9 +75,10 @@ impl Error {
             Error::ConnectTimeout { .. } | Error::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            Error::Connect { .. } | Error::Exchange { .. } | Error::BadUpgrade { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Error::Connect { .. }
+            | Error::Exchange { .. }
+            | Error::BadUpgrade { .. }
+            | Error::Tls { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 

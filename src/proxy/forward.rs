@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::balance::Active;
-use super::error::Error;
+use super::error::{Error, describe};
 use super::headers::{prepare_request, remove_hop_by_hop};
 use super::idle::ReadIdle;
 use super::state::{Proxy, ReqBody};
@@ -197,6 +197,17 @@ pub async fn forward(
                     NoTrailers::new(rb, Some(active), Some(ReadIdle::new(up.read_timeout))).boxed(),
                 );
             }
+            Ok(Err(e)) if e.is_connect() && super::tls::failure_in(&e).is_some() => {
+                let failure = super::tls::failure_in(&e).cloned().expect("checked above");
+                Error::Tls {
+                    upstream: up.name.clone(),
+                    server: server.addr.clone(),
+                    sni: proxy
+                        .tls(ui)
+                        .map_or_else(String::new, |t| t.sni(&server.addr)),
+                    failure: Box::new(failure),
+                }
+            }
             Ok(Err(e)) if e.is_connect() => {
                 let timed_out =
                     io_cause(&e).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
@@ -220,14 +231,27 @@ pub async fn forward(
             }
             Ok(Err(e)) => {
                 up.failed(si);
-                let reason = match std::error::Error::source(&e) {
-                    Some(s) => format!("{e}: {s}"),
-                    None => e.to_string(),
-                };
+                // With TLS 1.3 a server refuses a client certificate after the client's side
+                // of the handshake, so the refusal surfaces here, on the request.
+                if let Some(tls) = proxy.tls(ui)
+                    && let Some(io) = io_cause(&e)
+                {
+                    let sni = tls.sni(&server.addr);
+                    if let Some(failure) = tls.explain(io, &sni) {
+                        tls.count_late(&failure);
+                        return Error::Tls {
+                            upstream: up.name.clone(),
+                            server: server.addr.clone(),
+                            sni,
+                            failure: Box::new(failure),
+                        }
+                        .into_response(&path);
+                    }
+                }
                 return Error::Exchange {
                     upstream: up.name.clone(),
                     server: server.addr.clone(),
-                    reason,
+                    reason: describe(&e),
                 }
                 .into_response(&path);
             }

@@ -11,10 +11,10 @@
 use std::io;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
-
 use super::headers::{Forwarding, is_fixed_hop_by_hop};
+use super::tls::Stream;
+use crate::transport::Transport;
+use bytes::{Bytes, BytesMut};
 
 /// The most header fields read in one head: hyper's own default, so a head that hyper would
 /// take is taken here too.
@@ -283,38 +283,36 @@ impl BodyReader {
     }
 
     /// The next piece of body data; `None` at the end of the body.
-    pub fn poll_chunk(
+    pub fn poll_chunk<S: Transport>(
         &mut self,
         cx: &mut Context<'_>,
-        io: &TcpStream,
+        io: &mut S,
     ) -> Poll<io::Result<Option<Bytes>>> {
+        let mut scratch = [0u8; 8192];
         loop {
             if let Some(out) = self.step()? {
                 return Poll::Ready(Ok(out));
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8192);
-            }
-            match io.try_read_buf(&mut self.buf) {
-                Ok(0) if self.state == State::Eof => {
+            match io.poll_recv(cx, &mut scratch) {
+                Poll::Ready(Ok(0)) if self.state == State::Eof => {
                     self.state = State::Done;
                     return Poll::Ready(Ok(None));
                 }
-                Ok(0) => {
+                Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the upstream closed the connection in the middle of the body",
                     )));
                 }
-                Ok(_) => self.idle.progress(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match io.poll_read_ready(cx) {
-                    Poll::Ready(r) => r?,
-                    Poll::Pending => {
-                        self.idle.poll_expired(cx)?;
-                        return Poll::Pending;
-                    }
-                },
-                Err(e) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.extend_from_slice(&scratch[..n]);
+                    self.idle.progress();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.idle.poll_expired(cx)?;
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -401,13 +399,13 @@ fn bad_chunk(what: &str) -> io::Error {
 /// server's in-flight count until the body is done.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    io: TcpStream,
+    io: Stream,
     reader: BodyReader,
     _active: super::balance::Active,
 }
 
 impl UpstreamBody {
-    pub fn new(io: TcpStream, reader: BodyReader, active: super::balance::Active) -> Self {
+    pub fn new(io: Stream, reader: BodyReader, active: super::balance::Active) -> Self {
         UpstreamBody {
             io,
             reader,
@@ -426,7 +424,7 @@ impl hyper::body::Body for UpstreamBody {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
         let me = self.get_mut();
         me.reader
-            .poll_chunk(cx, &me.io)
+            .poll_chunk(cx, &mut me.io)
             .map(|r| r.transpose().map(|r| r.map(hyper::body::Frame::data)))
     }
 

@@ -12,6 +12,7 @@ mod h1;
 pub mod headers;
 mod idle;
 pub mod state;
+pub mod tls;
 pub mod tunnel;
 pub mod upgrade;
 pub mod uring;

@@ -10,11 +10,11 @@ use http::Request;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::Upstream;
 use super::headers::{self, Trusted};
+use super::tls::{ClientTls, Connector, SetupError};
 use super::tunnel::{self, TunnelSettings};
 use super::uring;
 use crate::config::Config;
@@ -30,8 +30,10 @@ pub struct Proxy {
     /// `(path_prefix, upstream index)`, longest prefix first.
     routes: Vec<(String, usize)>,
     pub upstreams: Vec<Arc<Upstream>>,
-    /// One keep-alive pool per upstream (connect timeouts differ per upstream).
-    clients: Vec<Client<HttpConnector, ReqBody>>,
+    /// One keep-alive pool per upstream (connect timeouts and TLS differ per upstream).
+    clients: Vec<Client<Connector, ReqBody>>,
+    /// Per upstream: TLS toward its servers, when they are `https://`.
+    tls: Vec<Option<Arc<ClientTls>>>,
     pub(super) trusted: Trusted,
     pub(super) preserve_host: bool,
     /// What every tunnel shares: the heartbeat wheel of tunnels (pings and the registry
@@ -46,7 +48,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// The proxy `cfg` describes; `shutdown` is the process's shutdown signal.
-    pub fn new(cfg: &Config, shutdown: &Shutdown) -> Self {
+    ///
+    /// # Errors
+    /// The TLS settings of an upstream that cannot be used (a CA or client key file).
+    pub fn new(cfg: &Config, shutdown: &Shutdown) -> Result<Self, SetupError> {
         let upstreams: Vec<Arc<Upstream>> = cfg
             .upstreams
             .iter()
@@ -63,12 +68,12 @@ impl Proxy {
             })
             .collect();
         routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let tls = check_tls(&cfg.upstreams)?;
         let clients = upstreams
             .iter()
-            .map(|u| {
-                let mut conn = HttpConnector::new();
-                conn.set_connect_timeout(Some(u.connect_timeout));
-                conn.set_nodelay(true);
+            .zip(&tls)
+            .map(|(u, tls)| {
+                let conn = Connector::new(tls.clone(), u.connect_timeout);
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(60))
                     .pool_timer(TokioTimer::new())
@@ -77,10 +82,11 @@ impl Proxy {
             })
             .collect();
         let p = &cfg.proxy;
-        Proxy {
+        Ok(Proxy {
             routes,
             upstreams,
             clients,
+            tls,
             trusted: Trusted::new(&p.trusted_proxies),
             preserve_host: p.preserve_host,
             tunnels: Arc::new(tunnel::Env::new(
@@ -94,7 +100,7 @@ impl Proxy {
             )),
             slots: Slots::new(cfg.server.max_connections),
             engines: std::sync::OnceLock::new(),
-        }
+        })
     }
 
     /// The upstream serving `path`: the longest matching `path_prefix`.
@@ -149,8 +155,13 @@ impl Proxy {
     }
 
     /// The keep-alive pool of upstream `ui`.
-    pub(super) fn pool(&self, ui: usize) -> &Client<HttpConnector, ReqBody> {
+    pub(super) fn pool(&self, ui: usize) -> &Client<Connector, ReqBody> {
         &self.clients[ui]
+    }
+
+    /// TLS toward the servers of upstream `ui`, when they are `https://`.
+    pub(super) fn tls(&self, ui: usize) -> Option<&Arc<ClientTls>> {
+        self.tls[ui].as_ref()
     }
 
     /// How a request from `peer` is described to upstreams.
@@ -202,10 +213,33 @@ impl Proxy {
                     if ok {
                         tracing::info!(upstream = %u.name, server = %s.addr, "health check passes again; server is back");
                     } else {
-                        tracing::warn!(upstream = %u.name, server = %s.addr, path = %u.health_path, "health check failed; server taken out until it passes");
+                        let why = match &res {
+                            Ok(Ok(r)) => format!("it answered {}", r.status()),
+                            Ok(Err(e)) => match super::tls::failure_in(e) {
+                                Some(f) => format!("TLS: {f}"),
+                                None => super::error::describe(e),
+                            },
+                            Err(_) => "no answer within connect_timeout + read_timeout".into(),
+                        };
+                        tracing::warn!(upstream = %u.name, server = %s.addr, path = %u.health_path, %why, "health check failed; server taken out until it passes");
                     }
                 }
             }
         }
     }
+}
+
+/// The TLS settings of every upstream (`None` for plain ones), read as `serve` reads them; also
+/// what `check-config` runs, so it refuses what would stop `serve`.
+///
+/// # Errors
+/// The first upstream whose TLS settings cannot be used.
+pub fn check_tls(
+    upstreams: &[crate::config::Upstream],
+) -> Result<Vec<Option<Arc<ClientTls>>>, SetupError> {
+    upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| ClientTls::new(i, u))
+        .collect()
 }

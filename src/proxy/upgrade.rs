@@ -34,6 +34,7 @@ use super::error::Error;
 use super::h1::{self, Field, Framing};
 use super::headers::Forwarding;
 use super::state::Proxy;
+use super::tls::Stream;
 use super::tunnel::{self, Guard, TunnelSlot};
 use super::uring;
 use crate::metrics::METRICS;
@@ -168,9 +169,10 @@ fn unpool(mut buf: Vec<u8>) {
     }
 }
 
-/// Connects to a server of upstream `ui`, trying the next one while connecting fails (nothing
-/// has been sent yet, so a retry is always safe).
-async fn connect(proxy: &Proxy, ui: usize, peer: SocketAddr) -> Result<(usize, TcpStream), Error> {
+/// Connects to a server of upstream `ui` (and runs the TLS handshake with an `https://` one),
+/// trying the next one while connecting fails (nothing has been sent yet, so a retry is always
+/// safe).
+async fn connect(proxy: &Proxy, ui: usize, peer: SocketAddr) -> Result<(usize, Stream), Error> {
     let up = &proxy.upstreams[ui];
     let mut tried = Vec::new();
     let mut last = None;
@@ -185,7 +187,18 @@ async fn connect(proxy: &Proxy, ui: usize, peer: SocketAddr) -> Result<(usize, T
         let err = match tokio::time::timeout(up.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                return Ok((si, s));
+                let Some(tls) = proxy.tls(ui) else {
+                    return Ok((si, Stream::Plain(s)));
+                };
+                match tls.connect(s, addr, up.connect_timeout).await {
+                    Ok(s) => return Ok((si, Stream::Tls(Box::new(s)))),
+                    Err(failure) => Error::Tls {
+                        upstream: up.name.clone(),
+                        server: addr.clone(),
+                        sni: tls.sni(addr),
+                        failure: Box::new(failure),
+                    },
+                }
             }
             Ok(Err(source)) => Error::Connect {
                 upstream: up.name.clone(),
@@ -209,7 +222,7 @@ async fn connect(proxy: &Proxy, ui: usize, peer: SocketAddr) -> Result<(usize, T
 /// What the upstream answered: a checked 101 or another final response. Its head is
 /// `buf[..head_len]`; the rest of `buf` came after it (tunnel bytes or the start of a body).
 struct Answer {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     head_len: usize,
     status: u16,
@@ -222,7 +235,7 @@ struct Answer {
 impl Answer {
     /// For a non-101 answer: the socket, a reader for the body that follows the head (framed
     /// as `framing`, each wait bounded by `read_timeout`), and the server's in-flight count.
-    fn into_body(self, framing: Framing) -> (TcpStream, h1::BodyReader, Active) {
+    fn into_body(self, framing: Framing) -> (Stream, h1::BodyReader, Active) {
         let reader = h1::BodyReader::new(
             framing,
             BytesMut::from(&self.buf[self.head_len..]),
@@ -272,12 +285,25 @@ fn parse_head(buf: &[u8], key: Option<&[u8]>) -> Result<Option<Head>, String> {
     Ok(Some(Head::Final { len, status, check }))
 }
 
+/// Why the exchange with the upstream failed: a sentence, or an I/O error (which TLS may
+/// explain).
+enum Failed {
+    Said(String),
+    Io(&'static str, std::io::Error),
+}
+
+impl From<String> for Failed {
+    fn from(s: String) -> Self {
+        Failed::Said(s)
+    }
+}
+
 /// Reads the upstream's final response head into `buf`.
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     key: Option<&[u8]>,
-) -> Result<(usize, u16, Result<(), String>), String> {
+) -> Result<(usize, u16, Result<(), String>), Failed> {
     loop {
         match parse_head(buf, key)? {
             Some(Head::Final { len, status, check }) => return Ok((len, status, check)),
@@ -288,16 +314,20 @@ async fn read_head(
             None => {}
         }
         if buf.len() >= h1::MAX_RESPONSE_HEAD {
-            return Err(format!(
+            return Err(Failed::Said(format!(
                 "its response head is larger than {} KiB",
                 h1::MAX_RESPONSE_HEAD / 1024
-            ));
+            )));
         }
         buf.reserve(4096);
         match stream.read_buf(buf).await {
-            Ok(0) => return Err("it closed the connection before sending a response".into()),
+            Ok(0) => {
+                return Err(Failed::Said(
+                    "it closed the connection before sending a response".into(),
+                ));
+            }
             Ok(_) => {}
-            Err(e) => return Err(format!("reading its response failed: {e}")),
+            Err(e) => return Err(Failed::Io("reading its response failed", e)),
         }
     }
 }
@@ -332,7 +362,7 @@ where
     let active = up.begin(si);
     let res = tokio::time::timeout(up.read_timeout, async {
         if let Err(e) = stream.write_all(&buf).await {
-            return Err(format!("sending the request failed: {e}"));
+            return Err(Failed::Io("sending the request failed", e));
         }
         buf.clear();
         read_head(&mut stream, &mut buf, key).await
@@ -345,7 +375,30 @@ where
     };
     let (head_len, status, check) = match res {
         Ok(Ok(x)) => x,
-        Ok(Err(reason)) => {
+        Ok(Err(failed)) => {
+            // With TLS 1.3 a server refuses a client certificate after the client's side of
+            // the handshake, so the refusal surfaces on the first read.
+            if let Failed::Io(_, e) = &failed
+                && let Some(tls) = proxy.tls(ui)
+            {
+                let sni = tls.sni(server);
+                if let Some(failure) = tls.explain(e, &sni) {
+                    tls.count_late(&failure);
+                    return fail(
+                        Error::Tls {
+                            upstream: up.name.clone(),
+                            server: server.clone(),
+                            sni,
+                            failure: Box::new(failure),
+                        },
+                        buf,
+                    );
+                }
+            }
+            let reason = match failed {
+                Failed::Said(s) => s,
+                Failed::Io(what, e) => format!("{what}: {e}"),
+            };
             return fail(
                 Error::Exchange {
                     upstream: up.name.clone(),
@@ -431,7 +484,7 @@ fn spawn_tunnel<C: Transport>(
     active: Active,
     mut client: C,
     c_pre: Bytes,
-    upstream: TcpStream,
+    upstream: Stream,
     u_pre: Bytes,
     head: Option<Vec<u8>>,
 ) {
@@ -464,24 +517,34 @@ fn spawn_tunnel<C: Transport>(
             Some(engines) => match client.into_tcp() {
                 Err(other) => other,
                 Ok(tcp) => {
-                    match (into_fd(tcp), into_fd(upstream)) {
-                        (Ok(client), Ok(upstream)) => engines.hand_over(uring::Handoff {
-                            client,
-                            client_leftover: c_pre,
-                            upstream,
-                            upstream_leftover: u_pre,
-                            guard: Guard { _slot, _active },
-                            late,
-                        }),
-                        (Err(e), _) | (_, Err(e)) => {
-                            tracing::warn!(error = %e, "could not hand a tunnel to io_uring; closed it");
-                        }
+                    match upstream.into_tcp() {
+                        Ok(upstream) => match (into_fd(tcp), into_fd(upstream)) {
+                            (Ok(client), Ok(upstream)) => engines.hand_over(uring::Handoff {
+                                client,
+                                client_leftover: c_pre,
+                                upstream,
+                                upstream_leftover: u_pre,
+                                guard: Guard { _slot, _active },
+                                late,
+                            }),
+                            (Err(e), _) | (_, Err(e)) => {
+                                tracing::warn!(error = %e, "could not hand a tunnel to io_uring; closed it");
+                            }
+                        },
+                        // A TLS upstream: rustls needs the bytes in user space, so the tokio
+                        // tunnel relays it, as it does a client that came in over TLS.
+                        Err(tls) => tunnel::run(tcp, c_pre, tls, u_pre, &env).await,
                     }
                     return;
                 }
             },
         };
-        tunnel::run(client, c_pre, upstream, u_pre, &env).await;
+        // Plain TCP keeps its own instance of the tunnel (readiness reads, writev); only a TLS
+        // upstream goes through the stream's dispatch.
+        match upstream {
+            Stream::Plain(tcp) => tunnel::run(client, c_pre, tcp, u_pre, &env).await,
+            tls => tunnel::run(client, c_pre, tls, u_pre, &env).await,
+        }
     });
 }
 
@@ -644,11 +707,11 @@ async fn relay_raw<S: Transport>(mut client: S, answer: Answer) {
         out.extend_from_slice(b"Connection: close\r\n\r\n");
         framing
     };
-    let (stream, mut reader, _active) = answer.into_body(framing);
+    let (mut stream, mut reader, _active) = answer.into_body(framing);
     let res: std::io::Result<()> = async {
         client.write_all(&out).await?;
         loop {
-            let chunk = std::future::poll_fn(|cx| reader.poll_chunk(cx, &stream)).await?;
+            let chunk = std::future::poll_fn(|cx| reader.poll_chunk(cx, &mut stream)).await?;
             let Some(chunk) = chunk else { break };
             if framing == Framing::Chunked {
                 client
