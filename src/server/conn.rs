@@ -46,6 +46,9 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>)
     let Some(tls) = server.tls.clone() else {
         return serve_on(stream, peer, server).await;
     };
+    // The handshake's flights, the session tickets and the 101 are small writes in a row: with
+    // Nagle on, each waits for the client's delayed ACK (tens of ms per handshake).
+    let _ = stream.set_nodelay(true);
     let timeout = server.config.server.handshake_timeout.get();
     let accepted = tokio::time::timeout(timeout, async {
         let mut stream = stream;
