@@ -29,6 +29,11 @@ pub struct Server {
     /// Loopback peers (a proxy on this machine, local tools) are not limited. Default 200; 0
     /// turns the limit off.
     pub max_handshakes_per_second_per_ip: u32,
+    /// Connections one IP address may hold open at once (HTTP connections, and hub WebSockets
+    /// for their whole life); the next gets 429 (plain HTTP) or is closed before the TLS
+    /// handshake (TLS). Loopback peers are not limited, for the same reason as above (a proxy
+    /// on this machine puts every client behind 127.0.0.1). Default 256; 0 turns it off.
+    pub max_connections_per_ip: u32,
     /// `[server.tls]`: serve `https://` and `wss://` with these certificates. Default: plain.
     pub tls: Option<Tls>,
 }
@@ -43,6 +48,7 @@ impl Default for Server {
             max_header_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
             max_handshakes_per_second_per_ip: 200,
+            max_connections_per_ip: 256,
             tls: None,
         }
     }

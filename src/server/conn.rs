@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::head::{self, HeadError};
+use super::rate::IpSlot;
 use super::router::{self, Target};
 use super::state::Server;
 use crate::metrics::METRICS;
@@ -43,8 +44,30 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>)
         // connection is closed, counted in wsgate_server_rate_limited_total and logged.
         return;
     }
+    let Some(ip_slot) = server.open_per_ip.take(peer.ip()) else {
+        METRICS.per_ip_refused.inc();
+        let max = server.open_per_ip.max();
+        tracing::info!(%peer, max, "connection refused: server.max_connections_per_ip");
+        if server.tls.is_none() {
+            let body = format!(
+                "429 Too Many Requests: {} already holds {max} open connections (server.max_connections_per_ip). \
+Close some before opening more, or raise the limit.\n",
+                peer.ip()
+            );
+            reply_and_close(
+                &mut stream,
+                StatusCode::TOO_MANY_REQUESTS,
+                &[("Retry-After", "5")],
+                &body,
+            )
+            .await;
+        }
+        return;
+    };
+    // Held by this connection and, when it becomes a hub WebSocket, by its session.
+    let ip_slot = Arc::new(ip_slot);
     let Some(tls) = server.tls.clone() else {
-        return serve_on(stream, peer, server).await;
+        return serve_on(stream, peer, server, ip_slot).await;
     };
     let timeout = server.config.server.handshake_timeout.get();
     let accepted = tokio::time::timeout(timeout, async {
@@ -67,7 +90,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>)
     match accepted {
         Ok(Some(Ok(s))) => {
             METRICS.tls_handshakes.inc();
-            serve_on(s, peer, server).await;
+            serve_on(s, peer, server, ip_slot).await;
         }
         Ok(None) => METRICS.tls_handshake_failures.inc(),
         Ok(Some(Err(e))) => {
@@ -88,7 +111,12 @@ async fn is_plain_http(stream: &TcpStream) -> bool {
 }
 
 /// Serves one connection, plain or already through its TLS handshake.
-async fn serve_on<S: Transport>(mut stream: S, peer: SocketAddr, server: Arc<Server>) {
+async fn serve_on<S: Transport>(
+    mut stream: S,
+    peer: SocketAddr,
+    server: Arc<Server>,
+    ip_slot: Arc<IpSlot>,
+) {
     let cfg = &server.config.server;
     let first = match head::read_head(
         &mut stream,
@@ -137,8 +165,9 @@ async fn serve_on<S: Transport>(mut stream: S, peer: SocketAddr, server: Arc<Ser
         };
     let io = TokioIo::new(Rewind::new(first.freeze(), stream));
     let svc_server = server.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let server = svc_server.clone();
+        req.extensions_mut().insert(ip_slot.clone());
         async move { Ok::<_, Infallible>(router::handle(req, peer, server).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
