@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wsgate::metrics::METRICS;
 
@@ -62,5 +62,107 @@ async fn open_connections_past_max_connections_per_ip_get_429_naming_the_key() {
     }
     assert_eq!(got, 200, "the closed WebSocket's place came back");
     drop(http);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_max_messages_per_second_is_closed_with_1008_naming_the_key() {
+    let srv = start("[websocket]\nmax_messages_per_second = 10\n").await;
+    let closes_before = METRICS.inbound_rate_closes.get();
+    let mut listener = connect(srv.addr, "/room/r/").await;
+    let mut s = raw_ws(srv.addr, "/room/r/").await;
+    // Ten messages are the burst the bucket holds: they pass.
+    let mut burst = Vec::new();
+    for i in 0..10 {
+        burst.extend(client_frame(1, format!("m{i}").as_bytes()));
+    }
+    s.write_all(&burst).await.unwrap();
+    for i in 0..10 {
+        assert_eq!(next_text(&mut listener).await, format!("m{i}"));
+    }
+    // Twenty more at once: the eleventh has no token left.
+    let mut flood = Vec::new();
+    for i in 10..30 {
+        flood.extend(client_frame(1, format!("m{i}").as_bytes()));
+    }
+    s.write_all(&flood).await.unwrap();
+    let (code, reason) = read_until_close(&mut s).await.expect("a Close");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        reason.contains("websocket.max_messages_per_second"),
+        "{reason}"
+    );
+    assert!(METRICS.inbound_rate_closes.get() > closes_before);
+    // Nothing past the limit was published: the next message the listener gets is a publish.
+    assert_eq!(publish(srv.addr, "room:r", "after").await, 1);
+    assert_eq!(next_text(&mut listener).await, "after");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_max_bytes_per_second_is_closed_with_1008_naming_the_key() {
+    let srv = start("[websocket]\nmax_bytes_per_second = 2048\nmax_message_bytes = 1024\n").await;
+    let mut s = raw_ws(srv.addr, "/room/b/").await;
+    // The bucket holds at least one read's worth (64 KiB); 100 KB at once empties it.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.extend(client_frame(2, &[0u8; 1000]));
+    }
+    // The server may close while this is still being written.
+    let _ = s.write_all(&flood).await;
+    let (code, reason) = read_until_close(&mut s).await.expect("a Close");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(
+        reason.contains("websocket.max_bytes_per_second"),
+        "{reason}"
+    );
+    // The echo route is a conformance tool: not limited.
+    let mut e = raw_ws(srv.addr, "/ws/echo").await;
+    e.write_all(&flood[..flood.len() / 2]).await.unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 65536];
+    tokio::time::timeout(WAIT, async {
+        while got < 50 * 1004 {
+            let n = e.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the echo route closed");
+            got += n;
+        }
+    })
+    .await
+    .expect("every echo within the wait limit");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_messages_past_max_partial_bytes_total_close_the_one_that_passes_it_with_1009() {
+    let srv = start(
+        "[websocket]\nmax_message_bytes = 200000\nmax_partial_bytes_total = 262144\nmax_bytes_per_second = 0\n",
+    )
+    .await;
+    let mut listener = connect(srv.addr, "/room/p/").await;
+    let whole = wsgate::ws::frame::encode_masked(
+        wsgate::ws::frame::OpCode::Binary,
+        true,
+        &[5u8; 200_000],
+        [1, 2, 3, 4],
+    );
+    // A holds 150 KB of its 200 KB message; B's 100 KB would pass the 256 KiB total.
+    let mut a = raw_ws(srv.addr, "/room/p/").await;
+    a.write_all(&whole[..150_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = raw_ws(srv.addr, "/room/p/").await;
+    let _ = b.write_all(&whole[..100_000]).await;
+    let (code, reason) = read_until_close(&mut b).await.expect("a Close");
+    assert_eq!(code, 1009, "{reason}");
+    assert!(
+        reason.contains("websocket.max_partial_bytes_total"),
+        "{reason}"
+    );
+    // A is unharmed: its message completes and is delivered.
+    a.write_all(&whole[150_000..]).await.unwrap();
+    match next(&mut listener).await {
+        tokio_tungstenite::tungstenite::Message::Binary(m) => assert_eq!(m.len(), 200_000),
+        other => panic!("{other:?}"),
+    }
     srv.shutdown().await;
 }

@@ -112,6 +112,12 @@ impl Route {
                 echo_to_sender: r.echo_to_sender,
                 max_message_bytes: r.max_message_bytes.unwrap_or(ws.max_message_bytes),
                 open: crate::metrics::METRICS.route_connections(&r.path),
+                inbound: (ws.max_messages_per_second > 0 || ws.max_bytes_per_second > 0).then_some(
+                    crate::ws::session::Inbound {
+                        messages_per_second: ws.max_messages_per_second,
+                        bytes_per_second: ws.max_bytes_per_second,
+                    },
+                ),
             }),
             replay: r.replay.map(|p| (p.last, p.within.get())),
             presence: r.presence,
@@ -185,13 +191,18 @@ impl Route {
 
     /// The built-in echo route at `path`.
     pub fn echo(path: &str, ws: &config::WebSocket) -> Self {
-        Route::new(
+        let mut route = Route::new(
             &config::Route {
                 on_message: OnMessage::Echo,
                 ..config::Route::hub(path, None)
             },
             ws,
-        )
+        );
+        // A conformance tool: test suites send as fast as they can, so no inbound rate here.
+        if let Some(ctx) = Arc::get_mut(&mut route.ctx) {
+            ctx.inbound = None;
+        }
+        route
     }
 
     /// Whether a browser from `origin` may connect to a request for `host` (its `Host`

@@ -76,6 +76,7 @@ impl Server {
             heartbeat: parts.heartbeat.clone(),
             close_timeout: config.websocket.close_timeout.get(),
             slots: Slots::new(config.server.max_connections),
+            partial: crate::ws::frame::PartialBudget::new(config.websocket.max_partial_bytes_total),
         });
         let per_ip = super::rate::PerIp::new(config.server.max_handshakes_per_second_per_ip);
         Server {
