@@ -255,6 +255,12 @@ impl Route {
     /// Returns the group the client joins (`Some(None)` for a route without a group).
     pub fn matches(&self, path: &str) -> Option<Result<Option<String>, String>> {
         let params = self.params(path)?;
+        // One canonical form: escapes that spell no text are refused, not kept as written.
+        for (seg, part) in self.segments.iter().zip(split(path)) {
+            if let (Segment::Param(_), Err(why)) = (seg, crate::uri::decode_name(part)) {
+                return Some(Err(why));
+            }
+        }
         let Some(template) = &self.group else {
             return Some(Ok(None));
         };
