@@ -166,3 +166,91 @@ async fn partial_messages_past_max_partial_bytes_total_close_the_one_that_passes
     }
     srv.shutdown().await;
 }
+
+/// Sends `bytes` on one connection and reads everything until the server closes it.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = s.write_all(bytes).await;
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut all)).await;
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+fn statuses(answer: &str) -> Vec<u16> {
+    answer
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| answer[i + 9..i + 12].parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_second_request_with_a_20kb_header_gets_431_not_101() {
+    let srv = start("").await;
+    let mut req = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+    let big = format!("X-Big: {}\r\n", "a".repeat(20 * 1024));
+    req.extend(upgrade_request("/room/1/", &big));
+    let answer = exchange(srv.addr, &req).await;
+    assert_eq!(statuses(&answer), vec![200, 431], "{answer}");
+    assert!(answer.contains("server.max_header_bytes"), "{answer}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_of_a_keep_alive_connection_gets_its_head_checked_with_a_sentence() {
+    let srv = start("").await;
+    let ok = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    // (second request, status, words the answer must hold)
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n"),
+            431,
+            "server.max_headers",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n".into(),
+            400,
+            "NUL byte",
+        ),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\r\n  folded\r\n\r\n".into(),
+            400,
+            "folded",
+        ),
+        (
+            "GET /healthz HTTP/1.2\r\nHost: t\r\n\r\n".into(),
+            505,
+            "HTTP/1.2",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(70 * 1024)),
+            414,
+            "server.max_header_bytes",
+        ),
+        (
+            "POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+            400,
+            "smuggle",
+        ),
+    ];
+    for (second, status, words) in &cases {
+        // Each bad head also alone, as a first request (read by wsgate before hyper).
+        let alone = exchange(srv.addr, second.as_bytes()).await;
+        assert_eq!(statuses(&alone), vec![*status], "{alone}");
+        assert!(alone.contains(words), "{words}: {alone}");
+        let answer = exchange(srv.addr, format!("{ok}{second}").as_bytes()).await;
+        assert_eq!(statuses(&answer), vec![200, *status], "{answer}");
+        assert!(answer.contains(words), "{words}: {answer}");
+    }
+    // Bodies are followed to find the next head: a fixed length, then a chunked one.
+    let publish = "POST /api/groups/g/messages HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n";
+    let seq = format!(
+        "{publish}Content-Length: 5\r\n\r\nhello{publish}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{}",
+        cases[1].0
+    );
+    let answer = exchange(srv.addr, seq.as_bytes()).await;
+    assert_eq!(statuses(&answer), vec![200, 200, 400], "{answer}");
+    assert!(answer.contains("NUL byte"), "{answer}");
+    srv.shutdown().await;
+}

@@ -118,6 +118,10 @@ async fn serve_on<S: Transport>(
     ip_slot: Arc<IpSlot>,
 ) {
     let cfg = &server.config.server;
+    let limits = head::Limits {
+        max_bytes: cfg.max_header_bytes,
+        max_headers: cfg.max_headers,
+    };
     let first = match head::read_head(
         &mut stream,
         cfg.max_header_bytes,
@@ -127,19 +131,9 @@ async fn serve_on<S: Transport>(
     {
         Ok(b) => b,
         Err(HeadError::Gone) => return,
-        Err(HeadError::TooLarge(n)) => {
-            let body = format!(
-                "431 Request Header Fields Too Large: the request head is at least {n} bytes and the limit is {} \
-(server.max_header_bytes). Send fewer or smaller headers (large cookies are the usual cause), or raise the limit.\n",
-                cfg.max_header_bytes
-            );
-            reply_and_close(
-                &mut stream,
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                &[],
-                &body,
-            )
-            .await;
+        Err(HeadError::TooLarge(seen)) => {
+            let r = head::too_large(&seen, &limits);
+            reply_and_close(&mut stream, r.status, &[], &r.body).await;
             return;
         }
         Err(HeadError::Timeout) => {
@@ -151,6 +145,10 @@ async fn serve_on<S: Transport>(
             return;
         }
     };
+    if let Err(r) = head::check(&first[..head::head_len(&first)], &limits) {
+        reply_and_close(&mut stream, r.status, &[], &r.body).await;
+        return;
+    }
     // The usual WebSocket through the proxy (a fresh connection whose first request is the
     // upgrade) skips hyper on both sides; everything else is hyper's.
     let proxy = server.proxy.clone();
@@ -163,16 +161,44 @@ async fn serve_on<S: Transport>(
             Ok(()) => return,
             Err(back) => back,
         };
-    let io = TokioIo::new(Rewind::new(first.freeze(), stream));
+    // Every later head is checked too, before hyper reads it; a refused one reaches the
+    // service as a stand-in request, answered with the refusal in its turn.
+    let refusal = Arc::new(head::Refusal::default());
+    let watch = head::Watch::new(limits, refusal.clone());
+    let io = TokioIo::new(Rewind::inspected(&first, stream, Box::new(watch)));
     let svc_server = server.clone();
+    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let server = svc_server.clone();
         req.extensions_mut().insert(ip_slot.clone());
-        async move { Ok::<_, Infallible>(router::handle(req, peer, server).await) }
+        let n = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let refused = refusal.take(n);
+        async move {
+            if let Some(r) = refused {
+                let mut resp = crate::reply::text(r.status, r.body);
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return Ok::<_, Infallible>(resp);
+            }
+            let upgrade = req.headers().contains_key(http::header::UPGRADE);
+            let mut resp = router::handle(req, peer, server).await;
+            if upgrade && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                // What follows a refused upgrade may not be HTTP, and the head watch has
+                // stepped aside: end the connection with this answer.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.handshake_timeout.get())
+        .max_headers(cfg.max_headers)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .serve_connection(io, service)
         .with_upgrades();
