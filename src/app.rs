@@ -18,6 +18,7 @@ use crate::config::{BrokerKind, Config};
 use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, raise_nofile_limit};
+use crate::metrics::METRICS;
 use crate::proxy::Proxy;
 use crate::server::tls::Tls;
 use crate::server::{Parts, Server, listener, shutdown};
@@ -244,6 +245,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // One crypto provider for the process, installed before anything speaks TLS; a second
     // start in the same process (tests) finds it installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = config;
+    resolve_max_connections(&mut config);
     let config = Arc::new(config);
     // Certificates are read before the port is bound: a bad file stops the start with its name.
     let tls = match &config.server.tls {
@@ -373,17 +376,28 @@ impl Running {
     }
 }
 
-/// Runs the server until SIGTERM or SIGINT, then drains. Used by `wsgate serve`.
-pub fn serve_blocking(config: Config) -> Result<(), StartError> {
+/// `server.max_connections = 0` (the default) becomes the open-files limit less a reserve for
+/// listeners, upstreams, Redis and logs; an explicit value above what the limit allows is
+/// logged. Both numbers are exported in `/metrics`.
+fn resolve_max_connections(config: &mut Config) {
     let nofile = raise_nofile_limit();
-    let needed = config.server.max_connections as u64 + 64;
-    if nofile > 0 && nofile < needed {
+    METRICS.nofile_limit.set(nofile);
+    let s = &mut config.server;
+    if s.max_connections == 0 {
+        // Stated in the "listening on" line, which must stay the first.
+        s.max_connections = crate::lifecycle::max_connections_for(nofile);
+    } else if nofile > 0 && nofile < s.max_connections as u64 + 64 {
         tracing::warn!(
             nofile,
-            max_connections = config.server.max_connections,
+            max_connections = s.max_connections,
             "the open files limit is below server.max_connections + 64; connections past it will fail to accept. Raise `ulimit -n` or lower server.max_connections"
         );
     }
+    METRICS.max_connections_limit.set(s.max_connections as u64);
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains. Used by `wsgate serve`.
+pub fn serve_blocking(config: Config) -> Result<(), StartError> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if config.server.workers > 0 {
         rt.worker_threads(config.server.workers);
@@ -392,6 +406,8 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
     rt.block_on(async move {
         let running = start(config).await?;
         tracing::info!(
+            max_connections = running.handle.0.config.server.max_connections,
+            open_files_limit = METRICS.nofile_limit.get(),
             "wsgate listening on {}://{} (demo page at /, publish with POST /api/groups/{{group}}/messages)",
             running.scheme(),
             running.addr

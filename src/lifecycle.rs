@@ -158,10 +158,31 @@ pub fn raise_nofile_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// `server.max_connections` when none is configured: the open-files limit less a reserve (5%,
+/// at least 256) for listeners, upstream and Redis connections and logs; 10000 when the limit is
+/// unknown.
+pub fn max_connections_for(nofile: u64) -> usize {
+    if nofile == 0 {
+        return 10_000;
+    }
+    let nofile = nofile.min(1 << 24);
+    let reserve = (nofile / 20).max(256);
+    usize::try_from(nofile.saturating_sub(reserve).max(64)).unwrap_or(10_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_default_max_connections_leaves_a_reserve_of_the_open_files_limit() {
+        assert_eq!(max_connections_for(20_000), 19_000);
+        assert_eq!(max_connections_for(1024), 768);
+        assert_eq!(max_connections_for(0), 10_000, "unknown limit");
+        assert_eq!(max_connections_for(100), 64);
+        assert_eq!(max_connections_for(u64::MAX), (1 << 24) - (1 << 24) / 20);
+    }
 
     #[test]
     fn slots_refuse_past_the_limit_and_come_back_when_dropped() {

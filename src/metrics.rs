@@ -60,6 +60,12 @@ impl Gauge {
     pub fn set(&self, v: u64) {
         self.0.set(i64::try_from(v).unwrap_or(i64::MAX));
     }
+    pub fn add(&self, n: u64) {
+        self.0.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    pub fn sub(&self, n: u64) {
+        self.0.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
     pub fn get(&self) -> u64 {
         u64::try_from(self.0.get()).unwrap_or(0)
     }
@@ -342,6 +348,13 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
     pub rate_limited: Counter,
+    pub per_ip_refused: Counter,
+    pub inbound_rate_closes: Counter,
+    pub partial_bytes: Gauge,
+    pub partial_bytes_closes: Counter,
+    pub head_refusals: Counter,
+    pub max_connections_limit: Gauge,
+    pub nofile_limit: Gauge,
     pub deflate_connections: Gauge,
     pub deflate_compressed: Counter,
     pub deflate_bytes_in: Counter,
@@ -556,6 +569,34 @@ impl Metrics {
             rate_limited: r.counter(
                 "wsgate_server_rate_limited",
                 "Connections refused by server.max_handshakes_per_second_per_ip",
+            ),
+            per_ip_refused: r.counter(
+                "wsgate_server_connections_per_ip_refused",
+                "Connections refused by server.max_connections_per_ip (that address held its maximum)",
+            ),
+            inbound_rate_closes: r.counter(
+                "wsgate_ws_inbound_rate_closes",
+                "WebSocket connections closed with 1008 for sending faster than websocket.max_messages_per_second or max_bytes_per_second",
+            ),
+            partial_bytes: r.gauge(
+                "wsgate_ws_partial_bytes",
+                "Bytes held now for client messages not yet complete, all connections together",
+            ),
+            partial_bytes_closes: r.counter(
+                "wsgate_ws_partial_bytes_closes",
+                "WebSocket connections closed with 1009 because websocket.max_partial_bytes_total was reached",
+            ),
+            head_refusals: r.counter(
+                "wsgate_server_head_refusals",
+                "Requests refused for their head (too large, too many fields, malformed) before routing",
+            ),
+            max_connections_limit: r.gauge(
+                "wsgate_server_max_connections",
+                "server.max_connections in force (by default derived from the open files limit)",
+            ),
+            nofile_limit: r.gauge(
+                "wsgate_process_open_files_limit",
+                "The soft open files limit (RLIMIT_NOFILE) after raising it to the hard limit at start",
             ),
             deflate_connections: r.gauge(
                 "wsgate_ws_deflate_connections",

@@ -9,12 +9,13 @@
 //!
 //! A leaf: nothing about HTTP routes, frames or groups lives here.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -141,16 +142,68 @@ fn read_clearing(io: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// A stream that first replays bytes already read from it.
+/// What an [`Inspect`] wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep showing it what is read.
+    More,
+    /// It has stepped aside: bytes pass untouched from now on.
+    Done,
+    /// The stream ends after what it gave out.
+    End,
+}
+
+/// Sees the bytes read through a [`Rewind`] before its reader does, and decides what the
+/// reader gets: it may hold bytes back, replace them, or end the stream.
+pub trait Inspect: Send + std::fmt::Debug {
+    /// Takes bytes just read; appends to `out` what the reader may have now.
+    fn inspect(&mut self, input: &[u8], out: &mut BytesMut) -> Flow;
+}
+
+/// A stream that first replays bytes already read from it, optionally through an [`Inspect`].
 #[derive(Debug)]
 pub struct Rewind<S> {
     prefix: Bytes,
     inner: S,
+    inspect: Option<Box<dyn Inspect>>,
+    ended: bool,
+    /// After an [`Flow::End`]: how long a close may drain what the peer still sends, so that
+    /// unread input does not turn the last answer into a reset.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a stream ended by its [`Inspect`] drains the peer when closed.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<S> Rewind<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
-        Rewind { prefix, inner }
+        Rewind {
+            prefix,
+            inner,
+            inspect: None,
+            ended: false,
+            linger: None,
+        }
+    }
+
+    /// Like [`Rewind::new`], with every byte (the prefix first) going through `inspect`.
+    pub fn inspected(prefix: &[u8], inner: S, mut inspect: Box<dyn Inspect>) -> Self {
+        let mut out = BytesMut::new();
+        let flow = inspect.inspect(prefix, &mut out);
+        let mut r = Rewind::new(out.freeze(), inner);
+        r.follow(flow, inspect);
+        r
+    }
+
+    fn follow(&mut self, flow: Flow, inspect: Box<dyn Inspect>) {
+        match flow {
+            Flow::More => self.inspect = Some(inspect),
+            Flow::Done => self.inspect = None,
+            Flow::End => {
+                self.inspect = None;
+                self.ended = true;
+            }
+        }
     }
 
     /// The stream and whatever of the prefix was not consumed.
@@ -165,17 +218,43 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+        loop {
+            if !self.prefix.is_empty() {
+                let n = self.prefix.len().min(buf.remaining());
+                buf.put_slice(&self.prefix[..n]);
+                self.prefix.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if self.ended {
+                // Not an end of stream: hyper would close at once and drop what it buffered
+                // (the stand-in its refusal answers). The last request it got says
+                // `Connection: close`, so it reads no more; closing drains the peer.
+                return Poll::Pending;
+            }
+            let Some(mut inspect) = self.inspect.take() else {
+                return Pin::new(&mut self.inner).poll_read(cx, buf);
+            };
+            let mut tmp = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut tmp);
+            let read = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+            match read {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    let mut out = BytesMut::new();
+                    let flow = inspect.inspect(rb.filled(), &mut out);
+                    self.prefix = out.freeze();
+                    self.follow(flow, inspect);
+                }
+                other => {
+                    self.inspect = Some(inspect);
+                    return other;
+                }
+            }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -201,7 +280,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if !self.ended {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        if self.linger.is_none() {
+            ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        // Drain until the peer closes too, or the linger passes.
+        loop {
+            if self
+                .linger
+                .as_mut()
+                .is_some_and(|l| l.as_mut().poll(cx).is_ready())
+            {
+                return Poll::Ready(Ok(()));
+            }
+            let mut tmp = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut tmp);
+            match ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb)) {
+                Ok(()) if !rb.filled().is_empty() => {}
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 

@@ -25,6 +25,35 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
+/// Decodes a name from a URL segment strictly (a group name's one canonical form is the text
+/// its escapes spell): a malformed escape, or escapes that are not UTF-8, are an error saying
+/// so, never kept as written (which would make `%FF` and `%25FF` one name).
+pub fn decode_name(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
+                return Err(format!(
+                    "malformed percent escape at byte {i} of the name; a % must be followed by two hex digits (write % itself as %25)"
+                ));
+            };
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| {
+        "the name's percent escapes are not UTF-8; names are text: encode them as UTF-8 before percent-encoding".to_string()
+    })
+}
+
 /// A request path in the one form wsgate matches and forwards (RFC 3986 §6.2.2): percent
 /// escapes of unreserved characters decoded, other escapes in upper case, `.` and `..`
 /// segments removed. Returns the path unchanged (borrowed) when it already is in that form.
@@ -126,6 +155,15 @@ mod tests {
         assert!(n("/app/%zz").is_err());
         assert!(n("/app/%2").is_err());
         assert!(n("/../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn names_decode_strictly_to_one_canonical_text() {
+        assert_eq!(decode_name("room:caf%C3%A9").unwrap(), "room:café");
+        assert_eq!(decode_name("room:%25FF").unwrap(), "room:%FF");
+        assert!(decode_name("room:%FF").unwrap_err().contains("not UTF-8"));
+        assert!(decode_name("room:%zz").unwrap_err().contains("malformed"));
+        assert!(decode_name("room:%2").unwrap_err().contains("malformed"));
     }
 
     #[test]

@@ -53,17 +53,6 @@ async fn a_group_listed_twice_in_one_publish_is_refused() {
     srv.shutdown().await;
 }
 
-/// This machine's address on its default route (no packet is sent: a UDP "connect" only picks
-/// the source address).
-fn non_loopback_ip() -> std::net::IpAddr {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    s.connect("192.0.2.1:9")
-        .expect("a route to the outside: the per-IP limit exempts loopback, so this test needs another local address");
-    let ip = s.local_addr().unwrap().ip();
-    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
-    ip
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_per_ip_rate_get_429_naming_the_key() {
     let ip = non_loopback_ip();

@@ -380,6 +380,14 @@ impl Api {
         peer: IpAddr,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_string();
+        // One canonical form for a group in the URL: escapes that spell no text are refused.
+        if let Some(raw) = path
+            .strip_prefix("/api/groups/")
+            .and_then(|r| r.split('/').next())
+        {
+            crate::uri::decode_name(raw)
+                .map_err(|m| ApiError::bad(format!("{m} (from the URL)")))?;
+        }
         let Some(endpoint) = Endpoint::parse(&path) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -516,6 +524,11 @@ impl Api {
                 "the body must be a JSON object like {\"group\": \"room:1\", \"data\": ...}",
             ));
         };
+        if let Some(k) = repeated_key(body) {
+            return Err(ApiError::bad(format!(
+                "the field {k:?} appears twice; parsers disagree on which one counts, so send it once"
+            )));
+        }
         if let Some(k) = obj
             .keys()
             .find(|k| !["group", "groups", "data", "b64data"].contains(&k.as_str()))
@@ -625,6 +638,33 @@ fn connection_id(id: &str) -> Result<(u64, u64), ApiError> {
 
 /// Close codes the API may ask for: the registered ones that describe a server's decision, and
 /// the ones for applications (RFC 6455 §7.4).
+/// The first key the body's top-level object repeats (serde_json would keep the last silently).
+fn repeated_key(body: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeated = None;
+            while let Some(k) = m.next_key::<String>()? {
+                m.next_value::<IgnoredAny>()?;
+                if repeated.is_none() && !seen.insert(k.clone()) {
+                    repeated = Some(k);
+                }
+            }
+            Ok(repeated)
+        }
+    }
+    serde_json::Deserializer::from_slice(body)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
+}
+
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000 | 1001 | 1008 | 1011..=1013 | 3000..=4999)
 }
@@ -762,5 +802,23 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
         Err(e) => Err(ApiError::bad(format!(
             "the request body could not be read: {e}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeated_key;
+
+    #[test]
+    fn a_repeated_key_is_found() {
+        assert_eq!(
+            repeated_key(br#"{"group": "a", "data": 1, "group": "b"}"#).as_deref(),
+            Some("group")
+        );
+        assert_eq!(
+            repeated_key(br#"{"group": "a", "data": {"x": 1, "x": 2}}"#),
+            None
+        );
+        assert_eq!(repeated_key(b"[1]"), None);
     }
 }

@@ -252,12 +252,12 @@ mod tests {
 
     #[test]
     fn collects_every_semantic_problem_with_positions() {
-        let text = "[server]\nlisten = \"nope\"\nmax_connections = 0\n\n[[route]]\npath = \"room/{id}\"\ngroup = \"g\"\n\n[[route]]\npath = \"/chat/{id}\"\ngroup = \"chat:{room}\"\n";
+        let text = "[server]\nlisten = \"nope\"\nmax_headers = 0\n\n[[route]]\npath = \"room/{id}\"\ngroup = \"g\"\n\n[[route]]\npath = \"/chat/{id}\"\ngroup = \"chat:{room}\"\n";
         let p = problems(text);
         assert_eq!(p.len(), 4, "{p:#?}");
         assert!(p[0].starts_with("t.toml:2:1: server.listen:"), "{}", p[0]);
         assert!(
-            p[1].starts_with("t.toml:3:1: server.max_connections:"),
+            p[1].starts_with("t.toml:3:1: server.max_headers:"),
             "{}",
             p[1]
         );

@@ -16,12 +16,17 @@ pub struct Server {
     /// Worker threads; 0 means one per CPU core. Default 0.
     pub workers: usize,
     /// Most WebSocket connections held at once; the next handshake gets 503. Hub connections and
-    /// proxy tunnels are limited separately, each by this number. Default 10000.
+    /// proxy tunnels are limited separately, each by this number. Default 0: the open-files
+    /// limit (raised to its hard limit at start) less a reserve of 5% (at least 256), stated in
+    /// the start log and exported as `wsgate_server_max_connections`.
     pub max_connections: usize,
     /// Time a client has to send a complete request head. Default 10 s.
     pub handshake_timeout: Duration,
     /// Largest request head (request line plus headers) in bytes; larger gets 431. Default 16384.
     pub max_header_bytes: usize,
+    /// Most header fields one request may have, on every request of a connection; more gets
+    /// 431 naming this key. Default 100.
+    pub max_headers: usize,
     /// After SIGTERM/SIGINT, how long clients get to finish the closing handshake. Default 10 s.
     pub shutdown_grace: Duration,
     /// New connections one IP address may open per second (a burst of this many, refilled
@@ -29,6 +34,11 @@ pub struct Server {
     /// Loopback peers (a proxy on this machine, local tools) are not limited. Default 200; 0
     /// turns the limit off.
     pub max_handshakes_per_second_per_ip: u32,
+    /// Connections one IP address may hold open at once (HTTP connections, and hub WebSockets
+    /// for their whole life); the next gets 429 (plain HTTP) or is closed before the TLS
+    /// handshake (TLS). Loopback peers are not limited, for the same reason as above (a proxy
+    /// on this machine puts every client behind 127.0.0.1). Default 256; 0 turns it off.
+    pub max_connections_per_ip: u32,
     /// `[server.tls]`: serve `https://` and `wss://` with these certificates. Default: plain.
     pub tls: Option<Tls>,
 }
@@ -38,11 +48,13 @@ impl Default for Server {
         Server {
             listen: "127.0.0.1:8080".into(),
             workers: 0,
-            max_connections: 10_000,
+            max_connections: 0,
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            max_headers: 100,
             shutdown_grace: Duration::from_secs(10),
             max_handshakes_per_second_per_ip: 200,
+            max_connections_per_ip: 256,
             tls: None,
         }
     }
@@ -55,18 +67,21 @@ impl Server {
         if let Err(m) = parse_listen(&s.listen) {
             report(keys(&["server", "listen"]), m);
         }
-        if s.max_connections == 0 {
-            report(
-                keys(&["server", "max_connections"]),
-                "must be at least 1".into(),
-            );
-        }
         if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
             report(
                 keys(&["server", "max_header_bytes"]),
                 format!(
                     "{} is out of range; use 1024 to 1048576 (default 16384)",
                     s.max_header_bytes
+                ),
+            );
+        }
+        if !(1..=1024).contains(&s.max_headers) {
+            report(
+                keys(&["server", "max_headers"]),
+                format!(
+                    "{} is out of range; use 1 to 1024 (default 100)",
+                    s.max_headers
                 ),
             );
         }

@@ -61,6 +61,19 @@ pub struct WebSocket {
     /// negotiated compression (small messages shrink little and cost CPU to inflate). Routes
     /// may override it. Default 256 bytes; 0 compresses everything.
     pub compression_min_bytes: usize,
+    /// Messages one client may send per second on a hub route (a token bucket holding one
+    /// second's worth, so a burst of this many passes); past it the connection is closed with
+    /// 1008 naming this key. The echo route is not limited (it is for conformance tests).
+    /// Default 1000; 0 turns it off.
+    pub max_messages_per_second: u32,
+    /// Bytes (frames as read, headers included) one client may send per second on a hub route,
+    /// likewise; the bucket always holds at least one largest message. Default 1048576 (1 MiB);
+    /// 0 turns it off.
+    pub max_bytes_per_second: usize,
+    /// Memory all connections together may hold for client messages not yet complete (a frame
+    /// announcing a large message costs only what has arrived). The connection whose bytes would
+    /// pass it is closed with 1009 naming this key. Default 268435456 (256 MiB).
+    pub max_partial_bytes_total: usize,
 }
 
 impl Default for WebSocket {
@@ -79,6 +92,9 @@ impl Default for WebSocket {
             recovery_max_publications: 300,
             compression: Compression::On,
             compression_min_bytes: 256,
+            max_messages_per_second: 1000,
+            max_bytes_per_second: 1024 * 1024,
+            max_partial_bytes_total: 256 * 1024 * 1024,
         }
     }
 }
@@ -168,6 +184,24 @@ impl WebSocket {
             if v == 0 {
                 report(keys(&["websocket", key]), "must be at least 1".into());
             }
+        }
+        if w.max_bytes_per_second != 0 && w.max_bytes_per_second < 1024 {
+            report(
+                keys(&["websocket", "max_bytes_per_second"]),
+                format!(
+                    "{} is too low for any client; use at least 1024 (default 1048576), or 0 to turn the limit off",
+                    w.max_bytes_per_second
+                ),
+            );
+        }
+        if w.max_partial_bytes_total < w.max_message_bytes.max(64 * 1024) {
+            report(
+                keys(&["websocket", "max_partial_bytes_total"]),
+                format!(
+                    "{} would refuse a single largest message; use at least websocket.max_message_bytes and 65536 (default 268435456)",
+                    w.max_partial_bytes_total
+                ),
+            );
         }
         if w.max_group_bytes == 0 {
             report(

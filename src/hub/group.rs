@@ -110,8 +110,40 @@ pub fn check_name(group: &str, max_bytes: usize) -> Result<(), String> {
             group.len()
         ));
     }
-    if group.chars().any(char::is_control) {
-        return Err("the group name contains control characters".into());
+    if let Some(c) = group.chars().find(|&c| c.is_control() || is_format(c)) {
+        // The name itself is not echoed: the character is what would make it misleading.
+        return Err(format!(
+            "the group name holds U+{:04X}, a {} character, which group names may not hold (it could make one name look like another in answers and logs)",
+            c as u32,
+            if c.is_control() {
+                "control"
+            } else {
+                "bidirectional or invisible formatting"
+            }
+        ));
     }
     Ok(())
+}
+
+/// Bidirectional overrides and marks, and invisible joiners and spaces (Trojan Source, CVE-2021-42574).
+fn is_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn format_and_control_characters_are_refused_by_code_point() {
+        let e = check_name("room:\u{202E}1", 255).unwrap_err();
+        assert!(e.contains("U+202E"), "{e}");
+        assert!(!e.contains("room:"), "the name is not echoed: {e}");
+        assert!(check_name("a\nb", 255).unwrap_err().contains("U+000A"));
+        assert!(check_name("a\u{200B}b", 255).is_err());
+        assert!(check_name("room:café", 255).is_ok());
+    }
 }

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::rate::IpSlot;
 use super::route::Route;
 use super::state::Server;
 use crate::auth::{Grant, JwtError};
@@ -194,6 +195,8 @@ pub async fn websocket(
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = route.ctx.clone();
+    // The peer's place under server.max_connections_per_ip stays taken while the session runs.
+    let ip_slot = req.extensions().get::<Arc<IpSlot>>().cloned();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -215,10 +218,10 @@ pub async fn websocket(
                     leftover.extend_from_slice(&read_buf);
                     (stream, leftover.freeze())
                 };
-                joined.start(stream, leftover, ctx);
+                joined.start(stream, leftover, ctx, ip_slot);
             }
             // Not plain TCP underneath: the upgraded stream replays what it buffered itself.
-            Err(upgraded) => joined.start(TokioIo::new(upgraded), Bytes::new(), ctx),
+            Err(upgraded) => joined.start(TokioIo::new(upgraded), Bytes::new(), ctx, ip_slot),
         }
     });
     METRICS.handshakes_accepted.inc();
@@ -539,7 +542,13 @@ impl Joined {
     }
 
     /// Starts the session task for the upgraded connection.
-    fn start<S: Transport>(mut self, stream: S, leftover: Bytes, ctx: Arc<RouteCtx>) {
+    fn start<S: Transport>(
+        mut self,
+        stream: S,
+        leftover: Bytes,
+        ctx: Arc<RouteCtx>,
+        ip_slot: Option<Arc<IpSlot>>,
+    ) {
         if let Some(slot) = self.slot.take() {
             slot.keep();
         }
@@ -554,7 +563,17 @@ impl Joined {
         )
         .with_extras(self.extras.take())
         .compressing(self.compression);
-        tokio::spawn(session);
+        match ip_slot {
+            Some(held) => {
+                tokio::spawn(async move {
+                    session.await;
+                    drop(held);
+                });
+            }
+            None => {
+                tokio::spawn(session);
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::head::{self, HeadError};
+use super::rate::IpSlot;
 use super::router::{self, Target};
 use super::state::Server;
 use crate::metrics::METRICS;
@@ -43,8 +44,30 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>)
         // connection is closed, counted in wsgate_server_rate_limited_total and logged.
         return;
     }
+    let Some(ip_slot) = server.open_per_ip.take(peer.ip()) else {
+        METRICS.per_ip_refused.inc();
+        let max = server.open_per_ip.max();
+        tracing::info!(%peer, max, "connection refused: server.max_connections_per_ip");
+        if server.tls.is_none() {
+            let body = format!(
+                "429 Too Many Requests: {} already holds {max} open connections (server.max_connections_per_ip). \
+Close some before opening more, or raise the limit.\n",
+                peer.ip()
+            );
+            reply_and_close(
+                &mut stream,
+                StatusCode::TOO_MANY_REQUESTS,
+                &[("Retry-After", "5")],
+                &body,
+            )
+            .await;
+        }
+        return;
+    };
+    // Held by this connection and, when it becomes a hub WebSocket, by its session.
+    let ip_slot = Arc::new(ip_slot);
     let Some(tls) = server.tls.clone() else {
-        return serve_on(stream, peer, server).await;
+        return serve_on(stream, peer, server, ip_slot).await;
     };
     // The handshake's flights, the session tickets and the 101 are small writes in a row: with
     // Nagle on, each waits for the client's delayed ACK (tens of ms per handshake).
@@ -70,7 +93,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>)
     match accepted {
         Ok(Some(Ok(s))) => {
             METRICS.tls_handshakes.inc();
-            serve_on(s, peer, server).await;
+            serve_on(s, peer, server, ip_slot).await;
         }
         Ok(None) => METRICS.tls_handshake_failures.inc(),
         Ok(Some(Err(e))) => {
@@ -91,8 +114,17 @@ async fn is_plain_http(stream: &TcpStream) -> bool {
 }
 
 /// Serves one connection, plain or already through its TLS handshake.
-async fn serve_on<S: Transport>(mut stream: S, peer: SocketAddr, server: Arc<Server>) {
+async fn serve_on<S: Transport>(
+    mut stream: S,
+    peer: SocketAddr,
+    server: Arc<Server>,
+    ip_slot: Arc<IpSlot>,
+) {
     let cfg = &server.config.server;
+    let limits = head::Limits {
+        max_bytes: cfg.max_header_bytes,
+        max_headers: cfg.max_headers,
+    };
     let first = match head::read_head(
         &mut stream,
         cfg.max_header_bytes,
@@ -102,19 +134,9 @@ async fn serve_on<S: Transport>(mut stream: S, peer: SocketAddr, server: Arc<Ser
     {
         Ok(b) => b,
         Err(HeadError::Gone) => return,
-        Err(HeadError::TooLarge(n)) => {
-            let body = format!(
-                "431 Request Header Fields Too Large: the request head is at least {n} bytes and the limit is {} \
-(server.max_header_bytes). Send fewer or smaller headers (large cookies are the usual cause), or raise the limit.\n",
-                cfg.max_header_bytes
-            );
-            reply_and_close(
-                &mut stream,
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                &[],
-                &body,
-            )
-            .await;
+        Err(HeadError::TooLarge(seen)) => {
+            let r = head::too_large(&seen, &limits);
+            reply_and_close(&mut stream, r.status, &[], &r.body).await;
             return;
         }
         Err(HeadError::Timeout) => {
@@ -126,6 +148,10 @@ async fn serve_on<S: Transport>(mut stream: S, peer: SocketAddr, server: Arc<Ser
             return;
         }
     };
+    if let Err(r) = head::check(&first[..head::head_len(&first)], &limits) {
+        reply_and_close(&mut stream, r.status, &[], &r.body).await;
+        return;
+    }
     // The usual WebSocket through the proxy (a fresh connection whose first request is the
     // upgrade) skips hyper on both sides; everything else is hyper's.
     let proxy = server.proxy.clone();
@@ -138,15 +164,44 @@ async fn serve_on<S: Transport>(mut stream: S, peer: SocketAddr, server: Arc<Ser
             Ok(()) => return,
             Err(back) => back,
         };
-    let io = TokioIo::new(Rewind::new(first.freeze(), stream));
+    // Every later head is checked too, before hyper reads it; a refused one reaches the
+    // service as a stand-in request, answered with the refusal in its turn.
+    let refusal = Arc::new(head::Refusal::default());
+    let watch = head::Watch::new(limits, refusal.clone());
+    let io = TokioIo::new(Rewind::inspected(&first, stream, Box::new(watch)));
     let svc_server = server.clone();
-    let service = service_fn(move |req| {
+    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let server = svc_server.clone();
-        async move { Ok::<_, Infallible>(router::handle(req, peer, server).await) }
+        req.extensions_mut().insert(ip_slot.clone());
+        let n = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let refused = refusal.take(n);
+        async move {
+            if let Some(r) = refused {
+                let mut resp = crate::reply::text(r.status, r.body);
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return Ok::<_, Infallible>(resp);
+            }
+            let upgrade = req.headers().contains_key(http::header::UPGRADE);
+            let mut resp = router::handle(req, peer, server).await;
+            if upgrade && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                // What follows a refused upgrade may not be HTTP, and the head watch has
+                // stepped aside: end the connection with this answer.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.handshake_timeout.get())
+        .max_headers(cfg.max_headers)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .serve_connection(io, service)
         .with_upgrades();

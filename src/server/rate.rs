@@ -1,12 +1,14 @@
-//! New connections per second from one IP address (`server.max_handshakes_per_second_per_ip`):
-//! a token bucket per address, refilled continuously, holding at most one second's worth. Only
-//! the accept path takes its lock, never a session or a tunnel. Loopback peers are not limited:
-//! they are a proxy on this machine (which would put every client in one bucket), health checks
-//! or local tools.
+//! Per IP address limits taken at accept: new connections per second
+//! (`server.max_handshakes_per_second_per_ip`, a token bucket per address, refilled
+//! continuously, holding at most one second's worth) and connections open at once
+//! (`server.max_connections_per_ip`, a count per address given back when the connection ends).
+//! Only the accept path and a connection's end take their locks, never a session's reads or
+//! writes. Loopback peers are not limited: they are a proxy on this machine (which would put every
+//! client behind one address), health checks or local tools.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Addresses kept before idle ones are forgotten.
@@ -56,6 +58,67 @@ impl PerIp {
     }
 }
 
+/// Connections open at once per address (`server.max_connections_per_ip`).
+#[derive(Debug)]
+pub struct OpenPerIp {
+    /// 0 turns the limit off.
+    max: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One counted connection of an address, given back when dropped (whoever holds it last: the
+/// HTTP connection, or the WebSocket session it became).
+#[derive(Debug)]
+pub struct IpSlot(Option<(Arc<OpenPerIp>, IpAddr)>);
+
+impl OpenPerIp {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(OpenPerIp {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it holds `max` already.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.max == 0 || ip.is_loopback() {
+            return Some(IpSlot(None));
+        }
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((self.clone(), ip))))
+    }
+
+    /// Connections `ip` holds now.
+    pub fn open(&self, ip: IpAddr) -> u32 {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((limit, ip)) = self.0.take() {
+            let mut open = limit.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    // Forgotten at once: the map holds only addresses with connections open.
+                    open.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +143,30 @@ mod tests {
         assert!(
             (0..10).all(|_| l.allow_at(lo, t)),
             "loopback is not limited"
+        );
+    }
+
+    #[test]
+    fn open_connections_per_ip_are_counted_and_given_back() {
+        let l = OpenPerIp::new(2);
+        let ip: IpAddr = "203.0.113.1".parse().unwrap();
+        let other: IpAddr = "203.0.113.2".parse().unwrap();
+        let a = l.take(ip).unwrap();
+        let _b = l.take(ip).unwrap();
+        assert!(l.take(ip).is_none(), "the third from one address");
+        assert!(l.take(other).is_some(), "another address counts apart");
+        drop(a);
+        assert_eq!(l.open(ip), 1);
+        assert!(
+            l.take(ip).is_some(),
+            "a closed connection gives its place back"
+        );
+        let lo: IpAddr = "::1".parse().unwrap();
+        let held: Vec<_> = (0..10).map(|_| l.take(lo)).collect();
+        assert!(held.iter().all(Option::is_some), "loopback is not limited");
+        assert!(
+            OpenPerIp::new(0).take(ip).is_some(),
+            "0 turns the limit off"
         );
     }
 }

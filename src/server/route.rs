@@ -112,6 +112,12 @@ impl Route {
                 echo_to_sender: r.echo_to_sender,
                 max_message_bytes: r.max_message_bytes.unwrap_or(ws.max_message_bytes),
                 open: crate::metrics::METRICS.route_connections(&r.path),
+                inbound: (ws.max_messages_per_second > 0 || ws.max_bytes_per_second > 0).then_some(
+                    crate::ws::session::Inbound {
+                        messages_per_second: ws.max_messages_per_second,
+                        bytes_per_second: ws.max_bytes_per_second,
+                    },
+                ),
             }),
             replay: r.replay.map(|p| (p.last, p.within.get())),
             presence: r.presence,
@@ -185,13 +191,18 @@ impl Route {
 
     /// The built-in echo route at `path`.
     pub fn echo(path: &str, ws: &config::WebSocket) -> Self {
-        Route::new(
+        let mut route = Route::new(
             &config::Route {
                 on_message: OnMessage::Echo,
                 ..config::Route::hub(path, None)
             },
             ws,
-        )
+        );
+        // A conformance tool: test suites send as fast as they can, so no inbound rate here.
+        if let Some(ctx) = Arc::get_mut(&mut route.ctx) {
+            ctx.inbound = None;
+        }
+        route
     }
 
     /// Whether a browser from `origin` may connect to a request for `host` (its `Host`
@@ -244,6 +255,12 @@ impl Route {
     /// Returns the group the client joins (`Some(None)` for a route without a group).
     pub fn matches(&self, path: &str) -> Option<Result<Option<String>, String>> {
         let params = self.params(path)?;
+        // One canonical form: escapes that spell no text are refused, not kept as written.
+        for (seg, part) in self.segments.iter().zip(split(path)) {
+            if let (Segment::Param(_), Err(why)) = (seg, crate::uri::decode_name(part)) {
+                return Some(Err(why));
+            }
+        }
         let Some(template) = &self.group else {
             return Some(Ok(None));
         };

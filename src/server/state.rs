@@ -55,6 +55,8 @@ pub struct Server {
     pub jwt: Option<Arc<Jwt>>,
     /// `server.max_handshakes_per_second_per_ip`.
     pub per_ip: super::rate::PerIp,
+    /// `server.max_connections_per_ip`.
+    pub open_per_ip: Arc<super::rate::OpenPerIp>,
     next_id: AtomicU64,
     /// The main listener's accept loop is running.
     accepting: AtomicBool,
@@ -74,10 +76,12 @@ impl Server {
             heartbeat: parts.heartbeat.clone(),
             close_timeout: config.websocket.close_timeout.get(),
             slots: Slots::new(config.server.max_connections),
+            partial: crate::ws::frame::PartialBudget::new(config.websocket.max_partial_bytes_total),
         });
         let per_ip = super::rate::PerIp::new(config.server.max_handshakes_per_second_per_ip);
         Server {
             per_ip,
+            open_per_ip: super::rate::OpenPerIp::new(config.server.max_connections_per_ip),
             config,
             routes,
             echo,

@@ -24,6 +24,7 @@ impl CloseCode {
     pub const GOING_AWAY: CloseCode = CloseCode(1001);
     pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
     pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
+    pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);

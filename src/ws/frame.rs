@@ -3,8 +3,13 @@
 //! The decoder is fed whatever bytes a read returned, unmasks them in place, and keeps at most a
 //! partial frame header (< 14 bytes) between reads, so an idle connection holds no buffer. Message
 //! payloads are gathered into a buffer that already has room for the outgoing header in front,
-//! so echoing or broadcasting a message costs no second copy. Text is validated as UTF-8 as the
+//! so echoing or broadcasting a message costs no second copy. That buffer grows with the bytes
+//! that actually arrive, never with the length a header announces (a header is free to send), and
+//! what unfinished messages hold is counted against one process-wide [`PartialBudget`]. Text is validated as UTF-8 as the
 //! bytes arrive (fail fast, §8.1), not only when the message completes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -241,6 +246,28 @@ struct Current {
     remaining: u64,
 }
 
+/// Memory every decoder sharing it may hold for messages not yet complete
+/// (`websocket.max_partial_bytes_total`), counted by buffer capacity.
+#[derive(Debug)]
+pub struct PartialBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl PartialBudget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(PartialBudget {
+            held: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
 /// Streaming decoder for frames a client sends (masked; permessage-deflate when negotiated).
 #[derive(Debug)]
 pub struct Decoder {
@@ -257,6 +284,16 @@ pub struct Decoder {
     message: BytesMut,
     utf8_checked: usize,
     control: BytesMut,
+    /// Where what `message` holds is counted, and how much of it is counted now.
+    budget: Option<Arc<PartialBudget>>,
+    counted: usize,
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        self.message = BytesMut::new();
+        let _ = self.account();
+    }
 }
 
 impl Decoder {
@@ -272,7 +309,51 @@ impl Decoder {
             message: BytesMut::new(),
             utf8_checked: 0,
             control: BytesMut::new(),
+            budget: None,
+            counted: 0,
         }
+    }
+
+    /// Counts what unfinished messages hold against `budget`; a feed that takes it past its
+    /// maximum fails with 1009.
+    pub fn budgeted(mut self, budget: Arc<PartialBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Brings the budget up to date with what `message` holds now (nothing once a message was
+    /// handed out), and says whether the budget is exceeded.
+    fn account(&mut self) -> Result<(), ProtocolError> {
+        let Some(b) = &self.budget else {
+            return Ok(());
+        };
+        let now = self.message.capacity();
+        if now == self.counted {
+            return Ok(());
+        }
+        let metric = &crate::metrics::METRICS.partial_bytes;
+        if now < self.counted {
+            let freed = self.counted - now;
+            b.held.fetch_sub(freed, Ordering::Relaxed);
+            metric.sub(freed as u64);
+            self.counted = now;
+            return Ok(());
+        }
+        let grown = now - self.counted;
+        let total = b.held.fetch_add(grown, Ordering::Relaxed) + grown;
+        metric.add(grown as u64);
+        self.counted = now;
+        if total > b.max {
+            crate::metrics::METRICS.partial_bytes_closes.inc();
+            return Err(ProtocolError::new(
+                CloseCode::MESSAGE_TOO_BIG,
+                format!(
+                    "server busy: unfinished messages hold over {} bytes (websocket.max_partial_bytes_total); retry later",
+                    b.max
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Accepts messages compressed with permessage-deflate (negotiated for this connection).
@@ -298,6 +379,16 @@ impl Decoder {
     /// Feeds bytes from the socket; `on_event` is called for every complete event in order.
     /// Stops at the first protocol error, which the caller must answer with a Close.
     pub fn feed(
+        &mut self,
+        data: &mut [u8],
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<(), ProtocolError> {
+        let fed = self.feed_frames(data, on_event);
+        let counted = self.account();
+        fed.and(counted)
+    }
+
+    fn feed_frames(
         &mut self,
         mut data: &mut [u8],
         on_event: &mut dyn FnMut(Event),
@@ -332,9 +423,12 @@ impl Decoder {
             cur.remaining -= n as u64;
             let opcode = cur.opcode;
             let done = cur.remaining == 0;
+            // What the message still announces, when this is its last frame.
+            let cur_left = cur.fin.then_some(cur.remaining as usize);
             if opcode.is_control() {
                 self.control.extend_from_slice(chunk);
             } else {
+                self.make_room(chunk.len(), cur_left);
                 self.message.extend_from_slice(chunk);
                 // A compressed message is checked once inflated.
                 if self.message_opcode == Some(OpCode::Text) && !self.compressed {
@@ -346,6 +440,28 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+
+    /// Room in `message` for `n` more bytes, with `left` more announced after them when this is
+    /// the message's last frame. The first bytes get room for a header in front and for what
+    /// arrived (exact when the whole message came in one read, the usual case); later growth
+    /// doubles what is held (so many fragments cost no quadratic copying), but never past the
+    /// message's announced end or its limit: a buffer holds at most twice what arrived.
+    fn make_room(&mut self, n: usize, left: Option<usize>) {
+        if self.message.is_empty() {
+            self.message = BytesMut::with_capacity(SERVER_HEADER_MAX + n);
+            self.message.resize(SERVER_HEADER_MAX, 0);
+            return;
+        }
+        let len = self.message.len();
+        if self.message.capacity() - len >= n {
+            return;
+        }
+        let end = left.map_or(SERVER_HEADER_MAX + self.compressed_limit(), |l| len + n + l);
+        let target = (len + n).max((2 * len).min(end));
+        let mut grown = BytesMut::with_capacity(target);
+        grown.extend_from_slice(&self.message);
+        self.message = grown;
     }
 
     fn start_frame(&mut self, h: Header) -> Result<(), ProtocolError> {
@@ -429,13 +545,6 @@ impl Decoder {
                     C::MESSAGE_TOO_BIG,
                     format!("message over the {} byte limit", self.max_message),
                 ));
-            }
-            if self.message.is_empty() {
-                let first = (h.len as usize).min(64 * 1024);
-                self.message.reserve(SERVER_HEADER_MAX + first);
-                self.message.resize(SERVER_HEADER_MAX, 0);
-            } else {
-                self.message.reserve((h.len as usize).min(1 << 20));
             }
         }
         self.current = Some(Current {
@@ -698,6 +807,43 @@ mod tests {
             decode_all(&two, 1000).1.unwrap().code,
             CloseCode::MESSAGE_TOO_BIG
         );
+    }
+
+    #[test]
+    fn an_announced_length_reserves_nothing_and_partial_bytes_are_budgeted() {
+        let budget = PartialBudget::new(100_000);
+        let wire = encode_masked(OpCode::Binary, true, &[7u8; 65536], MASK);
+        let mut d = Decoder::new(1 << 20).budgeted(budget.clone());
+        // The header and 100 bytes of a 64 KiB message: what is held follows what came.
+        let mut part = wire[..14 + 100].to_vec();
+        d.feed(&mut part, &mut |_| {}).unwrap();
+        assert!(budget.held() < 1024, "held {} bytes", budget.held());
+        // A second decoder passing the budget is refused with 1009 naming the key.
+        let mut e = Decoder::new(1 << 20).budgeted(budget.clone());
+        let mut big = wire[..14 + 60_000].to_vec();
+        e.feed(&mut big, &mut |_| {}).unwrap();
+        let mut more = wire[14 + 60_000..].to_vec();
+        let mut d2 = Decoder::new(1 << 20).budgeted(budget.clone());
+        let mut big2 = wire[..14 + 60_000].to_vec();
+        let err = d2.feed(&mut big2, &mut |_| {}).unwrap_err();
+        assert_eq!(err.code, CloseCode::MESSAGE_TOO_BIG);
+        assert!(
+            err.reason.contains("websocket.max_partial_bytes_total"),
+            "{}",
+            err.reason
+        );
+        drop(d2);
+        // A message that completes gives its bytes back; so does a dropped decoder.
+        let mut got = 0;
+        e.feed(&mut more, &mut |ev| {
+            if let Event::Message(m) = ev {
+                got = m.payload().len();
+            }
+        })
+        .unwrap();
+        assert_eq!(got, 65536);
+        drop(d);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

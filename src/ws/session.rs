@@ -25,9 +25,9 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::close::{CloseReason, ProtocolError};
+use super::close::{CloseCode, CloseReason, ProtocolError};
 use super::codec::{Compression, RAW};
-use super::frame::{self, Decoder, Event, OpCode};
+use super::frame::{self, Decoder, Event, OpCode, PartialBudget};
 use super::heartbeat::Heartbeat;
 use super::outbox::Outbox;
 use super::relay::Extras;
@@ -40,8 +40,10 @@ use crate::lifecycle::Slots;
 use crate::metrics::METRICS;
 use crate::transport::Transport;
 
+const SCRATCH_LEN: usize = 64 * 1024;
+
 thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
 }
 
 /// Most frames written by one `writev`.
@@ -59,6 +61,49 @@ pub struct RouteCtx {
     pub max_message_bytes: usize,
     /// This route's open-connections gauge, resolved when the route was built.
     pub open: crate::metrics::Gauge,
+    /// How fast a client may send on this route; `None`: as fast as it likes (the echo route).
+    pub inbound: Option<Inbound>,
+}
+
+/// `websocket.max_messages_per_second` and `max_bytes_per_second` (0: that one is off).
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound {
+    pub messages_per_second: u32,
+    pub bytes_per_second: usize,
+}
+
+/// A connection's two token buckets, each holding one second's worth (the bytes bucket at least
+/// one largest message and one read, so a legal message always fits).
+#[derive(Debug)]
+struct Buckets {
+    messages: f64,
+    bytes: f64,
+    bytes_cap: f64,
+    at: std::time::Instant,
+}
+
+impl Buckets {
+    fn new(limit: &Inbound, max_message: usize) -> Self {
+        let bytes_cap = limit
+            .bytes_per_second
+            .max(max_message + frame::SERVER_HEADER_MAX)
+            .max(SCRATCH_LEN) as f64;
+        Buckets {
+            messages: f64::from(limit.messages_per_second),
+            bytes: bytes_cap,
+            bytes_cap,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, limit: &Inbound) {
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        let m = f64::from(limit.messages_per_second);
+        self.messages = (self.messages + secs * m).min(m);
+        self.bytes = (self.bytes + secs * limit.bytes_per_second as f64).min(self.bytes_cap);
+    }
 }
 
 /// What every session shares: one `Arc` per session instead of one per handle.
@@ -71,6 +116,8 @@ pub struct Env {
     /// WebSocket connections open or being upgraded; each session gives its place back when
     /// dropped.
     pub slots: Arc<Slots>,
+    /// `websocket.max_partial_bytes_total`, shared by every session's decoder.
+    pub partial: Arc<PartialBudget>,
 }
 
 /// A session ready to run: a future that ends when the connection is closed. Dropping it (at
@@ -107,6 +154,8 @@ pub struct Session<S = TcpStream> {
     /// What was agreed for permessage-deflate, when the client negotiated it (shared by every
     /// such connection of the route: no per-connection compression state).
     compression: Option<&'static Compression>,
+    /// Inbound rate buckets, on routes that limit it.
+    buckets: Option<Box<Buckets>>,
 }
 
 /// Where a session is in its life.
@@ -141,7 +190,11 @@ impl<S: Transport> Session<S> {
         env: Arc<Env>,
         v1: Option<v1::Settings>,
     ) -> Self {
-        let decoder = Decoder::new(route.max_message_bytes);
+        let decoder = Decoder::new(route.max_message_bytes).budgeted(env.partial.clone());
+        let buckets = route
+            .inbound
+            .as_ref()
+            .map(|l| Box::new(Buckets::new(l, route.max_message_bytes)));
         io.set_nodelay();
         METRICS.connections.inc();
         METRICS.connections_total.inc();
@@ -166,6 +219,7 @@ impl<S: Transport> Session<S> {
             v1: v1.map(|s| Box::new(V1::new(s))),
             extras: None,
             compression: None,
+            buckets,
         }
     }
 
@@ -184,7 +238,9 @@ impl<S: Transport> Session<S> {
             METRICS.deflate_connections.inc();
             self.compression = Some(c);
             let max = self.route.max_message_bytes;
-            self.decoder = Decoder::new(max).inflating(true);
+            self.decoder = Decoder::new(max)
+                .inflating(true)
+                .budgeted(self.env.partial.clone());
         }
         self
     }
@@ -450,6 +506,9 @@ impl<S: Transport> Session<S> {
                 Poll::Ready(Ok(n)) => {
                     METRICS.received_bytes.add(n as u64);
                     self.outbox.beat.heard(self.env.heartbeat.now_ms());
+                    if let Some(e) = self.over_bytes(n) {
+                        return Ok(Some(Err(e)));
+                    }
                     Ok(Some(
                         self.decoder.feed(&mut buf[..n], &mut |e| events.push(e)),
                     ))
@@ -457,9 +516,14 @@ impl<S: Transport> Session<S> {
                 Poll::Ready(Err(e)) => Err(End::Io(e.kind())),
             }
         })?;
-        let Some(result) = fed else {
+        let Some(mut result) = fed else {
             return Ok(false);
         };
+        if let Some((allowed, e)) = self.over_messages(&events) {
+            // The messages past the limit are not acted on; the Close says why.
+            events.truncate(allowed);
+            result = Err(e);
+        }
         for ev in events {
             self.on_event(ev, cx);
         }
@@ -467,6 +531,62 @@ impl<S: Transport> Session<S> {
             self.fail(e);
         }
         Ok(true)
+    }
+
+    /// Takes `n` read bytes from the bytes bucket; the Close when it runs dry.
+    fn over_bytes(&mut self, n: usize) -> Option<ProtocolError> {
+        let (Some(b), Some(limit)) = (self.buckets.as_mut(), self.route.inbound.as_ref()) else {
+            return None;
+        };
+        if limit.bytes_per_second == 0 || self.close_sent {
+            return None;
+        }
+        b.refill(limit);
+        b.bytes -= n as f64;
+        (b.bytes < 0.0).then(|| {
+            METRICS.inbound_rate_closes.inc();
+            ProtocolError::new(
+                CloseCode::POLICY_VIOLATION,
+                format!(
+                    "over {} bytes a second (websocket.max_bytes_per_second)",
+                    limit.bytes_per_second
+                ),
+            )
+        })
+    }
+
+    /// Takes the messages among `events` from the messages bucket; when it runs dry, how many
+    /// events may still be handled and the Close.
+    fn over_messages(&mut self, events: &[Event]) -> Option<(usize, ProtocolError)> {
+        let (Some(b), Some(limit)) = (self.buckets.as_mut(), self.route.inbound.as_ref()) else {
+            return None;
+        };
+        if limit.messages_per_second == 0 || self.close_sent {
+            return None;
+        }
+        let mut refilled = false;
+        for (i, ev) in events.iter().enumerate() {
+            if !matches!(ev, Event::Message(_)) {
+                continue;
+            }
+            if !refilled {
+                b.refill(limit);
+                refilled = true;
+            }
+            b.messages -= 1.0;
+            if b.messages < 0.0 {
+                METRICS.inbound_rate_closes.inc();
+                let e = ProtocolError::new(
+                    CloseCode::POLICY_VIOLATION,
+                    format!(
+                        "over {} messages a second (websocket.max_messages_per_second)",
+                        limit.messages_per_second
+                    ),
+                );
+                return Some((i, e));
+            }
+        }
+        None
     }
 
     fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<End> {
@@ -633,6 +753,7 @@ mod tests {
             heartbeat: Heartbeat::new(Duration::from_secs(25), Duration::from_secs(10)),
             close_timeout,
             slots: Slots::new(10),
+            partial: crate::ws::frame::PartialBudget::new(1 << 20),
         })
     }
 
@@ -656,6 +777,7 @@ mod tests {
             echo_to_sender: true,
             max_message_bytes: 1024,
             open: Default::default(),
+            inbound: None,
         });
         let s = Session::new(
             server,

@@ -248,6 +248,17 @@ pub async fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
     s
 }
 
+/// This machine's address on its default route (no packet is sent: a UDP "connect" only picks
+/// the source address).
+pub fn non_loopback_ip() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9")
+        .expect("a route to the outside: the per-IP limit exempts loopback, so this test needs another local address");
+    let ip = s.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
 /// A masked client frame.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let op = wsgate::ws::frame::OpCode::from_u8(opcode).expect("valid opcode");
