@@ -431,3 +431,151 @@ async fn websockets_over_h2_with_tls() {
     }
     srv.shutdown().await;
 }
+
+fn proxy_config(up: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "[websocket]\necho_path = \"\"\n{extra}\n[[upstream]]\nname = \"app\"\nservers = [\"{up}\"]\n\
+[[route]]\npath_prefix = \"/ws\"\nproxy_pass = \"app\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_h2_websockets_are_bridged_to_an_http11_upstream() {
+    use futures_util::SinkExt;
+    use std::sync::atomic::Ordering;
+    let (up, seen) = upstream::ws_echo(upstream::WsOptions::default()).await;
+    let srv = start(&proxy_config(up, "")).await;
+    let mut h = h2c(srv.addr).await;
+    let before = opened_h2(&mut h, "proxy").await;
+    let mut socks = Vec::new();
+    for _ in 0..100 {
+        socks.push(
+            h.ws_with("/ws/echo", &[("sec-websocket-protocol", "chat")])
+                .await,
+        );
+    }
+    eventually("100 tunnels", || srv.open_tunnels() == 100).await;
+    assert_eq!(seen.connections.load(Ordering::Relaxed), 100);
+    assert!(opened_h2(&mut h, "proxy").await >= before + 100);
+    {
+        let heads = seen.heads.lock().unwrap();
+        for head in heads.iter() {
+            // HTTP/1.1 GET + Upgrade toward the upstream, with a key wsgate made.
+            assert!(head.starts_with("GET /ws/echo HTTP/1.1\r\n"), "{head}");
+            assert!(
+                header_in(head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+                "{head}"
+            );
+            let key = header_in(head, "sec-websocket-key").expect("a key");
+            assert_eq!(base64_len(key), 16, "{head}");
+            assert_eq!(
+                header_in(head, "sec-websocket-protocol"),
+                Some("chat"),
+                "{head}"
+            );
+        }
+        let keys: std::collections::HashSet<_> = heads
+            .iter()
+            .map(|h| header_in(h, "sec-websocket-key").unwrap().to_string())
+            .collect();
+        assert_eq!(keys.len(), 100, "a fresh key per handshake");
+    }
+    for (ws, headers) in &socks {
+        let _ = ws;
+        assert!(!headers.contains_key("sec-websocket-accept"), "{headers:?}");
+        assert!(!headers.contains_key("upgrade"), "{headers:?}");
+    }
+    for (i, (ws, _)) in socks.iter_mut().enumerate() {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for (i, (ws, _)) in socks.iter_mut().enumerate() {
+        assert_eq!(next_h2_text(ws).await, format!("m{i}"));
+    }
+    // The upstream closes one ("bye": three messages and a Close 1000); the others go on.
+    let (ws, _) = &mut socks[3];
+    ws.send(Message::text("bye")).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(next_h2_text(ws).await, format!("last-{n}"));
+    }
+    match tokio::time::timeout(WAIT, futures_util::StreamExt::next(ws)).await {
+        Ok(Some(Ok(Message::Close(c)))) => assert_eq!(c.map(|c| u16::from(c.code)), Some(1000)),
+        other => panic!("expected the upstream's Close, got {other:?}"),
+    }
+    eventually("99 tunnels", || srv.open_tunnels() == 99).await;
+    let (ws, _) = &mut socks[4];
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(next_h2_text(ws).await, "after");
+    srv.shutdown().await;
+}
+
+fn base64_len(k: &str) -> usize {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(k)
+        .map_or(0, |d| d.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_tunnel_gets_injected_pings_and_a_reset_stream_ends_it() {
+    use std::sync::atomic::Ordering;
+    let (up, seen) = upstream::ws_echo(upstream::WsOptions {
+        idle_limit: Some(std::time::Duration::from_millis(500)),
+        ..Default::default()
+    })
+    .await;
+    let srv = start(&proxy_config(
+        up,
+        "[proxy]\nping_interval = \"100ms\"\npong_timeout = \"100ms\"\n",
+    ))
+    .await;
+    let base = format!("http://{}", srv.addr);
+    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let (mut send, _) = raw_h2(tcp, &base).await;
+    let mut ws = raw_h2_ws(&mut send, &base, "/ws/a").await;
+    // Silent past the upstream's idle limit: wsgate's Pings keep both sides busy; the client
+    // answers its own as any client does.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let mut pings = 0;
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => break,
+            Ok(Some((0x9, p))) => {
+                pings += 1;
+                ws.send(0xA, &p);
+            }
+            Ok(f) => panic!("unexpected {f:?}"),
+        }
+    }
+    assert!(pings >= 3, "the client side got {pings} pings");
+    assert!(
+        seen.pings.load(Ordering::Relaxed) >= 3,
+        "the upstream was not pinged"
+    );
+    ws.send(0x1, b"alive");
+    assert_eq!(ws.text().await, "alive");
+    // A reset from the client ends its tunnel; its neighbour goes on.
+    let mut other = raw_h2_ws(&mut send, &base, "/ws/b").await;
+    eventually("two tunnels", || srv.open_tunnels() == 2).await;
+    ws.tx.send_reset(::h2::Reason::CANCEL);
+    eventually("one tunnel left", || srv.open_tunnels() == 1).await;
+    other.send(0x1, b"still");
+    assert_eq!(other.text().await, "still");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_101_with_a_wrong_accept_is_a_502_over_h2() {
+    let (up, _) = upstream::scripted(
+        |_| b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bogus\r\n\r\n".to_vec(),
+        false,
+    )
+    .await;
+    let srv = start(&proxy_config(up, "")).await;
+    let mut h = h2c(srv.addr).await;
+    let resp = h
+        .connect_ws("/ws", &[("sec-websocket-version", "13")])
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(srv.open_tunnels(), 0);
+    srv.shutdown().await;
+}
