@@ -5,10 +5,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A WebSocket handshake on a hub route: `101`, or the refusal's status and reason.
+/// A WebSocket handshake on a hub route: `101` (`200` for an HTTP/2 extended CONNECT), or the
+/// refusal's status and reason; `http_version` is "1.1" or "2".
 pub fn handshake(
     peer: SocketAddr,
     path: &str,
+    http_version: &str,
     status: u16,
     refusal: Option<&str>,
     took: Duration,
@@ -19,6 +21,7 @@ pub fn handshake(
         kind = "handshake",
         %peer,
         path,
+        http_version,
         status,
         refusal = refusal.unwrap_or("-"),
         duration_ms = ms(took),

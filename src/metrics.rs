@@ -284,6 +284,12 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpenedLabel {
+    via: &'static str,
+    http_version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabel {
     upstream: String,
 }
@@ -312,6 +318,7 @@ pub struct Metrics {
     pub handshakes_accepted: Counter,
     /// `wsgate_ws_handshakes_total{outcome="max_connections"}`.
     pub connections_refused: Counter,
+    opened: Family<OpenedLabel, Counter>,
     pub messages_received: Counter,
     pub received_bytes: HotCounter,
     pub sent_bytes: HotCounter,
@@ -414,6 +421,13 @@ impl Metrics {
         let outcome = |o| handshakes.get_or_create_owned(&OutcomeLabel { outcome: o });
         let handshakes_accepted = outcome("101");
         let connections_refused = outcome("max_connections");
+        let opened = Family::<OpenedLabel, Counter>::default();
+        r.0.register(
+            "wsgate_ws_opened",
+            "WebSockets opened, by where (hub route or proxy tunnel) and the HTTP version of the handshake: \
+1.1 (GET + Upgrade) or 2 (extended CONNECT, RFC 8441)",
+            opened.clone(),
+        );
         let proxy_responses = Family::<UpstreamCode, Counter>::default();
         r.0.register(
             "wsgate_proxy_responses",
@@ -441,6 +455,7 @@ impl Metrics {
             handshakes,
             handshakes_accepted,
             connections_refused,
+            opened,
             messages_received: r.counter(
                 "wsgate_ws_messages_received",
                 "Messages received from clients",
@@ -649,6 +664,13 @@ impl Metrics {
                 upstream: upstream.to_string(),
                 reason,
             })
+            .inc();
+    }
+
+    /// Counts a WebSocket opened `via` "hub" or "proxy" over `http_version` ("1.1" or "2").
+    pub fn websocket_opened(&self, via: &'static str, http_version: &'static str) {
+        self.opened
+            .get_or_create(&OpenedLabel { via, http_version })
             .inc();
     }
 

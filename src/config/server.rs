@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use super::addr::parse_listen;
 use super::duration::Duration;
+use super::http2::Http2;
 use super::tls::Tls;
 use super::validate::{Seg, keys};
 
@@ -41,6 +42,8 @@ pub struct Server {
     pub max_connections_per_ip: u32,
     /// `[server.tls]`: serve `https://` and `wss://` with these certificates. Default: plain.
     pub tls: Option<Tls>,
+    /// `[server.http2]`: HTTP/2 (and WebSockets over it) next to HTTP/1.1.
+    pub http2: Http2,
 }
 
 impl Default for Server {
@@ -56,6 +59,7 @@ impl Default for Server {
             max_handshakes_per_second_per_ip: 200,
             max_connections_per_ip: 256,
             tls: None,
+            http2: Http2::default(),
         }
     }
 }
@@ -93,7 +97,14 @@ impl Server {
         }
         if let Some(tls) = &s.tls {
             tls.check(report);
+            if !s.http2.enabled && tls.alpn.iter().any(|p| p == "h2") {
+                report(
+                    keys(&["server", "tls", "alpn"]),
+                    "offers \"h2\" but server.http2.enabled is false; remove \"h2\" or enable HTTP/2".into(),
+                );
+            }
         }
+        s.http2.check(report);
         if s.workers > 1024 {
             report(
                 keys(&["server", "workers"]),

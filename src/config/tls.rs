@@ -15,7 +15,8 @@ pub struct Tls {
     pub cert: String,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Required.
     pub key: String,
-    /// Application protocols offered in ALPN, in order of preference. Default `["http/1.1"]`.
+    /// Application protocols offered in ALPN, in order of preference: "h2" and "http/1.1".
+    /// Default `["h2", "http/1.1"]`.
     pub alpn: Vec<String>,
     /// Lowest TLS version accepted: "1.2" or "1.3". Default "1.2".
     pub min_version: String,
@@ -41,7 +42,7 @@ impl Default for Tls {
         Tls {
             cert: String::new(),
             key: String::new(),
-            alpn: vec!["http/1.1".into()],
+            alpn: vec!["h2".into(), "http/1.1".into()],
             min_version: "1.2".into(),
             watch_interval: Duration::from_secs(5),
             sni: Vec::new(),
@@ -70,14 +71,14 @@ impl Tls {
         if self.alpn.is_empty() {
             report(
                 at("alpn"),
-                "is empty; use [\"http/1.1\"] (the default)".into(),
+                "is empty; use [\"h2\", \"http/1.1\"] (the default)".into(),
             );
         }
         for p in &self.alpn {
-            if p != "http/1.1" {
+            if p != "http/1.1" && p != "h2" {
                 report(
                     at("alpn"),
-                    format!("{p:?} is not served; wsgate speaks \"http/1.1\""),
+                    format!("{p:?} is not served; wsgate speaks \"h2\" and \"http/1.1\""),
                 );
             }
         }

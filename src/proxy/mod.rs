@@ -56,8 +56,18 @@ pub async fn handle(
     }
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let resp = if upgrade::is_websocket_upgrade(&req) {
-        upgrade::upgrade(proxy, upstream, req, peer).await
+    let websocket = upgrade::is_websocket_upgrade(&req) || upgrade::is_extended_connect(&req);
+    let via = if req.version() == http::Version::HTTP_2 {
+        "2"
+    } else {
+        "1.1"
+    };
+    let resp = if websocket {
+        let r = upgrade::upgrade(proxy, upstream, req, peer).await;
+        if r.status().as_u16() == 101 || (via == "2" && r.status().is_success()) {
+            crate::metrics::METRICS.websocket_opened("proxy", via);
+        }
+        r
     } else {
         forward::forward(proxy, upstream, req, peer).await
     };

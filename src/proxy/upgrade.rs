@@ -9,8 +9,13 @@
 //! WebSocket), and [`upgrade`] takes one that hyper parsed (a later request on a keep-alive
 //! connection).
 //!
+//! A WebSocket that comes as an HTTP/2 extended CONNECT (RFC 8441) is bridged by [`upgrade`]
+//! too: the upstream gets an HTTP/1.1 GET + Upgrade with a key wsgate makes, its 101 is checked
+//! against that key and the client gets a 200; the tunnel then runs on the h2 stream (the tokio
+//! engine, frame-aware keepalive included).
+//!
 //! `Sec-WebSocket-Key`, `-Version`, `-Protocol` and `-Extensions` pass through untouched, in both
-//! directions. Passing `Sec-WebSocket-Extensions` (e.g. permessage-deflate) is safe although the
+//! directions (a bridged key is wsgate's own). Passing `Sec-WebSocket-Extensions` (e.g. permessage-deflate) is safe although the
 //! tunnel parses frames: it never re-frames, never changes fragmentation and relays payload bytes
 //! and RSV bits as they are (RFC 6455 §5.4 only forbids changing what it does not understand);
 //! the frames it injects itself are unfragmented control frames, which extensions leave alone.
@@ -54,6 +59,25 @@ static DIAGNOSIS_FIELD: [Field<'static>; 1] = [(b"X-Wsgate-Diagnosis", DIAGNOSIS
 pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::GET
         && crate::ws::handshake::has_token(req.headers(), header::UPGRADE, "websocket")
+}
+
+/// Whether a request is an HTTP/2 extended CONNECT for a WebSocket (RFC 8441).
+pub fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == "websocket")
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes in base64) for a bridged handshake.
+fn fresh_key() -> String {
+    use base64::Engine;
+    let mut k = [0u8; 16];
+    // The key only proves the upstream read this request (RFC 6455 §10.3 wants it unpredictable
+    // for browsers' sake); should the system's generator fail, a constant still does that job.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k);
+    base64::engine::general_purpose::STANDARD.encode(k)
 }
 
 /// Checks the upstream's 101 against the request's key; the error says what the upstream got
@@ -604,6 +628,9 @@ pub async fn serve_first<S: Transport>(
     )
     .await;
     let (name, took) = (&proxy.upstreams[ui].name, started.elapsed());
+    if code == 101 {
+        METRICS.websocket_opened("proxy", "1.1");
+    }
     METRICS.proxy_response(name, code, took);
     crate::access::proxied(peer, "GET", path, name, code, took, None);
     Ok(())
@@ -737,7 +764,8 @@ async fn relay_raw<S: Transport>(mut client: S, answer: Answer) {
 }
 
 /// Proxies a WebSocket handshake that hyper parsed to upstream `ui`; on a valid 101 the tunnel
-/// starts once hyper has sent our 101 to the client.
+/// starts once hyper has sent our 101 to the client. An HTTP/2 extended CONNECT is bridged:
+/// the upstream gets a GET + Upgrade with our own key, the client a 200.
 pub async fn upgrade(
     proxy: &Arc<Proxy>,
     ui: usize,
@@ -751,15 +779,23 @@ pub async fn upgrade(
     let client_upgrade = hyper::upgrade::on(&mut req);
     let path = req.uri().path();
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let fields: Vec<Field<'_>> = req
+    let bridged = is_extended_connect(&req).then(fresh_key);
+    let mut fields: Vec<Field<'_>> = req
         .headers()
         .iter()
+        .filter(|(n, _)| bridged.is_none() || *n != header::SEC_WEBSOCKET_KEY)
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .collect();
-    let key = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(HeaderValue::as_bytes);
+    let key = match &bridged {
+        Some(k) => {
+            fields.push((b"sec-websocket-key", k.as_bytes()));
+            Some(k.as_bytes())
+        }
+        None => req
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .map(HeaderValue::as_bytes),
+    };
     let answer = match exchange(proxy, ui, peer, target.as_bytes(), fields.into_iter(), key).await {
         Ok(a) => a,
         Err(e) => return e.into_response(path),
@@ -774,12 +810,26 @@ pub async fn upgrade(
     };
     let mut resp = Response::new(crate::reply::full(Bytes::new()));
     *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    // Bridged: the 101 becomes a 200, without the fields that answer an HTTP/1.1 upgrade.
+    let bridged_101 = bridged.is_some() && answer.status == 101;
+    if bridged_101 {
+        *resp.status_mut() = StatusCode::OK;
+    }
+    let h1_only = |n: &[u8]| {
+        bridged_101
+            && [&b"upgrade"[..], b"connection", b"sec-websocket-accept"]
+                .iter()
+                .any(|h| n.eq_ignore_ascii_case(h))
+    };
     for (n, v) in client_fields(answer.status, h1::fields(r.headers), framing) {
+        if h1_only(n) {
+            continue;
+        }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
             resp.headers_mut().append(n, v);
         }
     }
-    if let Some(reason) = r.reason
+    if let Some(reason) = r.reason.filter(|_| !bridged_101)
         && Some(reason) != resp.status().canonical_reason()
         && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes())
     {

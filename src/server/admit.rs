@@ -3,6 +3,11 @@
 //! Close right after the 101, or choose groups, user and info), then a connection slot, then
 //! the join. Each step refuses with a status and a sentence; only a
 //! connection that passed every step gets its 101 and a session.
+//!
+//! HTTP/1.1's GET + Upgrade and HTTP/2's extended CONNECT (RFC 8441) take the same steps: they
+//! differ only in the handshake check ([`handshake::check`] or
+//! [`handshake::check_extended_connect`]) and the answer (101 with `Sec-WebSocket-Accept`, or
+//! 200); the session then runs on the upgraded connection or the upgraded h2 stream alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,7 +118,8 @@ websocket.allowed_origins may (by default the same host as this request and loca
     }
 }
 
-/// Answers a request on a WebSocket route: an explained refusal, or a 101 and a session.
+/// Answers a request on a WebSocket route: an explained refusal, or a 101 (HTTP/2: a 200) and
+/// a session.
 pub async fn websocket(
     mut req: Request<Incoming>,
     route: &Route,
@@ -123,6 +129,7 @@ pub async fn websocket(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let path = req.uri().path().to_string();
+    let via = http_version(&req);
     let admitted = check_handshake(&req, route, &path, peer).and_then(|accept| {
         check_origin(&req, route, &path, peer)?;
         let group = group.map_err(Refusal::Group)?;
@@ -143,6 +150,7 @@ pub async fn websocket(
             crate::access::handshake(
                 peer,
                 &path,
+                via,
                 r.status().as_u16(),
                 Some(reason),
                 started.elapsed(),
@@ -225,7 +233,9 @@ pub async fn websocket(
         }
     });
     METRICS.handshakes_accepted.inc();
-    crate::access::handshake(peer, &path, 101, None, started.elapsed(), 0);
+    METRICS.websocket_opened("hub", via);
+    let status = accept.status().as_u16();
+    crate::access::handshake(peer, &path, via, status, None, started.elapsed(), 0);
     upgrade_response(&accept)
 }
 
@@ -329,20 +339,40 @@ fn close_at_once(
     upgrade_response(accept)
 }
 
-/// Method, version, upgrade headers, key and subprotocol (RFC 6455 §4.2.1).
+/// The HTTP version a handshake came over, as metrics and access lines name it.
+fn http_version<B>(req: &Request<B>) -> &'static str {
+    match req.version() {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    }
+}
+
+/// Method, version, upgrade headers, key and subprotocol (RFC 6455 §4.2.1); over HTTP/2 the
+/// extended CONNECT, `:protocol`, version and subprotocol (RFC 8441 §5).
 fn check_handshake(
     req: &Request<Incoming>,
     route: &Route,
     path: &str,
     peer: SocketAddr,
 ) -> Result<Accept, Refusal> {
-    handshake::check(
-        req.method(),
-        req.version(),
-        req.headers(),
-        &route.subprotocols,
-    )
-    .map_err(|e| {
+    let checked = if req.version() == http::Version::HTTP_2 {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>();
+        handshake::check_extended_connect(
+            req.method(),
+            protocol.map(hyper::ext::Protocol::as_str),
+            req.headers(),
+            &route.subprotocols,
+        )
+    } else {
+        handshake::check(
+            req.method(),
+            req.version(),
+            req.headers(),
+            &route.subprotocols,
+        )
+    };
+    checked.map_err(|e| {
         tracing::debug!(%peer, %path, error = %e, "handshake refused");
         Refusal::Handshake(e)
     })
@@ -450,7 +480,7 @@ fn take_slot(server: &Server, peer: SocketAddr) -> Result<Slot, Refusal> {
 
 fn upgrade_response(accept: &Accept) -> Response<Body> {
     let mut r = Response::new(full(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *r.status_mut() = accept.status();
     *r.headers_mut() = accept.response_headers();
     r
 }

@@ -1,7 +1,8 @@
 //! One accepted connection: the TLS handshake when `[server.tls]` is on, its first request head
 //! (read here, so the two failures hyper would answer without a word get a status and a
 //! sentence), the proxy's hyper-free fast path for a first request that is an upgrade, and hyper
-//! for everything else.
+//! for everything else: HTTP/2 ([`super::h2`]) when ALPN chose "h2" or the connection opens with
+//! the HTTP/2 preface, HTTP/1.1 otherwise.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -148,6 +149,11 @@ async fn serve_on<S: Transport>(
             return;
         }
     };
+    if cfg.http2.enabled && super::h2::is_preface(&first) {
+        // h2c with prior knowledge: hyper reads the preface again from the replayed bytes.
+        let io = Rewind::new(first.freeze(), stream);
+        return super::h2::serve(io, peer, server).await;
+    }
     if let Err(r) = head::check(&first[..head::head_len(&first)], &limits) {
         reply_and_close(&mut stream, r.status, &[], &r.body).await;
         return;

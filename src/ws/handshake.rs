@@ -1,9 +1,11 @@
-//! The opening handshake (RFC 6455 §4.2) as pure checks over a request head, and the explained
-//! error responses that make a broken proxy in front of wsgate easy to spot.
+//! The opening handshake as pure checks over a request head: HTTP/1.1's GET + Upgrade (RFC 6455
+//! §4.2) and HTTP/2's extended CONNECT (RFC 8441 §5: `:protocol = websocket`, no key and no
+//! accept), and the explained error responses that make a broken proxy in front of wsgate easy to
+//! spot.
 //!
-//! Nothing here does I/O: the server hands in the method, version and headers, and gets back
-//! either what to put in the 101 response or a [`HandshakeError`] that knows its status, headers
-//! and body.
+//! Nothing here does I/O: the server hands in the method, version, `:protocol` and headers, and
+//! gets back either what to put in the 101 (or, over HTTP/2, the 200) response or a
+//! [`HandshakeError`] that knows its status, headers and body.
 
 use base64::Engine;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
@@ -42,7 +44,9 @@ pub fn wants_websocket(headers: &HeaderMap) -> bool {
 /// What a successful handshake answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accept {
-    pub accept: String,
+    /// `Sec-WebSocket-Accept` for an HTTP/1.1 upgrade; `None` for an HTTP/2 extended CONNECT,
+    /// which has no key to answer and is accepted with a 200.
+    pub accept: Option<String>,
     pub protocol: Option<String>,
     /// The `Sec-WebSocket-Extensions` answer, when an extension was agreed
     /// ([`super::deflate::negotiate`]).
@@ -50,15 +54,25 @@ pub struct Accept {
 }
 
 impl Accept {
-    /// Headers of the 101 response.
+    /// The status that accepts: 101 for an HTTP/1.1 upgrade, 200 for an extended CONNECT.
+    pub fn status(&self) -> StatusCode {
+        match self.accept {
+            Some(_) => StatusCode::SWITCHING_PROTOCOLS,
+            None => StatusCode::OK,
+        }
+    }
+
+    /// Headers of the 101 (or 200) response.
     pub fn response_headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&self.accept).expect("base64 is a valid header value"),
-        );
+        if let Some(accept) = &self.accept {
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(accept).expect("base64 is a valid header value"),
+            );
+        }
         if let Some(p) = &self.protocol {
             h.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
@@ -93,6 +107,12 @@ pub enum HandshakeError {
     UnsupportedVersion(Option<String>),
     #[error("bad Sec-WebSocket-Key {0:?}")]
     BadKey(Option<String>),
+    /// An HTTP/2 request that is not an extended CONNECT (HTTP/2 has no Upgrade).
+    #[error("method {0} over HTTP/2 is not an extended CONNECT")]
+    NotExtendedConnect(String),
+    /// An extended CONNECT for another protocol than `websocket`.
+    #[error("extended CONNECT for protocol {0:?}")]
+    ConnectProtocol(Option<String>),
 }
 
 const NGINX_FIX: &str = "Upgrade and Connection are hop-by-hop headers (RFC 9110 section 7.6.1), so a proxy in front of \
@@ -109,6 +129,8 @@ impl HandshakeError {
             HandshakeError::MissingUpgradeHeaders { .. } => "upgrade_headers",
             HandshakeError::UnsupportedVersion(_) => "ws_version",
             HandshakeError::BadKey(_) => "bad_key",
+            HandshakeError::NotExtendedConnect(_) => "method",
+            HandshakeError::ConnectProtocol(_) => "connect_protocol",
         }
     }
 
@@ -118,7 +140,10 @@ impl HandshakeError {
             HandshakeError::OldHttpVersion(_)
             | HandshakeError::MissingUpgradeHeaders { .. }
             | HandshakeError::UnsupportedVersion(_) => StatusCode::UPGRADE_REQUIRED,
-            HandshakeError::BadKey(_) => StatusCode::BAD_REQUEST,
+            HandshakeError::BadKey(_) | HandshakeError::ConnectProtocol(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            HandshakeError::NotExtendedConnect(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -139,7 +164,10 @@ impl HandshakeError {
                     HeaderValue::from_static("13"),
                 );
             }
-            HandshakeError::BadKey(_) => {}
+            HandshakeError::NotExtendedConnect(_) => {
+                h.insert(header::ALLOW, HeaderValue::from_static("CONNECT"));
+            }
+            HandshakeError::BadKey(_) | HandshakeError::ConnectProtocol(_) => {}
         }
         h
     }
@@ -196,6 +224,19 @@ dGhlIHNhbXBsZSBub25jZQ==), new for every connection (RFC 6455 section 4.1).\n",
                 match k {
                     Some(k) => format!("Sec-WebSocket-Key {k:?} is not 16 bytes of base64"),
                     None => "the request has no Sec-WebSocket-Key header".to_string(),
+                }
+            ),
+            HandshakeError::NotExtendedConnect(m) => format!(
+                "405 Method Not Allowed: {path} is a WebSocket endpoint. Over HTTP/2 a WebSocket opens with an \
+extended CONNECT (RFC 8441: method CONNECT, :protocol websocket, Sec-WebSocket-Version: 13), but this request \
+used {m}. Browsers do this by themselves; a client that cannot should connect over HTTP/1.1.\n"
+            ),
+            HandshakeError::ConnectProtocol(p) => format!(
+                "400 Bad Request: {path} is a WebSocket endpoint and this extended CONNECT {}. Send :protocol \
+websocket (RFC 8441 section 4).\n",
+                match p {
+                    Some(p) => format!("asked for the protocol {p:?}"),
+                    None => "has no :protocol pseudo-header".to_string(),
                 }
             ),
         }
@@ -261,7 +302,40 @@ pub fn check(
     }
     let key = key.expect("checked above");
     Ok(Accept {
-        accept: accept_key(key.as_bytes()),
+        accept: Some(accept_key(key.as_bytes())),
+        protocol: select_protocol(headers, protocols),
+        extensions: None,
+    })
+}
+
+/// Checks a request that came over HTTP/2 (RFC 8441 §5): an extended CONNECT whose `:protocol`
+/// (`protocol`) is `websocket`, with `Sec-WebSocket-Version: 13`. There is no key, so the
+/// [`Accept`] has no `accept` and the answer is a 200.
+///
+/// # Errors
+/// The first problem found, in the order method, `:protocol`, WebSocket version.
+pub fn check_extended_connect(
+    method: &Method,
+    protocol: Option<&str>,
+    headers: &HeaderMap,
+    protocols: &[String],
+) -> Result<Accept, HandshakeError> {
+    if method != Method::CONNECT {
+        return Err(HandshakeError::NotExtendedConnect(method.to_string()));
+    }
+    if protocol != Some("websocket") {
+        return Err(HandshakeError::ConnectProtocol(
+            protocol.map(str::to_string),
+        ));
+    }
+    let version_hdr = headers.get(header::SEC_WEBSOCKET_VERSION);
+    if version_hdr.map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(HandshakeError::UnsupportedVersion(
+            version_hdr.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        ));
+    }
+    Ok(Accept {
+        accept: None,
         protocol: select_protocol(headers, protocols),
         extensions: None,
     })
@@ -312,8 +386,44 @@ mod tests {
     #[test]
     fn accepts_the_rfc_example() {
         let a = check(&Method::GET, Version::HTTP_11, &req(&good()), &[]).unwrap();
-        assert_eq!(a.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(a.accept.as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
         assert_eq!(a.protocol, None);
+        assert_eq!(a.status(), StatusCode::SWITCHING_PROTOCOLS);
+    }
+
+    #[test]
+    fn an_extended_connect_is_accepted_with_a_200_and_no_upgrade_fields() {
+        let h = req(&[
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Protocol", "chat, wsgate.v1"),
+        ]);
+        let protos = vec!["wsgate.v1".to_string()];
+        let a = check_extended_connect(&Method::CONNECT, Some("websocket"), &h, &protos).unwrap();
+        assert_eq!((a.accept.as_ref(), a.status()), (None, StatusCode::OK));
+        assert_eq!(a.protocol.as_deref(), Some("wsgate.v1"));
+        let out = a.response_headers();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out["sec-websocket-protocol"], "wsgate.v1");
+    }
+
+    #[test]
+    fn an_h2_request_that_is_not_a_websocket_connect_is_explained() {
+        let h = req(&[("Sec-WebSocket-Version", "13")]);
+        let e = check_extended_connect(&Method::GET, None, &h, &[]).unwrap_err();
+        assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(e.headers()["allow"], "CONNECT");
+        assert!(e.body("/x").contains("RFC 8441"), "{}", e.body("/x"));
+        let e = check_extended_connect(&Method::CONNECT, Some("mqtt"), &h, &[]).unwrap_err();
+        assert_eq!(
+            (e.status(), e.reason()),
+            (StatusCode::BAD_REQUEST, "connect_protocol")
+        );
+        assert!(e.body("/x").contains("\"mqtt\""), "{}", e.body("/x"));
+        let e = check_extended_connect(&Method::CONNECT, None, &h, &[]).unwrap_err();
+        assert!(e.body("/x").contains("no :protocol"), "{}", e.body("/x"));
+        let e = check_extended_connect(&Method::CONNECT, Some("websocket"), &req(&[]), &[])
+            .unwrap_err();
+        assert_eq!(e.reason(), "ws_version");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod broker_suite;
 pub mod doctor;
+pub mod h2;
 pub mod redis;
 pub mod upstream;
 pub mod v1;
