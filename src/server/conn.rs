@@ -191,17 +191,10 @@ async fn serve_on<S: Transport>(
                 );
                 return Ok::<_, Infallible>(resp);
             }
-            let upgrade = req.headers().contains_key(http::header::UPGRADE);
-            let mut resp = router::handle(req, peer, server).await;
-            if upgrade && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                // What follows a refused upgrade may not be HTTP, and the head watch has
-                // stepped aside: end the connection with this answer.
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok(resp)
+            // After an upgrade that was not switched the connection stays HTTP/1.1 (RFC 9110
+            // §7.8) and keeps serving; the head watch has stepped aside by then, so later heads
+            // get hyper's own limits.
+            Ok(router::handle(req, peer, server).await)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
