@@ -415,6 +415,9 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
         if let Some(a) = running.admin_addr {
             tracing::info!("admin listening on http://{a} (console at /, /healthz, /readyz, /metrics)");
         }
+        for w in &running.handle.0.config.warnings {
+            tracing::warn!("risky setting: {w}");
+        }
         let signal = wait_for_signal(&running.handle).await;
         tracing::info!(signal, "shutting down: no new connections, closing WebSockets with 1001");
         let grace = running.handle.0.config.server.shutdown_grace;

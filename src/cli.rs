@@ -141,6 +141,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 eprintln!("1 problem(s) found in {}", file.display());
                 return ExitCode::FAILURE;
             }
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
             let proxied = cfg.routes.iter().filter(|r| r.is_proxy()).count();
             let proxy = if proxied > 0 {
                 format!(

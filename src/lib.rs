@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod any_cert;
 pub mod api;
 pub mod app;
 pub mod auth;

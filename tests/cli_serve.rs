@@ -142,3 +142,22 @@ fn unsafe_kill(pid: u32) {
         .unwrap();
     assert!(ok.success());
 }
+
+#[test]
+fn risky_settings_are_warned_about_with_their_line_and_the_config_still_passes() {
+    let (code, out, err) = check_config("tests/config/risky.toml", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok"), "{out}");
+    for want in [
+        "warning: tests/config/risky.toml:3:20: proxy.trusted_proxies[0]: \"0.0.0.0/0\" trusts the X-Forwarded-For and Forwarded headers of every IPv4 client",
+        "warning: tests/config/risky.toml:3:33: proxy.trusted_proxies[1]: \"::/0\" trusts the X-Forwarded-For and Forwarded headers of every IPv6 client",
+        "warning: tests/config/risky.toml:10:1: route[0].path_prefix: \"/\" covers wsgate's own /api/, /metrics, /healthz, /readyz on this listener: those requests go to upstream \"app\"",
+    ] {
+        assert!(err.contains(want), "{want:?} missing in:\n{err}");
+    }
+    assert!(!err.contains("trusted_proxies[2]"), "{err}");
+    assert_eq!(err.matches("warning:").count(), 3, "{err}");
+    // The example config (its proxy route is under /app/) has nothing to warn about.
+    let (_, _, err) = check_config("wsgate.example.toml", &[]);
+    assert!(!err.contains("warning:"), "{err}");
+}

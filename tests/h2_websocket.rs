@@ -579,3 +579,34 @@ async fn an_upstream_101_with_a_wrong_accept_is_a_502_over_h2() {
     assert_eq!(srv.open_tunnels(), 0);
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_websocket_stream_counts_against_the_per_address_handshake_rate() {
+    // Loopback is exempt from the per-address limits: listen on another local address.
+    let mut cfg = wsgate::config::load_str(
+        "t.toml",
+        "[server]\nmax_handshakes_per_second_per_ip = 3\n",
+        &[],
+    )
+    .unwrap();
+    cfg.server.listen = format!("{}:0", non_loopback_ip());
+    let srv = wsgate::app::start(cfg).await.unwrap();
+    // The connection takes one token of three, each WebSocket on it one more.
+    let mut h = h2c(srv.addr).await;
+    let _a = h.ws("/room/1/").await;
+    let _b = h.ws("/room/1/").await;
+    let resp = h
+        .connect_ws("/room/1/", &[("sec-websocket-version", "13")])
+        .await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("server.max_handshakes_per_second_per_ip"),
+        "{body}"
+    );
+    // Ordinary requests on the connection are not handshakes.
+    assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
+    srv.shutdown().await;
+}

@@ -449,6 +449,13 @@ fn no_module_imports_what_it_must_not_know() {
             ],
         ),
         (
+            "any_cert",
+            &[
+                "server", "ws", "hub", "broker", "proxy", "api", "web", "app", "cli", "bench",
+                "config", "metrics", "doctor",
+            ],
+        ),
+        (
             "uri",
             &[
                 "server", "ws", "hub", "broker", "proxy", "api", "web", "app", "cli", "bench",

@@ -58,10 +58,12 @@ async fn a_kernel_that_refuses_io_uring_stops_an_explicit_choice_and_auto_falls_
     // "auto": starts, says why tunnels are on epoll, and a tunnel works.
     let port = free_port();
     let cfg = proxy_config(up, port, "auto");
-    let mut child = wsgate_command(&["serve", "--config", cfg.to_str().unwrap()], &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        wsgate_command(&["serve", "--config", cfg.to_str().unwrap()], &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let rx = stderr_lines(&mut child);
     let mut lines = Vec::new();
     while !lines.iter().any(|l: &String| l.contains("listening on")) {

@@ -4,7 +4,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Child;
 
 use support::upstream::{WsOptions, ws_echo};
 use support::*;
@@ -15,16 +14,9 @@ const MB: usize = 1024 * 1024;
 
 /// A wsgate process proxying every path to `upstream`; killed on drop.
 struct ProxyProcess {
-    child: Child,
+    child: Reaped,
     addr: SocketAddr,
     _dir: TempDir,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct TempDir(std::path::PathBuf);

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::upstream::{WsOptions, ws_echo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -252,5 +253,156 @@ async fn every_request_of_a_keep_alive_connection_gets_its_head_checked_with_a_s
     let answer = exchange(srv.addr, seq.as_bytes()).await;
     assert_eq!(statuses(&answer), vec![200, 200, 400], "{answer}");
     assert!(answer.contains("NUL byte"), "{answer}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_upgrade_answered_without_switching_the_next_head_is_checked_too() {
+    let srv = start("").await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    // An origin the default policy refuses: 403, and the connection keeps serving HTTP/1.1.
+    s.write_all(&upgrade_request(
+        "/room/1/",
+        "Origin: https://elsewhere.example\r\n",
+    ))
+    .await
+    .unwrap();
+    let r = read_reply(&mut s).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut s).await.status, 200);
+    // Then another refused upgrade, and a head over server.max_headers: refused by wsgate
+    // with its sentence, not by hyper with an empty body.
+    s.write_all(&upgrade_request(
+        "/room/1/",
+        "Origin: https://elsewhere.example\r\n",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(read_reply(&mut s).await.status, 403);
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = read_reply(&mut s).await;
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(r.body.contains("server.max_headers"), "{r:?}");
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_tunnels_hold_their_place_under_max_connections_per_ip() {
+    let (up, _) = ws_echo(WsOptions::default()).await;
+    let srv = start_outside(&format!(
+        "[server]\nmax_connections_per_ip = 2\n[[upstream]]\nname = \"app\"\nservers = [\"{up}\"]\n\
+[[route]]\npath_prefix = \"/ws\"\nproxy_pass = \"app\"\n"
+    ))
+    .await;
+    // One tunnel on the fast path (the connection's first request), one through hyper (after a
+    // first request on the same connection).
+    let mut fast = TcpStream::connect(srv.addr).await.unwrap();
+    fast.write_all(&upgrade_request("/ws", "")).await.unwrap();
+    assert_eq!(read_reply(&mut fast).await.status, 101);
+    let mut slow = TcpStream::connect(srv.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut slow).await.status, 200);
+    slow.write_all(&upgrade_request("/ws", "")).await.unwrap();
+    assert_eq!(read_reply(&mut slow).await.status, 101);
+    // Both tunnels are open: a third connection from the same address is refused.
+    let third = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let r = raw(srv.addr, third).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    // Closing one tunnel gives its place back.
+    drop(fast);
+    let mut got = 0;
+    for _ in 0..100 {
+        got = raw(srv.addr, third).await.status;
+        if got == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, 200, "the closed tunnel's place came back");
+    drop(slow);
+    srv.shutdown().await;
+}
+
+/// The value of a counter in a Prometheus text exposition.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_rate_close_is_counted_once_and_not_as_a_protocol_error() {
+    // Its own process, so that no other test's closes reach the counters read here.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _child = spawn_wsgate(
+        &["serve", "--listen", &listen],
+        &[("WSGATE_WEBSOCKET__MAX_MESSAGES_PER_SECOND", "5")],
+        port,
+    );
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let mut s = raw_ws(addr, "/room/r/").await;
+    let mut flood = Vec::new();
+    for i in 0..20 {
+        flood.extend(client_frame(1, format!("m{i}").as_bytes()));
+    }
+    s.write_all(&flood).await.unwrap();
+    let (code, reason) = read_until_close(&mut s).await.expect("a Close");
+    assert_eq!(code, 1008, "{reason}");
+    let m = raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(counter(&m.body, "wsgate_ws_inbound_rate_closes_total"), 1.0);
+    assert_eq!(counter(&m.body, "wsgate_ws_protocol_errors_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_half_open_handshakes_do_not_slow_a_normal_client() {
+    let srv = start("[server]\nhandshake_timeout = \"3s\"\n").await;
+    // 500 connections that send part of an upgrade request and then nothing (from loopback,
+    // which the per-address limits exempt, so only the head deadline stops them).
+    let mut stalled = Vec::new();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /room/1/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // A normal client connects, upgrades and exchanges a message, five times; the typical
+    // one (the median) must take under 100 ms.
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        let mut ws = connect(srv.addr, "/ws/echo").await;
+        send_text(&mut ws, &format!("hello {i}")).await;
+        assert_eq!(next_text(&mut ws).await, format!("hello {i}"));
+        took.push(t.elapsed());
+    }
+    took.sort();
+    assert!(
+        took[2] < Duration::from_millis(100),
+        "a normal client's handshake and echo took {took:?} beside 500 stalled heads"
+    );
+    // The stalled ones are answered 408 and closed once server.handshake_timeout passes.
+    let mut s = stalled.pop().unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("closed within the head deadline")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&all);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.handshake_timeout"), "{answer}");
     srv.shutdown().await;
 }

@@ -18,6 +18,7 @@ mod hub;
 mod jwt;
 mod log;
 mod proxy;
+mod risks;
 mod route;
 mod secret;
 mod server;
@@ -78,6 +79,10 @@ pub struct Config {
     /// When no route at all is given, one hub route `/room/{room}/` joining `room:{room}` is used.
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
+    /// Settings that work but are risky, each located like a problem: `check-config` prints
+    /// them, `serve` logs them.
+    #[serde(skip)]
+    pub warnings: Vec<Problem>,
 }
 
 impl Config {
@@ -124,11 +129,52 @@ pub fn load_str(origin: &str, text: &str, env: &[(String, String)]) -> Result<Co
         Err(e) => return Err(Error::one(validate::from_toml_error(origin, text, &e))),
     };
     env::apply_env(&mut cfg, origin, text, env)?;
-    let problems = check(&cfg, origin, text);
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(Error { problems })
+    let at = Locator::new(origin, text);
+    let problems = check(&cfg, &at);
+    if !problems.is_empty() {
+        return Err(Error { problems });
+    }
+    let mut warnings = Vec::new();
+    risks::check(
+        &cfg.proxy,
+        &cfg.upstreams,
+        &cfg.routes,
+        &mut |path, message| {
+            warnings.push(at.problem(path, message));
+        },
+    );
+    cfg.warnings = warnings;
+    Ok(cfg)
+}
+
+/// Points a key path at its place in the config text.
+struct Locator<'a> {
+    origin: &'a str,
+    text: &'a str,
+    table: Option<toml::Spanned<DeTable<'a>>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(origin: &'a str, text: &'a str) -> Self {
+        Locator {
+            origin,
+            text,
+            table: DeTable::parse(text).ok(),
+        }
+    }
+
+    fn problem(&self, path: Vec<validate::Seg>, message: String) -> Problem {
+        let position = self
+            .table
+            .as_ref()
+            .and_then(|t| validate::locate(t.get_ref(), &path))
+            .map(|o| validate::line_col(self.text, o));
+        Problem {
+            origin: self.origin.to_string(),
+            position,
+            key: Some(validate::render_path(&path)),
+            message,
+        }
     }
 }
 
@@ -140,20 +186,10 @@ pub fn process_env() -> Vec<(String, String)> {
 }
 
 /// Semantic checks over a config that parsed; returns every problem found, each located.
-fn check(cfg: &Config, origin: &str, text: &str) -> Vec<Problem> {
-    let table = DeTable::parse(text).ok();
+fn check(cfg: &Config, at: &Locator<'_>) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut report = |path: Vec<validate::Seg>, message: String| {
-        let position = table
-            .as_ref()
-            .and_then(|t| validate::locate(t.get_ref(), &path))
-            .map(|o| validate::line_col(text, o));
-        problems.push(Problem {
-            origin: origin.to_string(),
-            position,
-            key: Some(validate::render_path(&path)),
-            message,
-        });
+        problems.push(at.problem(path, message));
     };
     cfg.server.check(&mut report);
     cfg.websocket.check(&mut report);

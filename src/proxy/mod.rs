@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 pub use balance::Upstream;
 pub use error::Error;
 pub use state::Proxy;
-pub use tunnel::TunnelSettings;
+pub use tunnel::{Hold, TunnelSettings};
 
 use crate::reply::Body;
 

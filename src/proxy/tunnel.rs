@@ -62,14 +62,30 @@ const MAX_HDR: usize = 14;
 #[derive(Debug)]
 pub struct TunnelSlot {
     _slot: crate::lifecycle::Slot,
+    /// Whatever the listener wants held while the tunnel lives (the client address's place
+    /// under `server.max_connections_per_ip`).
+    _held: Option<Hold>,
     /// Whether the tunnel opened (and so counts in the tunnel gauge).
     opened: bool,
 }
 
+/// Something a listener hands the proxy to keep for as long as a tunnel it opens lives: the
+/// client address's place among its open connections, given back when the tunnel ends rather
+/// than when the HTTP connection that asked for it does. Travels in the request's extensions.
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn Send + Sync>);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
 impl TunnelSlot {
-    pub(super) fn new(slot: crate::lifecycle::Slot) -> Self {
+    pub(super) fn new(slot: crate::lifecycle::Slot, held: Option<Hold>) -> Self {
         TunnelSlot {
             _slot: slot,
+            _held: held,
             opened: false,
         }
     }

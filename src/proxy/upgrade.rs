@@ -40,7 +40,7 @@ use super::h1::{self, Field, Framing};
 use super::headers::Forwarding;
 use super::state::Proxy;
 use super::tls::Stream;
-use super::tunnel::{self, Guard, TunnelSlot};
+use super::tunnel::{self, Guard, Hold, TunnelSlot};
 use super::uring;
 use crate::metrics::METRICS;
 use crate::reply::{Body, reply_and_close};
@@ -157,12 +157,12 @@ impl Refusal {
 
 /// Takes a place among `server.max_connections` tunnels before the upstream is asked (so
 /// concurrent handshakes cannot overshoot the limit); it is given back when dropped.
-fn take_slot(proxy: &Proxy, peer: SocketAddr) -> Result<TunnelSlot, Refusal> {
+fn take_slot(proxy: &Proxy, peer: SocketAddr, held: Option<Hold>) -> Result<TunnelSlot, Refusal> {
     if proxy.tunnels.shutdown.is_begun() {
         return Err(Refusal::ShuttingDown);
     }
     match proxy.slots.take() {
-        Ok(slot) => Ok(TunnelSlot::new(slot)),
+        Ok(slot) => Ok(TunnelSlot::new(slot, held)),
         Err(full) => {
             tracing::warn!(%peer, max = full.max, "tunnel refused: server.max_connections reached");
             Err(Refusal::Full { max: full.max })
@@ -586,6 +586,7 @@ pub async fn serve_first<S: Transport>(
     client: S,
     first: &[u8],
     peer: SocketAddr,
+    held: Option<Hold>,
     route: impl FnOnce(&str) -> Option<usize>,
 ) -> Result<(), S> {
     let mut hs = [const { MaybeUninit::uninit() }; h1::MAX_FAST_HEADERS];
@@ -625,6 +626,7 @@ pub async fn serve_first<S: Transport>(
         fields,
         path,
         peer,
+        held,
     )
     .await;
     let (name, took) = (&proxy.upstreams[ui].name, started.elapsed());
@@ -648,9 +650,10 @@ async fn upgrade_raw<'a, S: Transport>(
     fields: impl Iterator<Item = Field<'a>> + Clone,
     path: &str,
     peer: SocketAddr,
+    held: Option<Hold>,
 ) -> u16 {
     METRICS.proxy_requests.inc();
-    let slot = match take_slot(proxy, peer) {
+    let slot = match take_slot(proxy, peer, held) {
         Ok(s) => s,
         Err(r) => {
             r.reply(&mut client).await;
@@ -772,7 +775,8 @@ pub async fn upgrade(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let slot = match take_slot(proxy, peer) {
+    let held = req.extensions().get::<Hold>().cloned();
+    let slot = match take_slot(proxy, peer, held) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };

@@ -29,10 +29,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, server: Arc<Server>)
         let max = server.config.server.max_handshakes_per_second_per_ip;
         tracing::info!(%peer, max, "connection refused: server.max_handshakes_per_second_per_ip");
         if server.tls.is_none() {
-            let body = format!(
-                "429 Too Many Requests: {} opened more than {max} connections in a second (server.max_handshakes_per_second_per_ip). Retry with backoff.\n",
-                peer.ip()
-            );
+            let body = super::rate::handshake_rate_refusal(peer.ip(), max);
             reply_and_close(
                 &mut stream,
                 StatusCode::TOO_MANY_REQUESTS,
@@ -165,11 +162,16 @@ async fn serve_on<S: Transport>(
         Target::Proxy(upstream) => Some(upstream),
         _ => None,
     };
-    let stream =
-        match crate::proxy::upgrade::serve_first(&proxy, stream, &first, peer, to_proxy).await {
-            Ok(()) => return,
-            Err(back) => back,
-        };
+    // A tunnel keeps the client's place under server.max_connections_per_ip while it lives.
+    let held = Some(crate::proxy::Hold(ip_slot.clone()));
+    let stream = match crate::proxy::upgrade::serve_first(
+        &proxy, stream, &first, peer, held, to_proxy,
+    )
+    .await
+    {
+        Ok(()) => return,
+        Err(back) => back,
+    };
     // Every later head is checked too, before hyper reads it; a refused one reaches the
     // service as a stand-in request, answered with the refusal in its turn.
     let refusal = Arc::new(head::Refusal::default());
@@ -180,8 +182,11 @@ async fn serve_on<S: Transport>(
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let server = svc_server.clone();
         req.extensions_mut().insert(ip_slot.clone());
+        req.extensions_mut()
+            .insert(crate::proxy::Hold(ip_slot.clone()));
         let n = requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let refused = refusal.take(n);
+        let refusal = refusal.clone();
         async move {
             if let Some(r) = refused {
                 let mut resp = crate::reply::text(r.status, r.body);
@@ -191,10 +196,13 @@ async fn serve_on<S: Transport>(
                 );
                 return Ok::<_, Infallible>(resp);
             }
+            let resp = router::handle(req, peer, server).await;
             // After an upgrade that was not switched the connection stays HTTP/1.1 (RFC 9110
-            // §7.8) and keeps serving; the head watch has stepped aside by then, so later heads
-            // get hyper's own limits.
-            Ok(router::handle(req, peer, server).await)
+            // §7.8) and keeps serving: the head watch checks the next head again.
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                refusal.answered_without_switching(n);
+            }
+            Ok(resp)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Version, header};
+use http::{HeaderValue, Request, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::router;
 use super::state::Server;
+use crate::metrics::METRICS;
 
 /// What a client sends first on an HTTP/2 connection with prior knowledge (RFC 9113 §3.4);
 /// the request-line-shaped part is enough to tell it from any HTTP/1.1 request.
@@ -61,6 +62,20 @@ where
     let service = service_fn(move |req: Request<Incoming>| {
         let server = svc_server.clone();
         async move {
+            // Each WebSocket on the connection is a handshake of its own for the per-address
+            // rate, as a new HTTP/1.1 connection would be.
+            if crate::proxy::upgrade::is_extended_connect(&req) && !server.per_ip.allow(peer.ip()) {
+                METRICS.rate_limited.inc();
+                let max = server.config.server.max_handshakes_per_second_per_ip;
+                tracing::info!(%peer, max, "WebSocket stream refused: server.max_handshakes_per_second_per_ip");
+                let mut r = crate::reply::text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    super::rate::handshake_rate_refusal(peer.ip(), max),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(r);
+            }
             let req = with_host(req);
             Ok::<_, Infallible>(router::handle(req, peer, server).await)
         }

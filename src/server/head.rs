@@ -115,8 +115,11 @@ pub enum Framing {
     /// A body of this many bytes (0: none).
     Length(u64),
     Chunked,
-    /// An upgrade or CONNECT: what follows may not be HTTP.
-    Switch,
+    /// An upgrade or CONNECT: what follows may not be HTTP. `bodiless` when the request
+    /// announced no body (so, if the answer does not switch, the next head follows it).
+    Switch {
+        bodiless: bool,
+    },
 }
 
 /// Longest request target hyper takes (its `MAX_URI_LEN`): past it, 414 with our sentence.
@@ -248,7 +251,9 @@ pub fn check(head: &[u8], lim: &Limits) -> Result<Framing, Refused> {
 past a proxy (RFC 9112 section 6.3). Send one of them.",
         ),
         (_, Some(false)) => bad("Transfer-Encoding must end with chunked on a request."),
-        _ if switch => Ok(Framing::Switch),
+        _ if switch => Ok(Framing::Switch {
+            bodiless: chunked.is_none() && length.is_none_or(|v| v.trim_ascii() == b"0"),
+        }),
         (_, Some(true)) => Ok(Framing::Chunked),
         (Some(v), None) => match std::str::from_utf8(v.trim_ascii()).ok().and_then(|v| {
             v.bytes()
@@ -267,21 +272,38 @@ past a proxy (RFC 9112 section 6.3). Send one of them.",
 /// service answers it with the refusal (see [`Refusal`]).
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: wsgate\r\nconnection: close\r\n\r\n";
 
-/// The refusal of the `n`th request of a connection (0 the first), shared between the
-/// [`Watch`] that found it and the service that answers it, in order, after the requests
-/// before it.
+/// What the [`Watch`] and the service answering a connection's requests tell each other: the
+/// refusal of the `n`th request (0 the first), which the service answers in order after the
+/// requests before it; and which upgrade request was answered without switching protocols,
+/// after which the watch checks heads again.
 #[derive(Debug, Default)]
-pub struct Refusal(Mutex<Option<(u64, Refused)>>);
+pub struct Refusal {
+    refused: Mutex<Option<(u64, Refused)>>,
+    /// 1 + the index of the last request answered with anything but 101 (0: none yet).
+    not_switched: std::sync::atomic::AtomicU64,
+}
 
 impl Refusal {
     /// The refusal to answer the `n`th request with, if it is that one.
     pub fn take(&self, n: u64) -> Option<Refused> {
-        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         if r.as_ref().is_some_and(|(i, _)| *i == n) {
             r.take().map(|(_, refused)| refused)
         } else {
             None
         }
+    }
+
+    /// The `n`th request was answered with a status other than 101: the connection stays
+    /// HTTP/1.1 (RFC 9110 section 7.8). Called before the answer is written, so before the
+    /// client can send its next request.
+    pub fn answered_without_switching(&self, n: u64) {
+        self.not_switched
+            .store(n + 1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn was_not_switched(&self, n: u64) -> bool {
+        self.not_switched.load(std::sync::atomic::Ordering::Acquire) == n + 1
     }
 }
 
@@ -295,13 +317,17 @@ enum At {
     /// The CRLF after a chunk's data.
     ChunkEnd,
     Trailers,
+    /// After upgrade request number `.0`, waiting for its answer: if it did not switch, the
+    /// next bytes are the next head.
+    Asked(u64),
 }
 
 /// Checks every request head of a keep-alive connection before hyper reads it (the first is
 /// also checked by `conn`): a head is released to hyper only once it is complete and passed
 /// [`check`]; a refused one is replaced by a stand-in request that the service answers with
 /// the refusal. Bodies pass as they arrive (their framing is followed to find the next head);
-/// after an upgrade or CONNECT the watch steps aside.
+/// after an upgrade or CONNECT the watch steps aside, unless the answer did not switch
+/// protocols and the client waited for it, as RFC 6455 clients do: then it checks the next head.
 #[derive(Debug)]
 pub struct Watch {
     lim: Limits,
@@ -360,9 +386,13 @@ impl crate::transport::Inspect for Watch {
                             self.heads += 1;
                             out.extend_from_slice(&head);
                             self.at = match framing {
-                                Framing::Switch => {
-                                    out.extend_from_slice(&self.held);
-                                    return Flow::Done;
+                                Framing::Switch { bodiless } => {
+                                    if !bodiless || !self.held.is_empty() {
+                                        // Bytes sent before the answer, or a body: no head
+                                        // boundary to trust. Hyper's own limits apply.
+                                        return self.step_aside(out);
+                                    }
+                                    At::Asked(self.heads - 1)
                                 }
                                 Framing::Length(0) => At::Head,
                                 Framing::Length(n) => At::Body(n),
@@ -371,6 +401,17 @@ impl crate::transport::Inspect for Watch {
                         }
                         Err(refused) => return self.refuse(refused, out),
                     }
+                }
+                At::Asked(n) => {
+                    if self.held.is_empty() {
+                        return Flow::More;
+                    }
+                    if !self.refusal.was_not_switched(n) {
+                        // Switched (these are the new protocol's bytes), or the client did not
+                        // wait for the answer.
+                        return self.step_aside(out);
+                    }
+                    self.at = At::Head;
                 }
                 At::Body(n) => {
                     if self.held.is_empty() {
@@ -431,7 +472,11 @@ impl crate::transport::Inspect for Watch {
 impl Watch {
     fn refuse(&mut self, refused: Refused, out: &mut BytesMut) -> Flow {
         tracing::debug!(status = %refused.status, request = self.heads, "request head refused");
-        *self.refusal.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((self.heads, refused));
+        *self
+            .refusal
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((self.heads, refused));
         self.held = BytesMut::new();
         out.extend_from_slice(STAND_IN);
         Flow::End

@@ -119,6 +119,14 @@ impl Drop for IpSlot {
     }
 }
 
+/// The sentence of a 429 for `server.max_handshakes_per_second_per_ip` (a new connection, or a
+/// WebSocket stream on an HTTP/2 connection).
+pub fn handshake_rate_refusal(ip: std::net::IpAddr, max: u32) -> String {
+    format!(
+        "429 Too Many Requests: {ip} opened more than {max} connections or WebSockets in a second (server.max_handshakes_per_second_per_ip). Retry with backoff.\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

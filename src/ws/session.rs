@@ -80,6 +80,9 @@ struct Buckets {
     bytes: f64,
     bytes_cap: f64,
     at: std::time::Instant,
+    /// A bucket ran dry: the Close that follows is a rate refusal, counted in
+    /// `wsgate_ws_inbound_rate_closes_total`, not a protocol error.
+    tripped: bool,
 }
 
 impl Buckets {
@@ -93,6 +96,7 @@ impl Buckets {
             bytes: bytes_cap,
             bytes_cap,
             at: std::time::Instant::now(),
+            tripped: false,
         }
     }
 
@@ -344,7 +348,9 @@ impl<S: Transport> Session<S> {
     }
 
     fn fail(&mut self, e: ProtocolError) {
-        METRICS.protocol_errors.inc();
+        if !self.buckets.as_ref().is_some_and(|b| b.tripped) {
+            METRICS.protocol_errors.inc();
+        }
         tracing::debug!(conn = self.outbox.id, code = e.code.0, reason = %e.reason, "protocol error");
         self.send_close(e.code.0, &e.reason, false);
         self.read_done = true;
@@ -544,6 +550,7 @@ impl<S: Transport> Session<S> {
         b.refill(limit);
         b.bytes -= n as f64;
         (b.bytes < 0.0).then(|| {
+            b.tripped = true;
             METRICS.inbound_rate_closes.inc();
             ProtocolError::new(
                 CloseCode::POLICY_VIOLATION,
@@ -575,6 +582,7 @@ impl<S: Transport> Session<S> {
             }
             b.messages -= 1.0;
             if b.messages < 0.0 {
+                b.tripped = true;
                 METRICS.inbound_rate_closes.inc();
                 let e = ProtocolError::new(
                     CloseCode::POLICY_VIOLATION,

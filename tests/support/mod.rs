@@ -296,13 +296,40 @@ pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receive
     rx
 }
 
+/// A child process that is killed and reaped when dropped, so that a test that fails (panics)
+/// half way leaves no server running behind it.
+#[derive(Debug)]
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
 /// Starts the real binary with `args` and `env`, listening on `port`, and waits (bounded) for
 /// its "listening on" log line, which must come first.
-pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> std::process::Child {
-    let mut child = wsgate_command(args, env)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the wsgate binary starts");
+pub fn spawn_wsgate(args: &[&str], env: &[(&str, &str)], port: u16) -> Reaped {
+    let mut child = Reaped(
+        wsgate_command(args, env)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the wsgate binary starts"),
+    );
     let line = stderr_lines(&mut child)
         .recv_timeout(WAIT)
         .expect("wsgate logs its address");

@@ -1080,9 +1080,18 @@ fn code_of(s: &Scripts, which: &redis::Script) -> &'static str {
 }
 
 fn is_broken_pipe(e: &redis::RedisError) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let Some(source) = std::error::Error::source(e) else {
+        return false;
+    };
+    // The redis crate keeps the I/O error behind an `Arc<dyn Error>` and hands out the `Arc`
+    // itself as the source, which does not downcast to `io::Error` directly.
+    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
+        source
+            .downcast_ref::<Shared>()
+            .and_then(|a| a.downcast_ref::<std::io::Error>())
+    });
+    io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn fail(job: Job, e: &Error) {
@@ -1276,5 +1285,19 @@ impl Broker for Redis {
                 self.clone().run_health(),
             );
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_broken_pipe;
+
+    #[test]
+    fn a_write_to_a_closed_connection_is_told_from_other_failures() {
+        let io = |k| redis::RedisError::from(std::io::Error::new(k, "x"));
+        assert!(is_broken_pipe(&io(std::io::ErrorKind::BrokenPipe)));
+        // A reset or an early end may come after Redis ran the commands: not sent again.
+        assert!(!is_broken_pipe(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!is_broken_pipe(&io(std::io::ErrorKind::UnexpectedEof)));
     }
 }
