@@ -309,10 +309,8 @@ async fn with_h2_every_websocket_is_a_stream_of_the_shared_connections() {
     assert_eq!((num(r, "http2.conns"), num(r, "http2.opened")), (1.0, 1.0));
     assert!(num(r, "hold.server_pings") >= 20.0, "{r}");
     assert_eq!(num(r, "hold.closed_by_server"), 0.0);
-    assert_eq!(
-        (opened(srv.addr, "2").await, opened(srv.addr, "1.1").await),
-        (20, 0)
-    );
+    // The metrics are the process's, shared with tests running beside this one: at least.
+    assert!(opened(srv.addr, "2").await >= 20);
 
     // Handshake cycles open and close a stream each; --h2-conns spreads them.
     let out = bench(&format!(
@@ -325,7 +323,7 @@ async fn with_h2_every_websocket_is_a_stream_of_the_shared_connections() {
     assert_eq!(num(r, "completed"), 40.0);
     assert_eq!(num(r, "clean_closes"), 40.0);
     assert_eq!(num(r, "http2.opened"), 3.0);
-    assert_eq!(opened(srv.addr, "2").await, 60);
+    assert!(opened(srv.addr, "2").await >= 60);
     eventually("every stream's socket closed", || {
         srv.open_connections() == 0
     })
@@ -345,7 +343,7 @@ async fn with_h2_every_websocket_is_a_stream_of_the_shared_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_h2_over_tls_alpn_must_choose_h2() {
+async fn with_h2_over_tls_the_server_must_take_h2_in_alpn() {
     let dir = support::doctor::TempDir::new("bench-h2");
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
@@ -368,7 +366,8 @@ async fn with_h2_over_tls_alpn_must_choose_h2() {
     assert_eq!((num(r, "completed"), num(r, "http2.opened")), (20.0, 1.0));
     srv.shutdown().await;
 
-    // A server that offers only HTTP/1.1 in ALPN: a failed run that says why.
+    // A server that serves only HTTP/1.1 refuses the TLS handshake that offers only "h2"
+    // (RFC 7301 no_application_protocol): a failed run that says so.
     let srv = start(&format!("{tls}alpn = [\"http/1.1\"]\n")).await;
     let url = format!("wss://localhost:{}/ws/echo", srv.addr.port());
     let out = bench(&format!(
@@ -376,8 +375,9 @@ async fn with_h2_over_tls_alpn_must_choose_h2() {
     ))
     .await;
     assert!(!out.ok, "{}", out.report);
+    assert_eq!(num(&out.report, "errors.tls.count"), 2.0, "{}", out.report);
     assert!(
-        out.report.to_string().contains("did not choose"),
+        out.report.to_string().contains("NoApplicationProtocol"),
         "{}",
         out.report
     );
