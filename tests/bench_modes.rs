@@ -5,7 +5,7 @@ mod support;
 
 use clap::Parser;
 use serde_json::Value;
-use support::start;
+use support::{eventually, start};
 use wsgate::bench::{Outcome, run_plan, validate};
 use wsgate::cli::{Cli, Command};
 
@@ -277,4 +277,119 @@ async fn echo_and_handshake_run_over_wss_trusting_the_ca_given() {
     assert!(!out.ok, "{}", out.report);
     assert!(out.report.to_string().contains("tls"), "{}", out.report);
     srv.shutdown().await;
+}
+
+/// `wsgate_ws_opened_total{via="hub"}` over `http_version`, from /metrics.
+async fn opened(addr: std::net::SocketAddr, http_version: &str) -> u64 {
+    let r = support::raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let want = format!("wsgate_ws_opened_total{{via=\"hub\",http_version=\"{http_version}\"}} ");
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(want.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_h2_every_websocket_is_a_stream_of_the_shared_connections() {
+    let srv = start("[websocket]\nping_interval = \"100ms\"\npong_timeout = \"1s\"\n").await;
+    // 20 idle WebSockets on one h2c connection answer the server's Pings like any others.
+    let out = bench(&format!(
+        "idle --h2 --url ws://{}/room/h2idle/ --conns 20 --hold 0.5 --pid {}",
+        srv.addr,
+        pid()
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "connected"), 20.0);
+    assert_eq!((num(r, "http2.conns"), num(r, "http2.opened")), (1.0, 1.0));
+    assert!(num(r, "hold.server_pings") >= 20.0, "{r}");
+    assert_eq!(num(r, "hold.closed_by_server"), 0.0);
+    // The metrics are the process's, shared with tests running beside this one: at least.
+    assert!(opened(srv.addr, "2").await >= 20);
+
+    // Handshake cycles open and close a stream each; --h2-conns spreads them.
+    let out = bench(&format!(
+        "handshake --h2 --h2-conns 3 --url ws://{}/room/h2hs/ --total 40 --concurrency 4",
+        srv.addr
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!(num(r, "completed"), 40.0);
+    assert_eq!(num(r, "clean_closes"), 40.0);
+    assert_eq!(num(r, "http2.opened"), 3.0);
+    assert!(opened(srv.addr, "2").await >= 60);
+    eventually("every stream's socket closed", || {
+        srv.open_connections() == 0
+    })
+    .await;
+
+    // Echo over a stream: every message comes back in order.
+    let out = bench(&format!(
+        "echo --h2 --url ws://{}/ws/echo --conns 3 --inflight 2 --warmup 0 --duration 0.3",
+        srv.addr
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert!(num(r, "messages") > 0.0, "{r}");
+    assert_eq!(num(r, "lost") + num(r, "corrupt"), 0.0);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_h2_over_tls_the_server_must_take_h2_in_alpn() {
+    let dir = support::doctor::TempDir::new("bench-h2");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let ca = cert.display().to_string();
+    let srv = start(&tls).await;
+    let url = format!("wss://localhost:{}/ws/echo", srv.addr.port());
+    let out = bench(&format!(
+        "handshake --h2 --url {url} --ca {ca} --total 20 --concurrency 4"
+    ))
+    .await;
+    let r = &out.report;
+    assert!(out.ok, "{r}");
+    assert_eq!((num(r, "completed"), num(r, "http2.opened")), (20.0, 1.0));
+    srv.shutdown().await;
+
+    // A server that serves only HTTP/1.1 refuses the TLS handshake that offers only "h2"
+    // (RFC 7301 no_application_protocol): a failed run that says so.
+    let srv = start(&format!("{tls}alpn = [\"http/1.1\"]\n")).await;
+    let url = format!("wss://localhost:{}/ws/echo", srv.addr.port());
+    let out = bench(&format!(
+        "handshake --h2 --url {url} --ca {ca} --total 2 --concurrency 1 --timeout 2"
+    ))
+    .await;
+    assert!(!out.ok, "{}", out.report);
+    assert_eq!(num(&out.report, "errors.tls.count"), 2.0, "{}", out.report);
+    assert!(
+        out.report.to_string().contains("NoApplicationProtocol"),
+        "{}",
+        out.report
+    );
+    srv.shutdown().await;
+}
+
+#[test]
+fn h2_conns_needs_h2() {
+    let cli = Cli::try_parse_from(["wsgate", "bench", "idle", "--h2-conns", "2"]).unwrap();
+    let Some(Command::Bench(args)) = cli.command else {
+        panic!("not a bench command")
+    };
+    let e = validate(&args).unwrap_err();
+    assert!(e.contains("add --h2"), "{e}");
 }

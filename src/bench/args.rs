@@ -57,6 +57,7 @@ Examples (against `wsgate serve` on 127.0.0.1:8080):
   wsgate bench idle --conns 19000 --hold 30 --pid $(pgrep -n wsgate)
   wsgate bench handshake --total 20000 --concurrency 50
   wsgate bench echo --url wss://localhost:8443/ws/echo --ca cert.pem
+  wsgate bench handshake --h2 --total 20000 --concurrency 50
   wsgate bench recover --conns 5000 --missed 20 --group room:recover";
 
 /// `wsgate bench` arguments. Durations are in seconds and may have a fraction.
@@ -143,6 +144,15 @@ pub struct Args {
     /// client's check of the certificate is skipped; the server's work is the same.
     #[arg(long)]
     pub insecure: bool,
+    /// Open every WebSocket as a stream of an HTTP/2 connection (an extended CONNECT, RFC 8441,
+    /// as browsers do when the server allows it): h2c with prior knowledge for ws://, h2 by ALPN
+    /// for wss://. The streams are spread over --h2-conns connections.
+    #[arg(long)]
+    pub h2: bool,
+    /// --h2: HTTP/2 connections per URL, each carrying its share of the streams (round robin);
+    /// the server's max_concurrent_streams bounds how many each holds at once.
+    #[arg(long, default_value_t = 1)]
+    pub h2_conns: usize,
     /// Client threads: 1 = a single-threaded runtime (at most one core for the client).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

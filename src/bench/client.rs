@@ -4,6 +4,10 @@
 //!
 //! It speaks just enough RFC 6455 for benchmarks: unfragmented data frames, Pings answered with
 //! Pongs, Close. A fragmented message from the server is reported as a protocol error.
+//!
+//! With `--h2` a WebSocket is a stream of a shared HTTP/2 connection instead (h2c for `ws://`,
+//! h2 by ALPN for `wss://`), opened by an extended CONNECT (RFC 8441) as browsers do; the frames
+//! on it are the same.
 
 use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +15,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -40,6 +49,109 @@ pub struct Target {
     pub secure: bool,
     /// How `wss://` connections verify the server (set from `--ca` / `--insecure`).
     pub tls: Option<TlsClient>,
+    /// `--h2`: the HTTP/2 connections WebSockets open their streams on.
+    pub h2: Option<H2Pool>,
+}
+
+/// A fixed number of HTTP/2 connections, each opened when its first stream needs it; streams
+/// are spread over them round robin. Clones share the connections.
+#[derive(Clone)]
+pub struct H2Pool(Arc<H2Slots>);
+
+struct H2Slots {
+    slots: Vec<tokio::sync::OnceCell<SendRequest<Empty<Bytes>>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl H2Pool {
+    pub fn new(conns: usize) -> H2Pool {
+        H2Pool(Arc::new(H2Slots {
+            slots: (0..conns.max(1))
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    /// The connections opened so far.
+    pub fn opened(&self) -> usize {
+        self.0.slots.iter().filter(|s| s.initialized()).count()
+    }
+
+    /// The next connection in turn, opened (TCP, TLS with ALPN "h2", the HTTP/2 handshake) if it
+    /// is not yet.
+    async fn sender(&self, t: &Target) -> Result<SendRequest<Empty<Bytes>>, ConnectError> {
+        use std::sync::atomic::Ordering;
+        let i = self.0.next.fetch_add(1, Ordering::Relaxed) % self.0.slots.len();
+        self.0.slots[i]
+            .get_or_try_init(|| h2_handshake(t))
+            .await
+            .cloned()
+    }
+}
+
+impl std::fmt::Debug for H2Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool")
+            .field("conns", &self.0.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for H2Pool {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for H2Pool {}
+
+/// Opens one HTTP/2 connection to `t` and waits for the server's SETTINGS, which must allow
+/// extended CONNECT before the first WebSocket stream is sent.
+async fn h2_handshake(t: &Target) -> Result<SendRequest<Empty<Bytes>>, ConnectError> {
+    let tcp = TcpStream::connect(t.addr)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            addr: t.addr,
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let io = match &t.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let s = tls
+                .connector
+                .connect(tls.name.clone(), tcp)
+                .await
+                .map_err(ConnectError::Tls)?;
+            if s.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(ConnectError::BadHandshake(
+                    "--h2: the server did not choose \"h2\" in ALPN; does it serve HTTP/2 (server.tls.alpn)?".into(),
+                ));
+            }
+            Stream::Tls(Box::new(s))
+        }
+    };
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::BadHandshake(format!("--h2: HTTP/2 handshake: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // The server's SETTINGS come after the handshake future resolves; any answer to a first
+    // request means they have been read.
+    let req = http::Request::get(format!("{}/", t.origin()))
+        .body(Empty::new())
+        .expect("a valid request");
+    send.ready()
+        .await
+        .map_err(|e| ConnectError::BadHandshake(format!("--h2: {e}")))?;
+    send.send_request(req)
+        .await
+        .map_err(|e| ConnectError::BadHandshake(format!("--h2: first request: {e}")))?;
+    Ok(send)
 }
 
 /// TLS for `wss://` targets: the connector and the name sent and checked.
@@ -67,9 +179,15 @@ impl Eq for TlsClient {}
 
 impl TlsClient {
     /// A client for `host` that trusts the CA certificates in `ca` (PEM), or any certificate
-    /// when `insecure`, or this machine's roots when neither is given. Sessions are resumed as
-    /// browsers do. The error is a sentence for the user.
-    pub fn new(host: &str, ca: Option<&str>, insecure: bool) -> Result<TlsClient, String> {
+    /// when `insecure`, or this machine's roots when neither is given, offering "h2" in ALPN
+    /// when `h2` and "http/1.1" otherwise. Sessions are resumed as browsers do. The error is a
+    /// sentence for the user.
+    pub fn new(
+        host: &str,
+        ca: Option<&str>,
+        insecure: bool,
+        h2: bool,
+    ) -> Result<TlsClient, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -101,7 +219,11 @@ impl TlsClient {
             builder.with_root_certificates(roots)
         };
         let mut config = builder.with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(bare.to_string())
             .map_err(|e| format!("{host:?} cannot be a TLS server name: {e}"))?;
@@ -112,11 +234,13 @@ impl TlsClient {
     }
 }
 
-/// A bench connection: plain TCP, or TLS over it for `wss://`.
+/// A bench connection: plain TCP, or TLS over it for `wss://`, or (`--h2`) one stream of an
+/// HTTP/2 connection.
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    H2(Box<TokioIo<Upgraded>>),
 }
 
 impl AsyncRead for Stream {
@@ -128,6 +252,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::H2(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -141,6 +266,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::H2(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -152,6 +278,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Stream::H2(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -159,6 +286,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::H2(s) => s.is_write_vectored(),
         }
     }
 
@@ -166,6 +294,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::H2(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -173,6 +302,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::H2(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }
@@ -233,7 +363,19 @@ pub fn parse_target(url: &str, scheme: &str) -> Result<Target, String> {
         deflate: false,
         secure,
         tls: None,
+        h2: None,
     })
+}
+
+impl Target {
+    /// `http://host` or `https://host`: the scheme and authority of HTTP/2 request URIs.
+    fn origin(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.secure { "https" } else { "http" },
+            self.host
+        )
+    }
 }
 
 fn not_loopback(host: &str) -> String {
@@ -329,6 +471,9 @@ impl Conn {
         read_buf: usize,
         protocol: Option<&str>,
     ) -> Result<Conn, ConnectError> {
+        if let Some(pool) = &t.h2 {
+            return Conn::connect_h2(pool, t, read_buf, protocol).await;
+        }
         let stream = TcpStream::connect(t.addr)
             .await
             .map_err(|source| ConnectError::Connect {
@@ -346,6 +491,63 @@ impl Conn {
             )),
         };
         Conn::upgrade(stream, t, read_buf, protocol).await
+    }
+
+    /// A WebSocket on a new stream of one of the pool's HTTP/2 connections: an extended
+    /// CONNECT (`:protocol = websocket`, no key) answered 200 (RFC 8441 §5).
+    async fn connect_h2(
+        pool: &H2Pool,
+        t: &Target,
+        read_buf: usize,
+        protocol: Option<&str>,
+    ) -> Result<Conn, ConnectError> {
+        let mut send = pool.sender(t).await?;
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("{}{}", t.origin(), t.path))
+            .header("sec-websocket-version", "13");
+        if let Some(p) = protocol {
+            req = req.header("sec-websocket-protocol", p);
+        }
+        if t.deflate {
+            req = req.header(
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            );
+        }
+        let mut req = req
+            .body(Empty::new())
+            .map_err(|e| ConnectError::BadHandshake(format!("{e}")))?;
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let stream_err = |e: hyper::Error| ConnectError::Io(std::io::Error::other(e));
+        send.ready().await.map_err(stream_err)?;
+        let mut resp = send.send_request(req).await.map_err(stream_err)?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(ConnectError::Status {
+                status: resp.status().as_u16(),
+            });
+        }
+        let inflate = resp
+            .headers()
+            .get_all("sec-websocket-extensions")
+            .iter()
+            .any(|v| v.as_bytes().starts_with(b"permessage-deflate"));
+        if t.deflate && !inflate {
+            return Err(ConnectError::BadHandshake(
+                "--deflate: the server did not agree to permessage-deflate".into(),
+            ));
+        }
+        let up = hyper::upgrade::on(&mut resp).await.map_err(stream_err)?;
+        Ok(Conn {
+            stream: Stream::H2(Box::new(TokioIo::new(up))),
+            buf: vec![0u8; read_buf.max(1024)],
+            start: 0,
+            end: 0,
+            pings: 0,
+            inflate,
+            wire_bytes: 0,
+        })
     }
 
     async fn upgrade(
@@ -513,7 +715,7 @@ impl Conn {
             return false;
         }
         let mut sink = Vec::new();
-        tokio::time::timeout(wait, async {
+        let clean = tokio::time::timeout(wait, async {
             let mut got_close = false;
             loop {
                 match self.frames(&mut sink, |_, _| {}) {
@@ -529,7 +731,12 @@ impl Conn {
             }
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        // An HTTP/2 stream ends our half with END_STREAM (dropped open, it would be reset).
+        if matches!(self.stream, Stream::H2(_)) {
+            let _ = self.stream.shutdown().await;
+        }
+        clean
     }
 }
 

@@ -99,6 +99,13 @@ pub async fn run_plan(plan: Plan, nofile: u64) -> Outcome {
                 json!(format!("http://{}{}", p.host, p.path)),
             );
         }
+        if let Some(pool) = &plan.target.h2 {
+            // The HTTP/2 connections the WebSockets ran on (per URL).
+            head.insert(
+                "http2".into(),
+                json!({ "conns": a.h2_conns, "opened": pool.opened() }),
+            );
+        }
         head.insert("size".into(), json!(a.size));
         head.insert("client_threads".into(), json!(a.threads));
         head.insert("nofile_limit".into(), json!(nofile));

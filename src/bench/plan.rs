@@ -68,13 +68,24 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
                 .filter(|(h, _)| !h.is_empty() && (!h.starts_with('[') || h.ends_with(']')))
                 .map_or(target.host.as_str(), |(h, _)| h);
             target.tls = Some(
-                client::TlsClient::new(host, args.ca.as_deref(), args.insecure)
+                client::TlsClient::new(host, args.ca.as_deref(), args.insecure, args.h2)
                     .map_err(|e| format!("{flag}: {e}"))?,
             );
         }
         Ok(())
     };
     secure(&mut target, "--url")?;
+    if args.h2 {
+        if !(1..=1000).contains(&args.h2_conns) {
+            return Err(format!(
+                "--h2-conns {}: must be between 1 and 1000",
+                args.h2_conns
+            ));
+        }
+        target.h2 = Some(client::H2Pool::new(args.h2_conns));
+    } else if args.h2_conns != 1 {
+        return Err("--h2-conns is for --h2 runs; add --h2".into());
+    }
     let also = args
         .also_url
         .iter()
@@ -82,6 +93,9 @@ pub fn validate(args: &Args) -> Result<Plan, String> {
             let mut t = parse_target(u, "ws").map_err(|e| format!("--also-url: {e}"))?;
             t.deflate = args.deflate;
             secure(&mut t, "--also-url")?;
+            if args.h2 {
+                t.h2 = Some(client::H2Pool::new(args.h2_conns));
+            }
             Ok(t)
         })
         .collect::<Result<Vec<_>, String>>()?;
