@@ -263,7 +263,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, m),
         })?;
     // The kernel caps this at net.core.somaxconn; a deep queue absorbs connection bursts.
-    let listener = bind(addr, 4096).map_err(|source| StartError::Bind {
+    let listener = bind(addr, config.server.listen_backlog).map_err(|source| StartError::Bind {
         addr: addr.to_string(),
         source,
     })?;

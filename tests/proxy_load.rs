@@ -480,14 +480,30 @@ async fn tunnel_io_picks_the_engine_that_carries_tunnels() {
 /// the same up to 16 MB). Every byte comes back, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_megabytes_echo_through_a_tunnel_intact() {
+    echo_megabytes("", 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smallest_engine_pool_and_tunnel_buffer_still_carry_megabytes_intact() {
+    // 16 receive buffers per io_uring engine and 16 KiB unsent per direction: every read
+    // recycles a buffer and the tunnel pauses and resumes its reads many times per message.
+    echo_megabytes(
+        "[proxy]\nuring_buffers = 16\ntunnel_buffer_bytes = 16384\n",
+        3,
+    )
+    .await;
+}
+
+/// Echoes `n` messages of 8 MB through a proxy configured with `extra`, byte for byte.
+async fn echo_megabytes(extra: &str, n: u8) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (up, _seen) = ws_echo(WsOptions::default()).await;
-    let proxy = spawn_proxy(up, "");
+    let proxy = spawn_proxy(up, extra);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/big", proxy.addr))
         .await
         .expect("the upgrade goes through");
-    for i in 0..6u8 {
+    for i in 0..n {
         let payload: Vec<u8> = (0..8 * MB).map(|j| (j % 253) as u8 ^ i).collect();
         ws.send(Message::binary(payload.clone())).await.unwrap();
         let got = tokio::time::timeout(WAIT * 3, async {
@@ -500,7 +516,7 @@ async fn messages_of_megabytes_echo_through_a_tunnel_intact() {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("echo {i} of 8 MB within the wait limit"));
+        .unwrap_or_else(|_| panic!("echo {i} of {n} (8 MB each) within the wait limit"));
         assert!(got[..] == payload[..], "echo {i} differs");
     }
 }

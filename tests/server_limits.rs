@@ -406,3 +406,20 @@ async fn five_hundred_half_open_handshakes_do_not_slow_a_normal_client() {
     assert!(answer.contains("server.handshake_timeout"), "{answer}");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_is_what_server_listen_backlog_says() {
+    let srv = start("[server]\nlisten_backlog = 37\n").await;
+    // For a listening socket, ss shows the backlog in the Send-Q column.
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", srv.addr.port())])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let send_q: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(send_q, vec!["37"], "{text}");
+    srv.shutdown().await;
+}

@@ -38,6 +38,14 @@ pub struct Proxy {
     /// worker; fewer syscalls per message), "epoll" (on the workers, with tokio), or "auto"
     /// (default: io_uring when the kernel allows it, else epoll).
     pub tunnel_io: TunnelIo,
+    /// Receive buffers of 16 KiB in each io_uring engine's pool (a power of two, 16 to
+    /// 32768): reads in flight at once per engine thread. Memory is reserved per engine as
+    /// address space and becomes resident as buffers are used. Default 256 (4 MiB).
+    pub uring_buffers: u32,
+    /// Bytes one direction of an io_uring tunnel may hold unsent (its destination reads slower
+    /// than its source writes) before the tunnel stops reading that source; it reads again
+    /// below half of it. Default 262144 (256 KiB); 16384 to 67108864.
+    pub tunnel_buffer_bytes: usize,
 }
 
 /// `proxy.tunnel_io`.
@@ -61,6 +69,8 @@ impl Default for Proxy {
             max_lifetime: Duration::from_secs(0),
             shutdown_grace: Duration::from_secs(0),
             tunnel_io: TunnelIo::Auto,
+            uring_buffers: 256,
+            tunnel_buffer_bytes: 256 * 1024,
         }
     }
 }
@@ -256,6 +266,24 @@ fn default_health_interval() -> Duration {
 
 /// Reports what is wrong with `[proxy]` and the `[[upstream]]` tables.
 pub(super) fn check(p: &Proxy, upstreams: &[Upstream], report: &mut impl FnMut(Vec<Seg>, String)) {
+    if !(16..=32_768).contains(&p.uring_buffers) || !p.uring_buffers.is_power_of_two() {
+        report(
+            keys(&["proxy", "uring_buffers"]),
+            format!(
+                "{} is not a power of two from 16 to 32768 (default 256)",
+                p.uring_buffers
+            ),
+        );
+    }
+    if !(16 * 1024..=64 * 1024 * 1024).contains(&p.tunnel_buffer_bytes) {
+        report(
+            keys(&["proxy", "tunnel_buffer_bytes"]),
+            format!(
+                "{} is out of range; use 16384 to 67108864 (default 262144)",
+                p.tunnel_buffer_bytes
+            ),
+        );
+    }
     if !p.ping_interval.is_zero() && p.pong_timeout.is_zero() {
         report(
             keys(&["proxy", "pong_timeout"]),

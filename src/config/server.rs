@@ -40,6 +40,10 @@ pub struct Server {
     /// handshake (TLS). Loopback peers are not limited, for the same reason as above (a proxy
     /// on this machine puts every client behind 127.0.0.1). Default 256; 0 turns it off.
     pub max_connections_per_ip: u32,
+    /// Connections the kernel may hold accepted but not yet taken by wsgate (the listen
+    /// backlog; Linux caps it at `net.core.somaxconn`). Past it, new connections wait in SYN
+    /// retries. Default 4096.
+    pub listen_backlog: u32,
     /// `[server.tls]`: serve `https://` and `wss://` with these certificates. Default: plain.
     pub tls: Option<Tls>,
     /// `[server.http2]`: HTTP/2 (and WebSockets over it) next to HTTP/1.1.
@@ -58,6 +62,7 @@ impl Default for Server {
             shutdown_grace: Duration::from_secs(10),
             max_handshakes_per_second_per_ip: 200,
             max_connections_per_ip: 256,
+            listen_backlog: 4096,
             tls: None,
             http2: Http2::default(),
         }
@@ -86,6 +91,15 @@ impl Server {
                 format!(
                     "{} is out of range; use 1 to 1024 (default 100)",
                     s.max_headers
+                ),
+            );
+        }
+        if !(1..=65_535).contains(&s.listen_backlog) {
+            report(
+                keys(&["server", "listen_backlog"]),
+                format!(
+                    "{} is out of range; use 1 to 65535 (default 4096)",
+                    s.listen_backlog
                 ),
             );
         }

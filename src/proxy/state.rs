@@ -95,6 +95,9 @@ impl Proxy {
                     idle_timeout: p.idle_timeout.get(),
                     max_lifetime: p.max_lifetime.get(),
                     close_timeout: cfg.websocket.close_timeout.get(),
+                    // Bounded to 16..=32768 by the config check.
+                    uring_buffers: u16::try_from(p.uring_buffers).unwrap_or(256),
+                    high_water: p.tunnel_buffer_bytes,
                 },
                 shutdown.clone(),
             )),

@@ -121,6 +121,11 @@ pub struct TunnelSettings {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub close_timeout: Duration,
+    /// `proxy.uring_buffers`: receive buffers per io_uring engine (a power of two).
+    pub uring_buffers: u16,
+    /// `proxy.tunnel_buffer_bytes`: unsent bytes per direction before an io_uring tunnel
+    /// stops reading its source.
+    pub high_water: usize,
 }
 
 /// What every tunnel shares, whichever engine drives it.
@@ -1102,6 +1107,8 @@ mod tests {
                 idle_timeout: Duration::ZERO,
                 max_lifetime: Duration::ZERO,
                 close_timeout: Duration::from_secs(5),
+                uring_buffers: 256,
+                high_water: 256 * 1024,
             },
             Shutdown::new(),
         ));

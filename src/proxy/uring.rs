@@ -32,13 +32,11 @@ use super::tunnel::{self, Dir, Env, Limits, Lost, TunnelEntry};
 
 /// Size of each pooled receive buffer; a read never takes more.
 const BUF_SIZE: usize = 16 * 1024;
-/// Buffers in an engine's pool (a power of two; 4 MiB of address space, resident only once
-/// used). A read's bytes are copied out and the buffer returned at once, so only reads not yet
-/// reaped hold one.
-const BUF_COUNT: u16 = 256;
+// Buffers in an engine's pool: `proxy.uring_buffers` (a power of two; 256 by default, 4 MiB
+// of address space, resident only once used). A read's bytes are copied out and the buffer
+// returned at once, so only reads not yet reaped hold one. A direction whose destination has
+// `proxy.tunnel_buffer_bytes` unsent stops reading its source until it drains to half.
 const BUF_GROUP: u16 = 1;
-/// A direction whose destination has this much unsent stops reading its source until it drains.
-const HIGH_WATER: usize = 256 * 1024;
 /// How often tunnels with a deadline (closing, `idle_timeout`, `max_lifetime`) are checked.
 const SWEEP: Duration = Duration::from_millis(50);
 
@@ -208,8 +206,10 @@ impl Drop for Engines {
 
 /// The pool of receive buffers, shared with the kernel through a provided-buffer ring.
 struct BufRing {
-    /// The ring of `BUF_COUNT` entries (page-aligned, as the kernel requires).
+    /// The ring of `count` entries (page-aligned, as the kernel requires).
     ring: *mut types::BufRingEntry,
+    /// Entries in the ring and buffers in the pool (a power of two).
+    count: u16,
     ring_layout: std::alloc::Layout,
     bufs: *mut u8,
     bufs_layout: std::alloc::Layout,
@@ -218,12 +218,16 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(ring: &IoUring) -> io::Result<BufRing> {
+    fn new(ring: &IoUring, count: u16) -> io::Result<BufRing> {
+        if !count.is_power_of_two() {
+            return Err(io::Error::other(format!(
+                "proxy.uring_buffers = {count} is not a power of two"
+            )));
+        }
         let ring_layout =
-            std::alloc::Layout::from_size_align(usize::from(BUF_COUNT) * 16, 4096).expect("layout");
-        let bufs_layout =
-            std::alloc::Layout::from_size_align(usize::from(BUF_COUNT) * BUF_SIZE, 4096)
-                .expect("layout");
+            std::alloc::Layout::from_size_align(usize::from(count) * 16, 4096).expect("layout");
+        let bufs_layout = std::alloc::Layout::from_size_align(usize::from(count) * BUF_SIZE, 4096)
+            .expect("layout");
         // SAFETY: non-zero sizes; checked for null below.
         let (r, b) = unsafe {
             (
@@ -238,6 +242,7 @@ impl BufRing {
         }
         let mut br = BufRing {
             ring: r,
+            count,
             ring_layout,
             bufs: b,
             bufs_layout,
@@ -247,9 +252,9 @@ impl BufRing {
         // the IoUring: see Engine's field order).
         unsafe {
             ring.submitter()
-                .register_buf_ring_with_flags(r as u64, BUF_COUNT, BUF_GROUP, 0)?;
+                .register_buf_ring_with_flags(r as u64, count, BUF_GROUP, 0)?;
         }
-        for bid in 0..BUF_COUNT {
+        for bid in 0..count {
             br.give_back(bid);
         }
         br.publish();
@@ -257,7 +262,7 @@ impl BufRing {
     }
 
     fn buf(&self, bid: u16, len: usize) -> &[u8] {
-        // SAFETY: bid < BUF_COUNT and len <= BUF_SIZE (the kernel fills at most the entry's
+        // SAFETY: bid < count and len <= BUF_SIZE (the kernel fills at most the entry's
         // length); the kernel is done writing once the completion was posted.
         unsafe {
             std::slice::from_raw_parts(
@@ -272,7 +277,7 @@ impl BufRing {
         // SAFETY: the entry index is masked into the ring; the kernel only reads entries below
         // the published tail, and this one is past it.
         unsafe {
-            let e = &mut *self.ring.add(usize::from(self.tail & (BUF_COUNT - 1)));
+            let e = &mut *self.ring.add(usize::from(self.tail & (self.count - 1)));
             e.set_addr(self.bufs.add(usize::from(bid) * BUF_SIZE) as u64);
             e.set_len(BUF_SIZE as u32);
             e.set_bid(bid);
@@ -387,7 +392,7 @@ impl Engine {
                 Err(_) => IoUring::builder().setup_cqsize(16 * 1024).build(4096)?,
             },
         };
-        let bufs = BufRing::new(&ring)?;
+        let bufs = BufRing::new(&ring, env.settings.uring_buffers)?;
         let mut e = Engine {
             ring,
             bufs,
@@ -680,6 +685,7 @@ impl Engine {
     /// arm the close deadline, and end the tunnel when both ways are done.
     fn settle(&mut self, k: u64) {
         let close_timeout = self.env.settings.close_timeout;
+        let high_water = self.env.settings.high_water;
         let Some(t) = self.get(k) else { return };
         if t.ending {
             if t.idle_io() {
@@ -719,10 +725,10 @@ impl Engine {
                 io.tx = Vec::new();
             }
             let backlog = d.pending.len() + io.tx.len() - io.tx_off;
-            if backlog > HIGH_WATER && io.recv && !io.paused {
+            if backlog > high_water && io.recv && !io.paused {
                 io.paused = true;
                 cancel[i] = true;
-            } else if io.paused && backlog <= HIGH_WATER / 2 && !d.src_done {
+            } else if io.paused && backlog <= high_water / 2 && !d.src_done {
                 io.paused = false;
                 resume[i] = !io.recv;
             }
