@@ -125,11 +125,20 @@ HTTP/2 preface; browsers never do this, they use HTTP/2 only over TLS)"
             step.elapsed_ms = ms_since(start);
             return (step, Some(send));
         }
-        Ok(Err(e)) => Step::fail("h2", format!("{how}; then {}: {}", answer(), h2_error(&e))),
+        Ok(Err(e)) => {
+            let answer = answer();
+            // An HTTP/1.1 answer says it all; the h2 error it caused would only add noise.
+            let error = if answer.contains("in HTTP/1.1") {
+                String::new()
+            } else {
+                format!("; {}", h2_error(&e))
+            };
+            Step::fail("h2", format!("{how}\n{answer}{error}"))
+        }
         Err(_) => Step::fail(
             "h2",
             format!(
-                "{how}; no SETTINGS and PING acknowledgement within {} s ({})",
+                "{how}\nno SETTINGS and PING acknowledgement within {} s; {}",
                 secs(timeout),
                 answer()
             ),
@@ -140,10 +149,10 @@ HTTP/2 preface; browsers never do this, they use HTTP/2 only over TLS)"
 that terminates TLS; check its HTTP/2 configuration and logs"
             .to_string()
     } else {
-        format!(
-            "this port does not take HTTP/2 without TLS (h2c). That alone does not hurt browsers, which \
-use HTTP/2 only over TLS: check the wss:// URL with --h2. To serve h2c: {WHO_SUPPORTS}"
-        )
+        "this port does not take HTTP/2 without TLS (h2c). That alone does not hurt browsers, which \
+use HTTP/2 only over TLS: check the wss:// URL with --h2. wsgate serves h2c next to HTTP/1.1 when \
+[server.http2] enabled = true (the default)"
+            .to_string()
     });
     step.elapsed_ms = ms_since(start);
     (step, None)
