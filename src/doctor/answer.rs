@@ -72,6 +72,16 @@ base64(SHA-1(key + \"258EAFA5-E914-47DA-95CA-C5AB0DC85B11\")) (RFC 6455 section 
         }
         Some(_) => {}
     }
+    check_negotiation(head, sent)
+}
+
+/// Checks what the server chose of what doctor offered (subprotocol, extensions), as a browser
+/// does after a 101 or, over HTTP/2, a 200 to the extended CONNECT; `Ok` carries the chosen
+/// subprotocol.
+///
+/// # Errors
+/// A subprotocol refused or not offered, or extensions doctor did not offer.
+pub fn check_negotiation(head: &Head, sent: &Sent) -> Result<Option<String>, Problem> {
     let chosen: Vec<&str> = head.tokens("sec-websocket-protocol");
     match (sent.protocols.is_empty(), chosen.as_slice()) {
         (true, []) => {}
@@ -154,10 +164,11 @@ pub fn judge_refusal(
     sent: &Sent,
     target: &Target,
     follow: bool,
+    wanted: u16,
 ) -> Refusal {
     let status = head.status;
     let line = format!("{status} {}", head.reason.trim());
-    let expected = format!("{line} where 101 was expected");
+    let expected = format!("{line} where {wanted} was expected");
     match status {
         300..=399 if status != 304 => redirect(head, target, follow, &line),
         426 if head.header("sec-websocket-version").is_some_and(|v| !v.split(',').any(|t| t.trim() == "13")) => {
@@ -408,7 +419,7 @@ Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
         let s = sent(&[], None);
         let judge = |raw: &str, body: &str, follow: bool| {
             let h = head(raw);
-            judge_refusal(&h, body, &Hops::guess(&h, body), &s, &t, follow)
+            judge_refusal(&h, body, &Hops::guess(&h, body), &s, &t, follow, 101)
         };
         let r = judge(
             "HTTP/1.1 426 Upgrade Required\r\nServer: nginx/1.22.1\r\n\r\n",

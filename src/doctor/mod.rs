@@ -12,14 +12,22 @@
 //! 6. `idle` with `--idle-probe`: hold a silent connection and report how it ended (`idle.rs`);
 //! 7. `close`: Close 1000 and the server's Close in reply (`session.rs`).
 //!
-//! The endpoint works (exit 0) when the upgrade passed and no step failed; otherwise exit 1, and
-//! 2 for usage errors. Every wait is bounded by `--timeout` per step.
+//! With `--h2` the upgrade is replaced by WebSockets over HTTP/2 (RFC 8441, `h2.rs`): `alpn`
+//! (TLS only), `h2` (preface and SETTINGS; h2c with prior knowledge on a plain port),
+//! `settings` (SETTINGS_ENABLE_CONNECT_PROTOCOL) and `connect` (the extended CONNECT); then
+//! `ping`, `idle` and `close` as above, over the HTTP/2 stream (`h2io.rs`).
+//!
+//! The endpoint works (exit 0) when the upgrade (or the extended CONNECT) passed and no step
+//! failed; otherwise exit 1, and 2 for usage errors. Every wait is bounded by `--timeout` per
+//! step.
 //!
 //! doctor is a client: it must not know server internals (`server`, `hub`, `broker`, `api`,
 //! `proxy`), changes no state on the server (no data frames are sent), and uses only
 //! `crate::ws` for framing and the accept key. The report types live in `report.rs`.
 
 mod answer;
+mod h2;
+mod h2io;
 mod head;
 mod hops;
 mod idle;
@@ -53,7 +61,8 @@ Examples:
   wsgate doctor wss://example.com/socket --idle-probe 75s
   wsgate doctor wss://staging.internal/ws --ca ca.pem --origin https://app.example.com
   wsgate doctor http://example.com/chat --follow --subprotocol graphql-transport-ws
-  wsgate doctor ws://127.0.0.1:8080/ws/echo --json";
+  wsgate doctor ws://127.0.0.1:8080/ws/echo --json
+  wsgate doctor wss://example.com/socket --h2";
 
 /// `wsgate doctor` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -85,7 +94,9 @@ pub struct Args {
     /// the report.
     #[arg(long)]
     pub json: bool,
-    /// Check WebSockets over HTTP/2 (RFC 8441). Not supported yet.
+    /// Check WebSockets over HTTP/2 (RFC 8441 extended CONNECT) instead of the HTTP/1.1 upgrade:
+    /// ALPN h2 over TLS (h2c with prior knowledge for ws://), the server's
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL, the CONNECT and its answer, then the same frames.
     #[arg(long)]
     pub h2: bool,
 }
@@ -95,10 +106,6 @@ pub struct Args {
 pub enum Error {
     #[error(transparent)]
     Ca(#[from] CaError),
-    #[error(
-        "--h2: not supported yet: wsgate has no HTTP/2 client yet; run doctor without --h2 to check the HTTP/1.1 upgrade"
-    )]
-    H2NotSupported,
 }
 
 /// Checked arguments, ready to run.
@@ -111,18 +118,17 @@ pub struct Plan {
     pub follow: bool,
     pub idle_probe: Option<Duration>,
     pub timeout: Duration,
+    /// WebSockets over HTTP/2 (RFC 8441) instead of the HTTP/1.1 upgrade.
+    pub h2: bool,
     provider: Arc<CryptoProvider>,
 }
 
 impl Plan {
-    /// Checks what clap cannot: `--h2` and the `--ca` file.
+    /// Checks what clap cannot: the `--ca` file.
     ///
     /// # Errors
-    /// `--h2`, or a `--ca` file that holds no usable CA certificate.
+    /// A `--ca` file that holds no usable CA certificate.
     pub fn new(args: &Args) -> Result<Plan, Error> {
-        if args.h2 {
-            return Err(Error::H2NotSupported);
-        }
         let trust = match &args.ca {
             Some(path) => tls::Trust::from_ca_file(path)?,
             None => tls::Trust::System,
@@ -135,6 +141,7 @@ impl Plan {
             follow: args.follow,
             idle_probe: args.idle_probe,
             timeout: args.timeout,
+            h2: args.h2,
             // The ring provider, chosen here rather than through a process-wide default.
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
@@ -264,13 +271,57 @@ impl Run<'_> {
         let (step, tcp) = net::connect(target, &addrs, plan.timeout).await;
         self.push(target, step);
         let tcp = tcp?;
+        let alpn: &[&[u8]] = if plan.h2 { &h2::ALPN } else { &[b"http/1.1"] };
         if !target.secure {
-            return self.talk(target, tcp).await;
+            return if plan.h2 {
+                self.talk_h2(target, tcp).await
+            } else {
+                self.talk(target, tcp).await
+            };
         }
         let (step, tls) =
-            tls::handshake(tcp, target, &plan.trust, &plan.provider, plan.timeout).await;
+            tls::handshake(tcp, target, &plan.trust, &plan.provider, alpn, plan.timeout).await;
         self.push(target, step);
-        self.talk(target, tls?).await
+        let tls = tls?;
+        if !plan.h2 {
+            return self.talk(target, tls).await;
+        }
+        let step = h2::alpn(tls.get_ref().1.alpn_protocol());
+        let picked_h2 = step.verdict == Verdict::Pass;
+        self.push(target, step);
+        if !picked_h2 {
+            return None;
+        }
+        self.talk_h2(target, tls).await
+    }
+
+    /// WebSockets over HTTP/2 on a connected stream: the connection, its SETTINGS, the extended
+    /// CONNECT, and the frames over the stream it opens.
+    async fn talk_h2<S>(&mut self, target: &Target, io: S) -> Option<Target>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let plan = self.plan;
+        let (step, send) = h2::open(io, target, plan.timeout).await;
+        self.push(target, step);
+        let send = send?;
+        let step = h2::settings(&send);
+        let announced = step.verdict == Verdict::Pass;
+        self.push(target, step);
+        if !announced {
+            return None;
+        }
+        let sent = h2::request_text(target, plan.origin.as_deref(), &plan.protocols);
+        let (step, outcome) = h2::connect(&send, target, &sent, plan.follow, plan.timeout).await;
+        self.push(target, step);
+        let (tunnel, front) = match outcome {
+            h2::Outcome::Follow(next) => return Some(next),
+            h2::Outcome::Stop => return None,
+            h2::Outcome::Open { tunnel, front } => (tunnel, front),
+        };
+        let conn = session::Conn::new(tunnel, Vec::new(), plan.provider.secure_random);
+        self.frames(target, conn, front).await;
+        None
     }
 
     /// The upgrade and what follows it, over a connected stream.
@@ -295,22 +346,33 @@ impl Run<'_> {
             upgrade::Outcome::Stop => return None,
             upgrade::Outcome::Upgraded { leftover, front } => (leftover, front),
         };
-        let mut conn = session::Conn::new(io, leftover, random);
+        let conn = session::Conn::new(io, leftover, random);
+        self.frames(target, conn, front).await;
+        None
+    }
+
+    /// What follows an opened WebSocket, over either HTTP version: `ping`, `idle`, `close`.
+    async fn frames<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        target: &Target,
+        mut conn: session::Conn<S>,
+        front: Option<hops::Proxy>,
+    ) {
+        let plan = self.plan;
         let (step, open) = session::ping(&mut conn, plan.timeout).await;
         self.push(target, step);
         if !open {
-            return None;
+            return;
         }
         if let Some(hold) = plan.idle_probe {
             let (step, open) = idle::probe(&mut conn, hold, front).await;
             self.push(target, step);
             if !open {
-                return None;
+                return;
             }
         }
         let step = session::close(&mut conn, plan.timeout).await;
         self.push(target, step);
-        None
     }
 }
 
@@ -413,16 +475,6 @@ mod tests {
             let e = parse(line).unwrap_err();
             assert!(e.contains(want), "{line}: {e}");
         }
-    }
-
-    #[test]
-    fn h2_is_refused_with_a_clear_message() {
-        let e = Plan::new(&parse("ws://h/ --h2").unwrap()).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("not supported yet: wsgate has no HTTP/2 client yet"),
-            "{e}"
-        );
     }
 
     #[test]

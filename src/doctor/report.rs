@@ -40,7 +40,8 @@ pub const STEP_FIELDS: [&str; 7] = [
     "facts",
 ];
 
-/// One check: `dns`, `tcp`, `tls`, `upgrade`, `redirect`, `ping`, `idle` or `close`.
+/// One check: `dns`, `tcp`, `tls`, `upgrade`, `redirect`, `ping`, `idle` or `close`; with
+/// `--h2`, `alpn`, `h2`, `settings` and `connect` in place of `upgrade`.
 #[derive(Debug, Clone)]
 pub struct Step {
     pub name: &'static str,
@@ -120,11 +121,12 @@ impl Report {
         }
     }
 
-    /// The endpoint works: the upgrade succeeded and no step failed.
+    /// The endpoint works: the upgrade (over HTTP/2, the extended CONNECT) succeeded and no
+    /// step failed.
     pub fn ok(&self) -> bool {
         self.steps
             .iter()
-            .any(|s| s.name == "upgrade" && s.verdict == Verdict::Pass)
+            .any(|s| matches!(s.name, "upgrade" | "connect") && s.verdict == Verdict::Pass)
             && self.steps.iter().all(|s| s.verdict != Verdict::Fail)
     }
 

@@ -1,5 +1,5 @@
 //! The `tls` step for `wss://` and `https://`: the handshake with rustls (ring provider, TLS 1.2
-//! and 1.3, ALPN `http/1.1`), the certificate chain checked against this machine's roots or the
+//! and 1.3, ALPN `http/1.1`, or `h2` and `http/1.1` with `--h2`), the certificate chain checked against this machine's roots or the
 //! CA given with `--ca`, and what a person needs to hear about it: who it is for, who issued it,
 //! how many days it has left, the TLS version and ALPN.
 //!
@@ -202,6 +202,7 @@ pub async fn handshake(
     target: &Target,
     trust: &Trust,
     provider: &Arc<CryptoProvider>,
+    alpn: &[&[u8]],
     timeout: Duration,
 ) -> (Step, Option<TlsStream<TcpStream>>) {
     let start = Instant::now();
@@ -226,7 +227,7 @@ pub async fn handshake(
                 .dangerous()
                 .with_custom_certificate_verifier(recorder.clone())
                 .with_no_client_auth();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             c
         }
         Err(e) => {
@@ -272,7 +273,7 @@ or the port the server serves TLS on (usually 443)",
             s
         }
         Ok(Ok(stream)) => {
-            let mut step = judge(&stream, seen, target, &roots_name);
+            let mut step = judge(&stream, seen, target, &roots_name, alpn);
             step.elapsed_ms = ms_since(start);
             return (step, Some(stream));
         }
@@ -287,6 +288,7 @@ fn judge(
     seen: Option<Seen>,
     target: &Target,
     roots_name: &str,
+    offered: &[&[u8]],
 ) -> Step {
     let (_, conn) = stream.get_ref();
     let version = match conn.protocol_version() {
@@ -315,7 +317,7 @@ fn judge(
         .with_fact("tls_version", version)
         .with_fact("cipher_suite", suite)
         .with_fact("alpn", alpn.clone());
-    if matches!(alpn.as_deref(), Some(p) if p != "http/1.1") {
+    if matches!(conn.alpn_protocol(), Some(p) if !offered.contains(&p)) {
         step.verdict = Verdict::Fail;
         step.hint = Some(
             "the server picked an ALPN protocol doctor did not offer; fix its TLS config".into(),

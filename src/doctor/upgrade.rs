@@ -136,7 +136,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     .await;
     let body_text = String::from_utf8_lossy(&body.bytes).to_string();
     let hops = Hops::guess(&head, &body_text);
-    let refusal = judge_refusal(&head, &body_text, &hops, sent, target, follow);
+    let refusal = judge_refusal(&head, &body_text, &hops, sent, target, follow, 101);
     let mut detail = format!(
         "{}\nanswered by {}\n{request_lines}\n{}",
         refusal.what,
@@ -169,7 +169,7 @@ fn facts(step: Step, head: &Head, sent: &Sent) -> Step {
 }
 
 /// Lines prefixed with `> ` or `< `.
-fn quote<'a>(mark: char, lines: impl Iterator<Item = &'a str>) -> String {
+pub(super) fn quote<'a>(mark: char, lines: impl Iterator<Item = &'a str>) -> String {
     lines
         .map(|l| format!("{mark} {l}"))
         .collect::<Vec<_>>()
@@ -380,7 +380,7 @@ mod tests {
                 let s = sent(&["a"], Some("o"));
                 let t = Target::parse("ws://h/").unwrap();
                 let _ = check_101(&h, &s);
-                let _ = judge_refusal(&h, "", &Hops::guess(&h, ""), &s, &t, true);
+                let _ = judge_refusal(&h, "", &Hops::guess(&h, ""), &s, &t, true, 101);
             }
         }
     }

@@ -263,6 +263,9 @@ pub async fn answering_server(answer: String) -> (SocketAddr, Arc<AtomicUsize>) 
 /// A test CA and a leaf certificate for `localhost` and `127.0.0.1` that it signed.
 pub struct Pki {
     pub ca_pem: String,
+    /// The leaf and its key as PEM, for a server that reads them from files.
+    pub leaf_pem: String,
+    pub key_pem: String,
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub key: rustls::pki_types::PrivateKeyDer<'static>,
 }
@@ -296,6 +299,8 @@ impl Pki {
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
         Pki {
             ca_pem: ca_cert.pem(),
+            leaf_pem: leaf_cert.pem(),
+            key_pem: leaf_key.serialize_pem(),
             chain: vec![leaf_cert.der().clone()],
             key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         }
@@ -315,6 +320,18 @@ impl Pki {
         let path = dir.join("ca.pem");
         std::fs::write(&path, &self.ca_pem).unwrap();
         path.display().to_string()
+    }
+
+    /// `[server.tls]` for wsgate with this leaf, its files written in `dir`, and `extra` lines.
+    pub fn server_tls_toml(&self, dir: &std::path::Path, extra: &str) -> String {
+        let (cert, key) = (dir.join("leaf.pem"), dir.join("leaf.key"));
+        std::fs::write(&cert, &self.leaf_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        format!(
+            "[server.tls]\ncert = {:?}\nkey = {:?}\n{extra}",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
     }
 }
 
