@@ -333,6 +333,156 @@ async fn a_client_reconnecting_to_another_node_recovers_from_its_position() {
     }
 }
 
+/// Two nodes as conformance/browser/nodes.sh starts them: one room route with history,
+/// presence and join/leave events.
+fn events_toml(url: &str, prefix: &str) -> String {
+    format!(
+        r#"
+[broker]
+kind = "redis"
+url = "{url}"
+prefix = "{prefix}"
+
+[[route]]
+path = "/room/{{room}}/"
+group = "room:{{room}}"
+history = {{ size = 100, ttl = "5m" }}
+presence = true
+join_leave = true
+"#
+    )
+}
+
+/// The next publication (join and leave events skipped): (offset, data).
+async fn next_message(c: &mut V1Client) -> (u64, String) {
+    loop {
+        let v = c.next_event().await;
+        match v["type"].as_str() {
+            Some("join" | "leave") => continue,
+            Some("pub") => {
+                return (
+                    v["offset"].as_u64().expect("an offset"),
+                    v["data"].as_str().expect("text data").to_string(),
+                );
+            }
+            _ => panic!("expected a publication, got {v}"),
+        }
+    }
+}
+
+async fn subscribe_with_events(c: &mut V1Client, group: &str, name: &str) -> Value {
+    c.command(json!({
+        "type": "subscribe",
+        "group": group,
+        "events": true,
+        "info": { "name": name }
+    }))
+    .await
+}
+
+async fn v1_publish(c: &mut V1Client, group: &str, data: &str) -> Value {
+    c.command(json!({ "type": "publish", "group": group, "data": data }))
+        .await
+}
+
+/// The two-node browser test's run, repeated: a fresh group, a member on each node, then the
+/// first publication at once. Each member gets it once (the publisher too: echo is on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_publication_of_a_fresh_group_reaches_members_on_both_nodes() {
+    let redis = RedisServer::start();
+    let toml = events_toml(&redis.url(), "fp");
+    let (na, nb) = (start(&toml).await, start(&toml).await);
+    for round in 0..30 {
+        let group = format!("room:first-{round}");
+        let path = format!("/room/first-{round}/");
+        let mut a = connect_v1(na.addr, &path).await;
+        let mut b = connect_v1(nb.addr, &path).await;
+        let ra = subscribe_with_events(&mut a, &group, "a").await;
+        assert_eq!(
+            (ra["type"].as_str(), ra["offset"].as_u64()),
+            (Some("ok"), Some(0)),
+            "{ra}"
+        );
+        let rb = subscribe_with_events(&mut b, &group, "b").await;
+        assert_eq!(
+            (rb["type"].as_str(), rb["offset"].as_u64()),
+            (Some("ok"), Some(0)),
+            "{rb}"
+        );
+        let r = v1_publish(&mut a, &group, "hello from a").await;
+        assert_eq!(
+            (r["type"].as_str(), r["offset"].as_u64()),
+            (Some("ok"), Some(1)),
+            "round {round}: {r}"
+        );
+        for c in [&mut a, &mut b] {
+            assert_eq!(
+                next_message(c).await,
+                (1, "hello from a".to_string()),
+                "round {round}"
+            );
+        }
+        let r = v1_publish(&mut b, &group, "hello from b").await;
+        assert_eq!(r["offset"].as_u64(), Some(2), "round {round}: {r}");
+        for c in [&mut a, &mut b] {
+            assert_eq!(
+                next_message(c).await,
+                (2, "hello from b".to_string()),
+                "round {round}"
+            );
+        }
+    }
+}
+
+/// A publication made while a member on another node is still subscribing is either before the
+/// position its subscribe reply gives (not owed to it) or delivered to it: never lost between
+/// the two. Whoever awaits the reply gets everything published after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_racing_a_subscribe_on_another_node_is_before_its_position_or_delivered() {
+    let redis = RedisServer::start();
+    let toml = events_toml(&redis.url(), "fr");
+    let (na, nb) = (start(&toml).await, start(&toml).await);
+    let (mut before, mut after) = (0, 0);
+    for round in 0..30 {
+        let group = format!("room:race-{round}");
+        let path = format!("/room/race-{round}/");
+        let mut a = connect_v1(na.addr, &path).await;
+        let mut b = connect_v1(nb.addr, &path).await;
+        subscribe_with_events(&mut a, &group, "a").await;
+        let (rb, ra) = tokio::join!(
+            subscribe_with_events(&mut b, &group, "b"),
+            v1_publish(&mut a, &group, "racing")
+        );
+        assert_eq!(ra["offset"].as_u64(), Some(1), "round {round}: {ra}");
+        let from = rb["offset"]
+            .as_u64()
+            .expect("a position in the subscribe reply");
+        assert!(from <= 1, "round {round}: {rb}");
+        let r = v1_publish(&mut a, &group, "after").await;
+        assert_eq!(r["offset"].as_u64(), Some(2), "round {round}: {r}");
+        assert_eq!(next_message(&mut a).await, (1, "racing".to_string()));
+        assert_eq!(next_message(&mut a).await, (2, "after".to_string()));
+        if from == 0 {
+            after += 1;
+            assert_eq!(
+                next_message(&mut b).await,
+                (1, "racing".to_string()),
+                "round {round}"
+            );
+        } else {
+            before += 1;
+        }
+        assert_eq!(
+            next_message(&mut b).await,
+            (2, "after".to_string()),
+            "round {round}"
+        );
+    }
+    eprintln!(
+        "the racing publication came before the subscribe {before} times, after it {after} times"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_presence_vanishes_within_the_ttl_and_the_others_go_on() {
     let redis = RedisServer::start();

@@ -61,7 +61,10 @@ async function openNode(context, base, name) {
     const c = new window.WsGate(url);
     c.on('publication', (p) => window.got.push(p.data));
     c.on('join', (e) => window.joined.push(e.connection.info && e.connection.info.name));
-    await c.subscribe(group, { events: true, info: { name } });
+    // Called while the socket still connects: it must settle with the server's reply (so the
+    // group is subscribed on the node), not before.
+    const reply = await c.subscribe(group, { events: true, info: { name } });
+    if (reply.type !== 'ok') throw new Error(`subscribe settled with ${JSON.stringify(reply)}, not the ok reply`);
     window.client = c;
   }, { room, group, name });
   return { page, logs };

@@ -56,6 +56,7 @@
     this.nextId = 1;
     this.waiting = {};          // id -> { resolve, reject, timer, onReply }
     this.subs = {};             // group -> { position, events, info }
+    this.early = {};            // group -> [{ resolve, reject, timer }]: subscribed before open
     this.listeners = {};
     for (var i = 0; i < EVENTS.length; i++) this.listeners[EVENTS[i]] = [];
     this.attempt = 0;
@@ -202,27 +203,55 @@
       var ev = { group: group, recovered: asked ? reply.recovered === true : undefined };
       if (reply.reason) ev.reason = reply.reason;
       self._emit("subscribed", ev);
+      self._settle(group, null, reply);
       return reply;
     }).catch(function (e) {
+      self._settle(group, e);
       self._emit("error", e);
       throw e;
     });
   };
 
+  // Settles the subscribe() calls made for `group` before the connection opened.
+  WsGate.prototype._settle = function (group, err, reply) {
+    var list = this.early[group];
+    if (!list) return;
+    delete this.early[group];
+    for (var i = 0; i < list.length; i++) {
+      clearTimeout(list[i].timer);
+      if (err) list[i].reject(err); else list[i].resolve(reply);
+    }
+  };
+
   /**
    * Subscribes to a group, now and after every reconnect (recovering what was missed).
    * opts: since ({epoch, offset}), events (join/leave events), info (presence info).
-   * Resolves with the server's reply once connected and subscribed.
+   * Resolves with the server's reply once connected and subscribed, also when called before
+   * the connection opened: whoever awaits it gets every publication made from then on.
    */
   WsGate.prototype.subscribe = function (group, opts) {
     opts = opts || {};
     this.subs[group] = { position: opts.since || null, events: !!opts.events, info: opts.info };
     if (this.state === "connected") return this._subscribe(group);
-    return Promise.resolve({ type: "pending", group: group });
+    // The subscribe goes out when the socket opens (see _connect); answering before that would
+    // let the caller publish, or tell another client to, while nothing is subscribed yet.
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      var w = { resolve: resolve, reject: reject };
+      w.timer = setTimeout(function () {
+        var list = self.early[group] || [];
+        var i = list.indexOf(w);
+        if (i >= 0) list.splice(i, 1);
+        reject(WsGateError("not connected within " + self.timeout + " ms; the client keeps trying and subscribes to " +
+          group + " once connected (the \"subscribed\" event says when)", 0));
+      }, self.timeout);
+      (self.early[group] = self.early[group] || []).push(w);
+    });
   };
 
   WsGate.prototype.unsubscribe = function (group) {
     delete this.subs[group];
+    this._settle(group, WsGateError("unsubscribed from " + group + " before the connection opened", 0));
     return this._send({ type: "unsubscribe", group: group });
   };
 
@@ -265,6 +294,7 @@
   WsGate.prototype.close = function () {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    for (var group in this.early) this._settle(group, WsGateError("closed before the connection opened", 0));
     if (this.ws) this.ws.close(1000, "client closed");
     else this._setState("closed", { code: 1000, reason: "client closed" });
   };
