@@ -285,7 +285,9 @@ pub struct Decoder {
     message: BytesMut,
     utf8_checked: usize,
     /// A control frame's payload while it arrives; released once the frame is handled, so an
-    /// idle connection holds none (and boxed: the decoder is part of every idle session).
+    /// idle connection holds none. Boxed on purpose: 8 bytes instead of a `Vec`'s 24 in every
+    /// idle session, for one more allocation per control frame.
+    #[allow(clippy::box_collection)]
     control: Option<Box<Vec<u8>>>,
     /// Where what `message` holds is counted, and how much of it is counted now.
     budget: Option<Arc<PartialBudget>>,
