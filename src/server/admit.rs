@@ -592,18 +592,15 @@ impl Joined {
             self.v1.take(),
         )
         .with_extras(self.extras.take())
-        .compressing(self.compression);
-        match ip_slot {
-            Some(held) => {
-                tokio::spawn(async move {
-                    session.await;
-                    drop(held);
-                });
-            }
-            None => {
-                tokio::spawn(session);
-            }
-        }
+        .compressing(self.compression)
+        .keeping(
+            ip_slot
+                .filter(|s| s.counts())
+                .map(|s| s as Arc<dyn std::any::Any + Send + Sync>),
+        );
+        // The session itself is the task (no wrapping future): its size is what an idle
+        // connection's task costs.
+        tokio::spawn(session);
     }
 }
 
@@ -622,6 +619,7 @@ impl Drop for Joined {
                 relay.closed(1006);
             }
             self.server.hub.unregister(self.outbox.id);
+            self.server.heartbeat.forget(&self.outbox);
         }
     }
 }

@@ -104,6 +104,14 @@ impl OpenPerIp {
     }
 }
 
+impl IpSlot {
+    /// Whether this place is counted (a limited, non-loopback address): one that is not needs
+    /// no keeping.
+    pub fn counts(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl Drop for IpSlot {
     fn drop(&mut self) {
         if let Some((limit, ip)) = self.0.take() {

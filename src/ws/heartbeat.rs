@@ -11,7 +11,7 @@
 //! is wanted, and its owner acts on it. Sessions' entries are their outboxes; proxy tunnels have
 //! an entry of their own, for both of their sides.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ pub struct Beat {
     last_rx: AtomicU64,
     /// When the outstanding Ping was asked for, or 0.
     ping_sent: AtomicU64,
+    /// The wheel's slot holding this entry (stale while a tick has it out), so that a
+    /// connection that ends can leave the wheel at once ([`Heartbeat::forget`]).
+    slot: AtomicU32,
 }
 
 impl Beat {
@@ -33,6 +36,7 @@ impl Beat {
         Beat {
             last_rx: AtomicU64::new(now_ms),
             ping_sent: AtomicU64::new(0),
+            slot: AtomicU32::new(0),
         }
     }
 
@@ -135,7 +139,26 @@ impl<E: Entry> Heartbeat<E> {
         let mut w = self.lock();
         let n = w.slots.len();
         let slot = (w.cursor + ahead.clamp(1, n - 1)) % n;
+        conn.beat().slot.store(slot as u32, Ordering::Relaxed);
         w.slots[slot].push(Arc::downgrade(conn));
+    }
+
+    /// Stops tracking a connection that ended. Without this its entry would stay in the wheel
+    /// until its slot comes round (up to `ping_interval`), and with it the allocation its weak
+    /// reference keeps: under connect/close churn, a few MB per 10,000 connections.
+    pub fn forget(&self, conn: &E) {
+        let at = conn.beat().slot.load(Ordering::Relaxed) as usize;
+        let mut w = self.lock();
+        if let Some(slot) = w.slots.get_mut(at)
+            && let Some(i) = slot.iter().position(|x| std::ptr::eq(x.as_ptr(), conn))
+        {
+            slot.swap_remove(i);
+            if slot.is_empty() {
+                // After a burst of closes the wheel keeps no capacity for them.
+                *slot = Vec::new();
+            }
+        }
+        // Not found: a tick has it out now, and drops it when it finds it gone.
     }
 
     /// Every live connection, for shutdown.
@@ -177,7 +200,9 @@ impl<E: Entry> Heartbeat<E> {
                 let ahead = (at.saturating_sub(now))
                     .div_ceil(self.tick_ms)
                     .clamp(1, n as u64 - 1);
-                again.push((((cursor as u64 + ahead) % n as u64) as usize, weak));
+                let slot = ((cursor as u64 + ahead) % n as u64) as usize;
+                conn.beat().slot.store(slot as u32, Ordering::Relaxed);
+                again.push((slot, weak));
             }
         }
         if !again.is_empty() {
@@ -245,6 +270,36 @@ mod tests {
         fn is_closing(&self) -> bool {
             self.closed.lock().unwrap().is_some()
         }
+    }
+
+    #[test]
+    fn a_forgotten_entry_leaves_the_wheel_at_once() {
+        let hb: Arc<Heartbeat<Probe>> =
+            Heartbeat::new(Duration::from_secs(25), Duration::from_secs(10));
+        let probes: Vec<Arc<Probe>> = (0..3)
+            .map(|_| {
+                Arc::new(Probe {
+                    beat: Some(Beat::new(0)),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        for p in &probes {
+            hb.register(p);
+        }
+        hb.forget(&probes[1]);
+        let left = hb.connections();
+        assert_eq!(
+            left.len(),
+            2,
+            "the forgotten entry is gone while still alive"
+        );
+        assert!(left.iter().all(|c| !Arc::ptr_eq(c, &probes[1])));
+        assert_eq!(
+            Arc::weak_count(&probes[1]),
+            0,
+            "the wheel keeps no reference to it"
+        );
     }
 
     #[test]

@@ -26,10 +26,15 @@ struct State {
     /// busy writing (or blocked on a full socket) pushes just queue, without a wake-up each.
     idle: bool,
     ping: bool,
-    close: Option<CloseReason>,
+    /// Boxed: only a closing connection has one, and every idle one carries this field.
+    close: Option<Box<CloseReason>>,
     /// The session queued its Close: nothing may follow it on the wire.
     sealed: bool,
 }
+
+/// The size of the queue's locked state, for the session's size test.
+#[cfg(test)]
+pub(super) const STATE_SIZE: usize = std::mem::size_of::<Mutex<State>>();
 
 /// Shared between a session and everyone who sends to it (hub, heartbeat, shutdown).
 #[derive(Debug)]
@@ -132,7 +137,7 @@ impl Outbox {
             if st.close.is_some() {
                 return false;
             }
-            st.close = Some(why);
+            st.close = Some(Box::new(why));
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -160,7 +165,7 @@ impl Outbox {
         let mut st = self.lock();
         let signals = Signals {
             ping: std::mem::take(&mut st.ping),
-            close: st.close.clone(),
+            close: st.close.as_deref().cloned(),
         };
         if !st.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             st.waker = Some(waker.clone());
@@ -172,6 +177,14 @@ impl Outbox {
             out.extend(st.queue.drain(..));
         }
         signals
+    }
+
+    /// Gives back the queue's buffer when nothing is queued (see the session's `release`).
+    pub(crate) fn release_idle(&self) {
+        let mut st = self.lock();
+        if st.queue.is_empty() {
+            st.queue = VecDeque::new();
+        }
     }
 
     /// Records that `n` queued bytes were written (or discarded).

@@ -32,6 +32,11 @@ pub struct Extras {
     /// The connection's close code, once known: the first Close sent (ours, or our answer to
     /// the peer's).
     pub(super) code: Option<u16>,
+    /// The extra bytes that arrived with the handshake (a client that did not wait for the
+    /// 101): rare, so kept here rather than in every session.
+    pub(super) pending: Option<Box<[u8]>>,
+    /// Whatever the session's starter needs kept until it ends (`Session::keeping`).
+    pub(super) keep: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Extras {
@@ -40,7 +45,16 @@ impl Extras {
         Extras {
             groups,
             relay,
-            code: None,
+            ..Extras::default()
         }
+    }
+
+    /// Nothing left in it: the session may drop it.
+    pub(super) fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+            && self.relay.is_none()
+            && self.code.is_none()
+            && self.pending.is_none()
+            && self.keep.is_none()
     }
 }

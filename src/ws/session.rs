@@ -46,6 +46,9 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
 }
 
+/// Our Ping: no payload (a Pong answering it then allocates nothing either).
+const PING: &[u8] = &[0x80 | OpCode::Ping as u8, 0];
+
 /// Most frames written by one `writev`.
 const MAX_IOV: usize = 64;
 /// Reads handled in one poll before yielding, so one busy client cannot starve the others.
@@ -145,15 +148,17 @@ pub struct Session<S = TcpStream> {
     read_done: bool,
     /// Leave once our Close is out, without waiting for the peer's.
     no_wait: bool,
-    /// The extra bytes that arrived with the handshake.
-    pending: Option<Bytes>,
+    /// A Ping was asked for (the peer was silent for `ping_interval`): once the queue is written
+    /// out, give its buffers back, so a connection that went idle after a burst holds none.
+    release: bool,
     phase: Phase,
     /// The deadline of the closing phase: armed when our Close becomes due, then reset for the
     /// linger. Boxed, and only while closing: an idle session carries no timer.
     timer: Option<Pin<Box<Sleep>>>,
     /// The `wsgate.v1` state, when the client speaks it (a plain client has none).
     v1: Option<Box<V1>>,
-    /// Backend hooks' part: more groups, the relay of a forwarding route (none without hooks).
+    /// What few sessions have: backend hooks' groups and relay, bytes that came with the
+    /// handshake, a per-address place to keep (none for a plain client on loopback).
     extras: Option<Box<Extras>>,
     /// What was agreed for permessage-deflate, when the client negotiated it (shared by every
     /// such connection of the route: no per-connection compression state).
@@ -217,7 +222,7 @@ impl<S: Transport> Session<S> {
             close_received: false,
             read_done: false,
             no_wait: false,
-            pending: (!leftover.is_empty()).then_some(leftover),
+            release: false,
             phase: Phase::Open,
             timer: None,
             v1: v1.map(|s| Box::new(V1::new(s))),
@@ -225,12 +230,40 @@ impl<S: Transport> Session<S> {
             compression: None,
             buckets,
         }
+        .with_pending(leftover)
+    }
+
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Default::default)
+    }
+
+    fn with_pending(mut self, leftover: Bytes) -> Self {
+        if !leftover.is_empty() {
+            self.extras_mut().pending = Some(Vec::from(leftover).into_boxed_slice());
+        }
+        self
+    }
+
+    /// The same session, keeping `keep` alive until it ends (held by the session rather than
+    /// by a wrapping future: the session is the whole task, and every byte of it is paid per
+    /// idle connection).
+    pub fn keeping(mut self, keep: Option<Arc<dyn std::any::Any + Send + Sync>>) -> Self {
+        if keep.is_some() {
+            self.extras_mut().keep = keep;
+        }
+        self
     }
 
     /// The same session with what backend hooks added: groups already joined (left when it
     /// ends) and the relay that takes its messages and hears of its close.
     pub fn with_extras(mut self, extras: Option<Box<Extras>>) -> Self {
-        self.extras = extras;
+        if let Some(mut x) = extras {
+            if let Some(old) = self.extras.take() {
+                x.pending = old.pending;
+                x.keep = old.keep;
+            }
+            self.extras = Some(x);
+        }
         self
     }
 
@@ -441,7 +474,8 @@ impl<S: Transport> Session<S> {
             METRICS.send_queue_frames.observe(self.out.len() as u64);
         }
         if sig.ping && !self.close_sent {
-            self.enqueue_control(frame::encode(OpCode::Ping, b""));
+            self.enqueue_control(Bytes::from_static(PING));
+            self.release = true;
         }
         if let Some(why) = sig.close.filter(|_| !self.close_sent) {
             self.close_for(why);
@@ -492,6 +526,13 @@ impl<S: Transport> Session<S> {
         }
         if self.out.capacity() > 1024 {
             self.out.shrink_to(64);
+        }
+        if self.release && self.out.is_empty() {
+            // Idle: nothing queued either side. A busy connection is asked at most once per
+            // ping interval, so the buffers it gets back cost one allocation per interval.
+            self.release = false;
+            self.out = VecDeque::new();
+            self.outbox.release_idle();
         }
         Ok(progressed)
     }
@@ -598,7 +639,10 @@ impl<S: Transport> Session<S> {
     }
 
     fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<End> {
-        if let Some(mut first) = self.pending.take().map(|b| b.to_vec()) {
+        if let Some(mut first) = self.extras.as_mut().and_then(|x| x.pending.take()) {
+            if self.extras.as_ref().is_some_and(|x| x.is_empty()) {
+                self.extras = None;
+            }
             let mut events = Vec::new();
             let r = self.decoder.feed(&mut first, &mut |e| events.push(e));
             for ev in events {
@@ -715,6 +759,7 @@ impl<S: Transport> Future for Session<S> {
 
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
+        self.env.heartbeat.forget(&self.outbox);
         self.env.hub.unregister(self.outbox.id);
         if let Some(g) = &self.group {
             self.env.hub.leave(g, self.outbox.id);
@@ -753,6 +798,37 @@ mod tests {
     fn an_idle_session_stays_small() {
         let size = std::mem::size_of::<Session>();
         assert!(size <= 384, "Session grew to {size} bytes");
+    }
+
+    /// What an idle connection's task allocation is: tokio's task cell (a 32-byte header, the
+    /// scheduler handle and task id, the future, a 48-byte trailer) rounded up to its 128-byte
+    /// alignment. `Stage` mirrors tokio's (the future, its output or nothing). A session of
+    /// 288 bytes or less makes a 384-byte task, one more byte a 512-byte one (BENCHMARKS.md,
+    /// "What an idle connection holds").
+    #[test]
+    fn an_idle_sessions_task_fits_384_bytes() {
+        #[allow(dead_code)]
+        enum Stage<T> {
+            Running(T),
+            Finished(Result<(), (Option<Box<dyn std::any::Any + Send>>, std::num::NonZeroU64)>),
+            Consumed,
+        }
+        let stage = std::mem::size_of::<Stage<Session>>();
+        let cell = (32 + 16 + stage + 48).next_multiple_of(128);
+        println!(
+            "sizes: Session {} (Decoder {}, TcpStream {}), task stage {stage}, task cell {cell}, \
+             Outbox {} (+16 Arc counts), outbox State {}, CloseReason {}",
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<Decoder>(),
+            std::mem::size_of::<TcpStream>(),
+            std::mem::size_of::<Outbox>(),
+            super::super::outbox::STATE_SIZE,
+            std::mem::size_of::<CloseReason>(),
+        );
+        assert!(
+            cell <= 384,
+            "an idle session's task is {cell} bytes (stage {stage})"
+        );
     }
 
     fn env(close_timeout: Duration) -> Arc<Env> {
