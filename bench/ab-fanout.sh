@@ -39,17 +39,7 @@ echo "results in $OUT; client $CLIENT" >&2
 if [ "$NODE" = 1 ]; then
   (cd bench/peers && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund --silent; })
 fi
-if [ "${ISOLATE:-0}" = 1 ]; then
-  if [ -d /sys/fs/cgroup/cpu ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
-    mkdir -p /sys/fs/cgroup/cpu/wsgate-ab
-    echo 262144 >/sys/fs/cgroup/cpu/wsgate-ab/cpu.shares
-    echo $$ >/sys/fs/cgroup/cpu/wsgate-ab/cgroup.procs
-  else
-    mkdir -p /sys/fs/cgroup/wsgate-ab
-    echo 10000 >/sys/fs/cgroup/wsgate-ab/cpu.weight
-    echo $$ >/sys/fs/cgroup/wsgate-ab/cgroup.procs
-  fi
-fi
+isolate_cpu wsgate-ab
 
 SERVER_PID=""
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; true' EXIT

@@ -31,13 +31,7 @@ if [ "${PINGS:-1}" = 0 ]; then PING=0s PING_MS=0; else PING=25s PING_MS=25000; f
 FIGURES=("$@")
 [ ${#FIGURES[@]} -eq 0 ] && FIGURES=(fanout idle)
 
-OUT="${OUT:-$ROOT/bench/results/deflate-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
+bench_setup deflate
 (cd bench/peers && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund --silent; })
 git -C "$ROOT" rev-parse --short HEAD >"$OUT/commit" 2>/dev/null || true
 

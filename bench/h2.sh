@@ -27,34 +27,13 @@ HS_CONC="${HS_CONC:-50}"
 SCHEMES="${SCHEMES:-ws wss}"
 SIZE="${SIZE:-64}"
 THREADS="${THREADS:-1}"
-OUT="${OUT:-$ROOT/bench/results/h2-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
+bench_setup h2
 git -C "$ROOT" rev-parse --short HEAD >"$OUT/commit" 2>/dev/null || true
 uptime >"$OUT/load-before" 2>/dev/null || true
 
-if [ "${ISOLATE:-0}" = 1 ]; then
-  # A compile elsewhere gets ~1 % of the box; server and client share the rest (cgroup v1 or v2).
-  if [ -d /sys/fs/cgroup/cpu ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
-    mkdir -p /sys/fs/cgroup/cpu/wsgate-h2
-    echo 262144 >/sys/fs/cgroup/cpu/wsgate-h2/cpu.shares
-    echo $$ >/sys/fs/cgroup/cpu/wsgate-h2/cgroup.procs
-  else
-    mkdir -p /sys/fs/cgroup/wsgate-h2
-    echo 10000 >/sys/fs/cgroup/wsgate-h2/cpu.weight
-    echo $$ >/sys/fs/cgroup/wsgate-h2/cgroup.procs
-  fi
-fi
+isolate_cpu wsgate-h2
 
-# One self-signed certificate for localhost and 127.0.0.1, ECDSA P-256, as in bench/tls.sh.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
-  -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>>"$OUT/openssl.log"
+self_signed_cert "$OUT"
 
 SERVER_PID=""
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; true; }

@@ -35,13 +35,7 @@ RECOVER_MISSED="${RECOVER_MISSED:-20}"
 FIGURES=("$@")
 [ ${#FIGURES[@]} -eq 0 ] && FIGURES=(fanout idle stored recover)
 
-OUT="${OUT:-$ROOT/bench/results/history-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
+bench_setup history
 
 SERVER_PID=""
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; true; }

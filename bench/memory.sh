@@ -43,13 +43,7 @@ CHURN_SETTLE="${CHURN_SETTLE:-3}"
 FIGURES=("$@")
 [ ${#FIGURES[@]} -eq 0 ] && FIGURES=(idle churn burst echo)
 
-OUT="${OUT:-$ROOT/bench/results/memory-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
+bench_setup memory
 
 SERVER_PID=""
 CLIENT_PIDS=()

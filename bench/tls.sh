@@ -28,21 +28,10 @@ ECHO_SECONDS="${ECHO_SECONDS:-5}"
 ECHO_WARMUP="${ECHO_WARMUP:-1}"
 SIZE="${SIZE:-64}"
 THREADS="${THREADS:-1}"
-OUT="${OUT:-$ROOT/bench/results/tls-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
+bench_setup tls
 git -C "$ROOT" rev-parse --short HEAD >"$OUT/commit" 2>/dev/null || true
 
-# One self-signed certificate for localhost and 127.0.0.1, ECDSA P-256 (what most sites serve
-# now). CA:FALSE: openssl's default marks it a CA, which rustls refuses as a server's certificate.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
-  -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>>"$OUT/openssl.log"
+self_signed_cert "$OUT"
 
 SERVER_PID=""
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; true; }

@@ -33,3 +33,42 @@ bench_json() {
     "$BIN" bench "$@" --size "$SIZE" --pid "$pid" --progress 2 >"$OUT/$name.json" 2>>"$OUT/progress.log" ||
         echo "   (exit $?: not clean, see $OUT/$name.json)" >&2
 }
+
+# With ISOLATE=1, moves this shell (and all it starts) into a CPU cgroup NAME with the largest
+# share, so a compile elsewhere gets ~1 % of the box while server and client share the rest as
+# they would alone (cgroup v1 or v2). Usage: isolate_cpu NAME
+isolate_cpu() {
+    [ "${ISOLATE:-0}" = 1 ] || return 0
+    if [ -d /sys/fs/cgroup/cpu ] && [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+        mkdir -p "/sys/fs/cgroup/cpu/$1"
+        echo 262144 >"/sys/fs/cgroup/cpu/$1/cpu.shares"
+        echo $$ >"/sys/fs/cgroup/cpu/$1/cgroup.procs"
+    else
+        mkdir -p "/sys/fs/cgroup/$1"
+        echo 10000 >"/sys/fs/cgroup/$1/cpu.weight"
+        echo $$ >"/sys/fs/cgroup/$1/cgroup.procs"
+    fi
+}
+
+# A self-signed certificate for localhost and 127.0.0.1, ECDSA P-256 (what most sites serve
+# now), as DIR/cert.pem and DIR/key.pem; openssl's messages go to DIR/openssl.log. CA:FALSE:
+# openssl's default marks it a CA, which rustls refuses as a server's certificate.
+# Usage: self_signed_cert DIR
+self_signed_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
+        -keyout "$1/key.pem" -out "$1/cert.pem" 2>>"$1/openssl.log"
+}
+
+# Sets $OUT (bench/results/NAME-<UTC time> unless OUT is set; made and said on stderr) and $BIN
+# (WSGATE_BIN, or a release build of this tree made now). Usage: bench_setup NAME
+bench_setup() {
+    OUT="${OUT:-$ROOT/bench/results/$1-$(date -u +%Y%m%dT%H%M%SZ)}"
+    mkdir -p "$OUT"
+    echo "results in $OUT" >&2
+    if [ -z "${WSGATE_BIN:-}" ]; then
+        cargo build --release --quiet
+    fi
+    BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
+}

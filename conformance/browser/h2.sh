@@ -14,15 +14,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
 
-die() { echo "h2.sh: $*" >&2; exit 1; }
+. "$here/lib.sh"
 
-"$here/install.sh"
-
-bin="${WSGATE_BIN:-target/release/wsgate}"
-[ -x "$bin" ] || die "the wsgate binary $bin does not exist or is not executable; build it first (cargo build --release) or set WSGATE_BIN."
 command -v openssl >/dev/null 2>&1 || die "openssl is not installed; it makes the test CA and certificate (apt-get install openssl)."
 
-out="$repo/target/test-output/browser"
 pki="$out/h2-pki"
 rm -rf "$pki"
 mkdir -p "$pki"
@@ -50,10 +45,7 @@ spki="$(openssl x509 -in "$pki/leaf.pem" -pubkey -noout | openssl pkey -pubin -o
     | openssl dgst -sha256 -binary | base64)"
 [ -n "$spki" ] || die "could not hash the certificate's public key."
 
-port="$(node -e '
-    const s = require("net").createServer();
-    s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });
-')"
+port="$(free_port)"
 [ -n "$port" ] || die "could not find a free loopback port."
 
 conf="$out/h2.toml"
@@ -67,43 +59,9 @@ key = "$pki/key.pem"
 alpn = ["h2", "http/1.1"]
 EOF
 
-server_pid=""
-cleanup() {
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill "$server_pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "h2.sh: starting $bin serve --config $conf (https on 127.0.0.1:$port, log: $log)"
 # The access lines (target wsgate::access, at info) carry each handshake's http_version.
-WSGATE_LOG=info "$bin" serve --config "$conf" >"$log" 2>&1 &
-server_pid=$!
+start_server "$log" "$port" WSGATE_LOG=info -- serve --config "$conf"
 
-up=""
-for _ in $(seq 1 100); do
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "--- server log ($log):" >&2; cat "$log" >&2 || true
-        die "wsgate exited before it listened on 127.0.0.1:$port."
-    fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
-    sleep 0.1
-done
-if [ -z "$up" ]; then
-    echo "--- server log ($log):" >&2; cat "$log" >&2 || true
-    die "wsgate did not listen on 127.0.0.1:$port within 10 s."
-fi
-
-rc=0
 # node's own requests (publish, /metrics) trust the test CA this way.
-NODE_EXTRA_CA_CERTS="$pki/ca.pem" WSGATE_SERVER_LOG="$log" \
-    node "$here/h2.mjs" "https://127.0.0.1:$port" "$spki" || rc=$?
-if [ "$rc" -ne 0 ]; then
-    echo "--- last lines of the server log ($log):"
-    tail -n 40 "$log" || true
-fi
-exit "$rc"
+export NODE_EXTRA_CA_CERTS="$pki/ca.pem" WSGATE_SERVER_LOG="$log"
+run_test "$here/h2.mjs" "https://127.0.0.1:$port" "$spki"

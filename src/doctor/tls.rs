@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
 use super::net::secs;
+use crate::any_cert::AnyCert;
 use super::report::{Step, Verdict, ms_since};
 use super::target::Target;
 
@@ -126,7 +127,8 @@ struct Seen {
 #[derive(Debug)]
 struct Recorder {
     webpki: Option<Arc<WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
+    /// Checks the handshake's signatures (the chain is judged above, whatever it is).
+    signatures: AnyCert,
     seen: Mutex<Option<Seen>>,
 }
 
@@ -167,12 +169,7 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -181,18 +178,11 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
@@ -216,7 +206,7 @@ pub async fn handshake(
     };
     let recorder = Arc::new(Recorder {
         webpki,
-        provider: provider.clone(),
+        signatures: AnyCert(provider.clone()),
         seen: Mutex::new(None),
     });
     let config = match rustls::ClientConfig::builder_with_provider(provider.clone())
