@@ -12,7 +12,7 @@ import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
+import { assert, finish, runTests, startWatchdog, uid, withTimeout } from './harness.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '..', '..');
@@ -28,20 +28,8 @@ if (!BASE || !XLSX || !CSV || !CSV_ROWS) {
   console.error('usage: node django.mjs http://127.0.0.1:PORT XLSX_PATH CSV_PATH CSV_ROWS');
   process.exit(2);
 }
-const watchdog = setTimeout(() => {
-  console.error(`django.mjs: the whole run took longer than ${RUN_MS / 1000}s; giving up`);
-  console.log('browser (django): 0 passed, 1 failed');
-  process.exit(1);
-}, RUN_MS);
-watchdog.unref();
+startWatchdog('django.mjs', 'browser (django)', RUN_MS);
 
-const uid = (p) => `${p}-${randomBytes(4).toString('hex')}`;
-function assert(cond, msg) { if (!cond) throw new Error(`assertion failed: ${msg}`); }
-function withTimeout(promise, ms, what) {
-  let t;
-  return Promise.race([promise, new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms); })])
-    .finally(() => clearTimeout(t));
-}
 
 // What the example's view publishes for a sheet with these (name, amount) rows.
 function expected(rows) {
@@ -116,7 +104,6 @@ test('a big CSV uploaded by a classic form POST: the new page shows every line a
   await page.close();
 });
 
-let passed = 0, failed = 0;
 try {
   browser = await withTimeout(chromium.launch({
     executablePath: CHROMIUM, headless: true, timeout: 30_000,
@@ -129,18 +116,5 @@ try {
   console.log(`browser (django): 0 passed, ${tests.length} failed`);
   process.exit(1);
 }
-for (const { name, fn } of tests) {
-  const started = Date.now();
-  try {
-    await withTimeout(fn(), TEST_MS, name);
-    passed++;
-    console.log(`ok - ${name} (${Date.now() - started} ms)`);
-  } catch (e) {
-    failed++;
-    console.log(`not ok - ${name} (${Date.now() - started} ms)`);
-    console.log(`    ${String(e && e.message || e).split('\n').join('\n    ')}`);
-  }
-}
-await withTimeout(browser.close(), 10_000, 'closing chromium').catch((e) => console.log(`(${e.message})`));
-console.log(`browser (django): ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+const [passed, failed] = await runTests(tests, TEST_MS);
+await finish(browser, 'browser (django)', passed, failed);

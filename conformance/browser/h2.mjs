@@ -13,7 +13,7 @@ import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
+import { assert, finish, runTests, startWatchdog, uid, withTimeout } from './harness.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '..', '..');
@@ -35,27 +35,9 @@ if (!BASE.startsWith('https://') || !SPKI) {
   process.exit(2);
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`h2.mjs: the whole run took longer than ${RUN_MS / 1000}s; giving up`);
-  console.log('browser-h2: 0 passed, 1 failed');
-  process.exit(1);
-}, RUN_MS);
-watchdog.unref();
+startWatchdog('h2.mjs', 'browser-h2', RUN_MS);
 
-const uid = (p) => `${p}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
 const ROOM = uid('h2');
-
-function withTimeout(promise, ms, what) {
-  let t;
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
-  ]).finally(() => clearTimeout(t));
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(`assertion failed: ${msg}`);
-}
 
 // `wsgate_ws_opened_total` by (via, http_version), from /metrics (node fetches over HTTP/1.1).
 async function opened() {
@@ -168,8 +150,6 @@ test('d. screenshot of the demo page over HTTP/2 is saved', async () => {
   console.log(`    screenshot: ${SCREENSHOT}`);
 });
 
-let passed = 0;
-let failed = 0;
 try {
   console.log(`browser test over HTTP/2 against ${BASE} (room ${ROOM})`);
   browser = await withTimeout(chromium.launch({
@@ -190,27 +170,14 @@ try {
   process.exit(1);
 }
 
-for (const { name, fn } of tests) {
-  const started = Date.now();
-  try {
-    await withTimeout(fn(), TEST_MS, name);
-    passed++;
-    console.log(`ok - ${name} (${Date.now() - started} ms)`);
-  } catch (e) {
-    failed++;
-    console.log(`not ok - ${name} (${Date.now() - started} ms)`);
-    console.log(`    ${String(e && e.message || e).split('\n').join('\n    ')}`);
-    if (page) {
-      const state = await page.textContent('#state', { timeout: 1000 }).catch(() => '?');
-      const close = await page.textContent('#close-info', { timeout: 1000 }).catch(() => '?');
-      console.log(`    #state: ${JSON.stringify(state)}   #close-info: ${JSON.stringify(close)}`);
-      for (const l of logs.slice(-20)) console.log(`      ${l}`);
-      await page.screenshot({ path: join(OUT_DIR, `failed-h2-${name.split('.')[0]}.png`), fullPage: true, timeout: 5000 })
-        .catch(() => {});
-    }
+const [passed, failed] = await runTests(tests, TEST_MS, async (name) => {
+  if (page) {
+    const state = await page.textContent('#state', { timeout: 1000 }).catch(() => '?');
+    const close = await page.textContent('#close-info', { timeout: 1000 }).catch(() => '?');
+    console.log(`    #state: ${JSON.stringify(state)}   #close-info: ${JSON.stringify(close)}`);
+    for (const l of logs.slice(-20)) console.log(`      ${l}`);
+    await page.screenshot({ path: join(OUT_DIR, `failed-h2-${name.split('.')[0]}.png`), fullPage: true, timeout: 5000 })
+      .catch(() => {});
   }
-}
-
-await withTimeout(browser.close(), 10_000, 'closing chromium').catch((e) => console.log(`(${e.message})`));
-console.log(`browser-h2: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+});
+await finish(browser, 'browser-h2', passed, failed);

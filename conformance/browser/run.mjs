@@ -12,7 +12,7 @@ import { createServer } from 'node:http';
 import { mkdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
+import { assert, finish, runTests, startWatchdog, uid, withTimeout } from './harness.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '..', '..');
@@ -34,30 +34,12 @@ if (!BASE) {
   process.exit(2);
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`run.mjs: the whole run took longer than ${RUN_MS / 1000}s; giving up`);
-  console.log('browser: 0 passed, 1 failed');
-  process.exit(1);
-}, RUN_MS);
-watchdog.unref();
+startWatchdog('run.mjs', 'browser', RUN_MS);
 
-const uid = (p) => `${p}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
 const ROOM_A = uid('bt-a');
 const ROOM_B = uid('bt-b');
 const groupPath = (room) => `/api/groups/${encodeURIComponent(`room:${room}`)}/messages`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function withTimeout(promise, ms, what) {
-  let t;
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timed out after ${ms} ms: ${what}`)), ms); }),
-  ]).finally(() => clearTimeout(t));
-}
-
-function assert(cond, msg) {
-  if (!cond) throw new Error(`assertion failed: ${msg}`);
-}
 
 // ---------------------------------------------------------------- browser
 
@@ -427,8 +409,6 @@ ws.onmessage = (e) => { const d = document.createElement("div"); d.className = "
 
 // ---------------------------------------------------------------- main
 
-let passed = 0;
-let failed = 0;
 try {
   console.log(`browser test against ${BASE} (rooms ${ROOM_A}, ${ROOM_B})`);
   browser = await withTimeout(chromium.launch({
@@ -446,20 +426,7 @@ try {
   process.exit(1);
 }
 
-for (const { name, fn } of tests) {
-  const started = Date.now();
-  try {
-    await withTimeout(fn(), TEST_MS, name);
-    passed++;
-    console.log(`ok - ${name} (${Date.now() - started} ms)`);
-  } catch (e) {
-    failed++;
-    console.log(`not ok - ${name} (${Date.now() - started} ms)`);
-    console.log(`    ${String(e && e.message || e).split('\n').join('\n    ')}`);
-    await withTimeout(dumpTabs(name.split('.')[0]), 20_000, 'reading the pages').catch((err) => console.log(`    (${err.message})`));
-  }
-}
-
-await withTimeout(browser.close(), 10_000, 'closing chromium').catch((e) => console.log(`(${e.message})`));
-console.log(`browser: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+const [passed, failed] = await runTests(tests, TEST_MS, async (name) => {
+  await withTimeout(dumpTabs(name.split('.')[0]), 20_000, 'reading the pages').catch((err) => console.log(`    (${err.message})`));
+});
+await finish(browser, 'browser', passed, failed);
