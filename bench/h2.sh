@@ -42,21 +42,7 @@ trap cleanup EXIT
 # start_wsgate SCHEME: a fresh server on a free port. HTTP/2 streams per connection raised to
 # the most wsgate accepts, so N idle sockets fit on H2_CONNS connections.
 start_wsgate() {
-  local scheme=$1 conf="$OUT/$1.toml"
-  PORT="$(free_port)"
-  {
-    printf '[server]\nlisten = "127.0.0.1:%s"\nmax_connections = %s\n' "$PORT" $((N + 1000))
-    printf '[server.http2]\nmax_concurrent_streams = 10000\n'
-    if [ "$scheme" = wss ]; then
-      printf '[server.tls]\ncert = "%s"\nkey = "%s"\n' "$OUT/cert.pem" "$OUT/key.pem"
-    fi
-  } >"$conf"
-  WSGATE_LOG=warn "$BIN" serve --config "$conf" 2>>"$OUT/wsgate-$scheme.log" &
-  SERVER_PID=$!
-  if ! wait_for_tcp 127.0.0.1 "$PORT" 10 "$SERVER_PID"; then
-    echo "wsgate ($scheme) did not start; see $OUT/wsgate-$scheme.log" >&2
-    exit 1
-  fi
+  start_wsgate_scheme "$1" $((N + 1000)) $'[server.http2]\nmax_concurrent_streams = 10000\n'
 }
 
 # stop_wsgate NAME: keeps the server's /metrics (which protocol the sockets used), then stops it.

@@ -39,20 +39,7 @@ trap cleanup EXIT
 
 # start_wsgate SCHEME: a fresh server on a free port; ws:// plain, wss:// with the certificate.
 start_wsgate() {
-  local scheme=$1 conf="$OUT/$1.toml"
-  PORT="$(free_port)"
-  {
-    printf '[server]\nlisten = "127.0.0.1:%s"\nmax_connections = 10000\n' "$PORT"
-    if [ "$scheme" = wss ]; then
-      printf '[server.tls]\ncert = "%s"\nkey = "%s"\n' "$OUT/cert.pem" "$OUT/key.pem"
-    fi
-  } >"$conf"
-  WSGATE_LOG=warn "$BIN" serve --config "$conf" 2>>"$OUT/wsgate-$scheme.log" &
-  SERVER_PID=$!
-  if ! wait_for_tcp 127.0.0.1 "$PORT" 10 "$SERVER_PID"; then
-    echo "wsgate ($scheme) did not start; see $OUT/wsgate-$scheme.log" >&2
-    exit 1
-  fi
+  start_wsgate_scheme "$1" 10000
 }
 
 stop_wsgate() {

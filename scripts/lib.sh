@@ -72,3 +72,25 @@ bench_setup() {
     fi
     BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 }
+
+# A fresh wsgate ($BIN) on a free loopback port ($PORT; its pid in $SERVER_PID): ws:// plain,
+# wss:// with $OUT/cert.pem and $OUT/key.pem (see self_signed_cert); EXTRA is more config text.
+# Its log is $OUT/wsgate-SCHEME.log; a server that does not listen within 10 s stops the script.
+# Usage: start_wsgate_scheme SCHEME MAX_CONNECTIONS [EXTRA]
+start_wsgate_scheme() {
+    local scheme=$1 conf="$OUT/$1.toml"
+    PORT="$(free_port)"
+    {
+        printf '[server]\nlisten = "127.0.0.1:%s"\nmax_connections = %s\n' "$PORT" "$2"
+        printf '%s' "${3:-}"
+        if [ "$scheme" = wss ]; then
+            printf '[server.tls]\ncert = "%s"\nkey = "%s"\n' "$OUT/cert.pem" "$OUT/key.pem"
+        fi
+    } >"$conf"
+    WSGATE_LOG=warn "$BIN" serve --config "$conf" 2>>"$OUT/wsgate-$scheme.log" &
+    SERVER_PID=$!
+    if ! wait_for_tcp 127.0.0.1 "$PORT" 10 "$SERVER_PID"; then
+        echo "wsgate ($scheme) did not start; see $OUT/wsgate-$scheme.log" >&2
+        exit 1
+    fi
+}
