@@ -263,6 +263,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, m),
         })?;
     // The kernel caps this at net.core.somaxconn; a deep queue absorbs connection bursts.
+    METRICS
+        .listen_backlog
+        .set(u64::from(config.server.listen_backlog));
     let listener = bind(addr, config.server.listen_backlog).map_err(|source| StartError::Bind {
         addr: addr.to_string(),
         source,

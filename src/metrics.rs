@@ -361,6 +361,9 @@ pub struct Metrics {
     pub partial_bytes_closes: Counter,
     pub head_refusals: Counter,
     pub max_connections_limit: Gauge,
+    pub listen_backlog: Gauge,
+    pub tunnel_read_pauses: Counter,
+    pub uring_buffer_waits: Counter,
     pub nofile_limit: Gauge,
     pub deflate_connections: Gauge,
     pub deflate_compressed: Counter,
@@ -608,6 +611,18 @@ impl Metrics {
             max_connections_limit: r.gauge(
                 "wsgate_server_max_connections",
                 "server.max_connections in force (by default derived from the open files limit)",
+            ),
+            listen_backlog: r.gauge(
+                "wsgate_server_listen_backlog",
+                "server.listen_backlog in force (the kernel caps it at net.core.somaxconn)",
+            ),
+            tunnel_read_pauses: r.counter(
+                "wsgate_proxy_tunnel_read_pauses",
+                "Times an io_uring tunnel direction stopped reading its source because proxy.tunnel_buffer_bytes were unsent to the other side",
+            ),
+            uring_buffer_waits: r.counter(
+                "wsgate_proxy_uring_buffer_waits",
+                "Times a tunnel read waited because its io_uring engine's receive pool (proxy.uring_buffers) was empty",
             ),
             nofile_limit: r.gauge(
                 "wsgate_process_open_files_limit",

@@ -88,6 +88,9 @@ async fn metrics_move_with_handshakes_messages_publishes_and_proxied_requests() 
         "wsgate_proxy_tunnels_total",
         "wsgate_broker_up",
         "wsgate_broker_reconnects_total",
+        "wsgate_server_listen_backlog",
+        "wsgate_proxy_tunnel_read_pauses_total",
+        "wsgate_proxy_uring_buffer_waits_total",
     ] {
         v(&before, name);
     }

@@ -487,15 +487,36 @@ async fn messages_of_megabytes_echo_through_a_tunnel_intact() {
 async fn the_smallest_engine_pool_and_tunnel_buffer_still_carry_megabytes_intact() {
     // 16 receive buffers per io_uring engine and 16 KiB unsent per direction: every read
     // recycles a buffer and the tunnel pauses and resumes its reads many times per message.
-    echo_megabytes(
-        "[proxy]\nuring_buffers = 16\ntunnel_buffer_bytes = 16384\n",
+    // Every path goes to the upstream: the metrics are read on the admin listener.
+    let admin = free_port();
+    let _proxy = echo_megabytes(
+        &format!(
+            "[proxy]\nuring_buffers = 16\ntunnel_buffer_bytes = 16384\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+        ),
         3,
     )
     .await;
+    // The client writes each 8 MB whole before it reads the echo: the upstream-to-client
+    // direction fills its 16 KiB and pauses, which the metric counts (io_uring engine only).
+    if std::env::var("WSGATE_PROXY__TUNNEL_IO").as_deref() != Ok("epoll") {
+        let m = raw(
+            ([127, 0, 0, 1], admin).into(),
+            b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let pauses: f64 = m
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("wsgate_proxy_tunnel_read_pauses_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pause counter in:\n{}", m.body));
+        assert!(pauses >= 1.0, "{pauses}");
+    }
 }
 
-/// Echoes `n` messages of 8 MB through a proxy configured with `extra`, byte for byte.
-async fn echo_megabytes(extra: &str, n: u8) {
+/// Echoes `n` messages of 8 MB through a proxy configured with `extra`, byte for byte; the
+/// proxy is handed back, still running.
+async fn echo_megabytes(extra: &str, n: u8) -> ProxyProcess {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (up, _seen) = ws_echo(WsOptions::default()).await;
@@ -519,4 +540,5 @@ async fn echo_megabytes(extra: &str, n: u8) {
         .unwrap_or_else(|_| panic!("echo {i} of {n} (8 MB each) within the wait limit"));
         assert!(got[..] == payload[..], "echo {i} differs");
     }
+    proxy
 }

@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
 use super::net::secs;
-use crate::any_cert::AnyCert;
 use super::report::{Step, Verdict, ms_since};
 use super::target::Target;
+use crate::any_cert::AnyCert;
 
 /// A certificate with fewer days left than this gets a warning.
 const WARN_DAYS: i64 = 14;

@@ -618,6 +618,7 @@ impl Engine {
             if let Some(b) = bid {
                 bufs.give_back(b);
             }
+            crate::metrics::METRICS.uring_buffer_waits.inc();
             self.starved.push((k, i));
         } else if res == -libc::ECANCELED {
             // Paused or ending; a pause may already be over (see below).
@@ -726,6 +727,7 @@ impl Engine {
             }
             let backlog = d.pending.len() + io.tx.len() - io.tx_off;
             if backlog > high_water && io.recv && !io.paused {
+                crate::metrics::METRICS.tunnel_read_pauses.inc();
                 io.paused = true;
                 cancel[i] = true;
             } else if io.paused && backlog <= high_water / 2 && !d.src_done {
