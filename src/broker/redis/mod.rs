@@ -673,9 +673,20 @@ impl Redis {
         })
     }
 
+    /// Why a command failed: Redis could not be reached (the connection failed, was refused or
+    /// timed out), or it answered with an error.
     fn unavailable_because(&self, e: &redis::RedisError) -> Error {
+        let target = self.settings.target.describe();
+        let unreachable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal();
         Error::Unavailable {
-            reason: format!("{} answered: {e}", self.settings.target.describe()),
+            reason: if unreachable {
+                format!("cannot reach {target}: {e}")
+            } else {
+                format!("{target} answered: {e}")
+            },
         }
     }
 
