@@ -3,6 +3,7 @@
 # everything is already there).
 #   - Debian's chromium at /usr/bin/chromium (never a browser download by npm)
 #   - playwright-core from package-lock.json into ./node_modules (npm ci)
+#   - Debian's openssl (h2.sh makes its test CA and certificate with it)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +24,15 @@ if [ ! -x "$CHROMIUM" ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
     [ -x "$CHROMIUM" ] || die "apt-get finished but $CHROMIUM is still missing."
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
+        || die "openssl is missing and installing it needs apt-get as root (apt-get install openssl)."
+    echo "install.sh: installing Debian's openssl (apt-get)..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends openssl
 fi
 
 command -v node >/dev/null 2>&1 || die "node is not installed (Node.js 20 or newer is needed)."
