@@ -73,6 +73,9 @@ stop() {
 }
 
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status"; }
+# The heap and stacks only: RSS less the binary's own pages, which the first connections touch
+# once (code, not memory per connection) and which differ between two builds.
+anon() { awk '/RssAnon/ {print $2 * 1024}' "/proc/$SERVER_PID/status"; }
 open_conns() {
   curl -fs "http://127.0.0.1:$PORT/metrics" | awk '$1 == "wsgate_ws_connections" {print $2}'
 }
@@ -99,6 +102,7 @@ for fig in "${FIGURES[@]}"; do
     idle)
       start
       before="$(rss)"
+      anon_before="$(anon)"
       per=$((IDLE_CONNS / IDLE_CLIENTS))
       total=$((per * IDLE_CLIENTS))
       CLIENT_PIDS=()
@@ -111,12 +115,13 @@ for fig in "${FIGURES[@]}"; do
       wait_conns "$total" 180 || true
       sleep 2
       settled="$(rss)"
+      anon_settled="$(anon)"
       sleep $((IDLE_HOLD - (SECONDS - t0) > 2 ? IDLE_HOLD - (SECONDS - t0) : 1))
       end="$(rss)"
       held="$(open_conns)"
       for p in "${CLIENT_PIDS[@]}"; do wait "$p" || true; done
       CLIENT_PIDS=()
-      emit "{\"label\": \"$LABEL\", \"figure\": \"idle\", \"conns\": $held, \"rss_before\": $before, \"rss_settled\": $settled, \"rss_end\": $end, \"bytes_per_conn\": $(((settled - before) / total)), \"bytes_per_conn_end\": $(((end - before) / total))}"
+      emit "{\"label\": \"$LABEL\", \"figure\": \"idle\", \"conns\": $held, \"rss_before\": $before, \"rss_settled\": $settled, \"rss_end\": $end, \"bytes_per_conn\": $(((settled - before) / total)), \"bytes_per_conn_end\": $(((end - before) / total)), \"anon_bytes_per_conn\": $(((anon_settled - anon_before) / total))}"
       stop
       ;;
     churn)

@@ -3,7 +3,7 @@
 # each server started fresh on a free loopback port for each measurement, and writes the tables.
 #
 #   bench/run.sh                 # all figures; tables into bench/results/<time>/tables.md
-#   bench/run.sh echo room       # only these figures (echo room fanout idle handshake workers scaling)
+#   bench/run.sh echo room       # only these figures (echo room fanout idle handshake workers scaling runtime)
 #   WRITE=1 bench/run.sh         # also replace the results section of BENCHMARKS.md
 #
 # Settings (environment): REPS (1), ECHO_CONNS (100), ECHO_SECONDS (5), ROOM_CONNS (1000),
@@ -12,6 +12,8 @@
 # CORE_CAP (0.3: cores each worker may use in the `scaling` figure),
 # OUT (results folder; reuse one to add figures to a run), WSLOAD (path to a built wsload for the cross-check; default ../shared/wsload/target/release/wsload
 # or /tmp/wsload/target/release/wsload when present), WSGATE_BIN (the wsgate to measure, not built; default: a release build of this tree),
+# PIN=1 (servers on core 0, every client on core 1 with taskset: each side has a core of its own,
+# as when clients are on other machines; wsgate's default workers then count 1 core),
 # BASE_BIN (another wsgate binary, e.g. the
 # one before a change: echo, room, fan-out, idle and handshake also run against it as
 # "wsgate-base", right before wsgate, and tables.md gains a before/after table).
@@ -57,6 +59,12 @@ BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 
 SERVER_PID=""
 CGROUP=""
+SERVER_PIN=""
+if [ "${PIN:-0}" = 1 ]; then
+  SERVER_PIN="taskset -c 0"
+  CLIENT_PIN="taskset -c 1"
+  export CLIENT_PIN
+fi
 PORT=""
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
@@ -71,7 +79,7 @@ trap cleanup EXIT
 start_wsgate() {
   PORT="$(free_port)"
   WSGATE_SERVER__MAX_CONNECTIONS=30000 WSGATE_SERVER__WORKERS="${1:-0}" WSGATE_LOG=warn \
-    "${2:-$BIN}" serve --listen "127.0.0.1:$PORT" 2>>"$OUT/wsgate.log" &
+    $SERVER_PIN env ${RUNTIME:+WSGATE_SERVER__RUNTIME=$RUNTIME} "${2:-$BIN}" serve --listen "127.0.0.1:$PORT" 2>>"$OUT/wsgate.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return 0
@@ -85,7 +93,7 @@ start_wsgate() {
 start_node() {
   PORT="$(free_port)"
   local ready="$OUT/node.$PORT.out"
-  node bench/peers/server.js "$1" "$PORT" >"$ready" 2>>"$OUT/node.log" &
+  $SERVER_PIN node bench/peers/server.js "$1" "$PORT" >"$ready" 2>>"$OUT/node.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do
     grep -q "^PORT" "$ready" 2>/dev/null && return 0
@@ -209,6 +217,18 @@ for rep in $(seq "$REPS"); do
         bench "handshake.node.$rep" handshake --url "ws://127.0.0.1:$PORT/" --total "$HS_TOTAL" --concurrency "$HS_WORKERS" --duration 60
         stop_server
         ;;
+      runtime)
+        # server.runtime: tokio's work stealing (the default) against a runtime per worker.
+        for rt in work_stealing per_core; do
+          RUNTIME=$rt start_wsgate 0
+          bench "runtime-echo.$rt.$rep" echo --url "ws://127.0.0.1:$PORT/ws/echo" --conns "$ECHO_CONNS" --duration "$ECHO_SECONDS" --warmup 1
+          bench "runtime-handshake.$rt.$rep" handshake --url "ws://127.0.0.1:$PORT/ws/echo" --total "$HS_TOTAL" --concurrency "$HS_WORKERS" --duration 60
+          bench "runtime-fanout.$rt.$rep" fanout --url "ws://127.0.0.1:$PORT/room/fanout/" \
+            --publish-url "http://127.0.0.1:$PORT/api/groups/room:fanout/messages" \
+            --conns "$FANOUT_SUBS" --msgs "$FANOUT_MSGS" --rate "$FANOUT_RATE" --concurrency 200
+          stop_server
+        done
+        ;;
       workers)
         for w in 1 2; do
           start_wsgate "$w"
@@ -228,7 +248,7 @@ for rep in $(seq "$REPS"); do
           stop_server
         done
         ;;
-      *) echo "unknown figure $fig (echo room fanout idle handshake workers scaling)" >&2; exit 2 ;;
+      *) echo "unknown figure $fig (echo room fanout idle handshake workers scaling runtime)" >&2; exit 2 ;;
     esac
   done
 done

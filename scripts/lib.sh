@@ -30,7 +30,7 @@ bench_json() {
     local name=$1 pid=$2
     shift 2
     echo "== $name: wsgate bench $*" >&2
-    "$BIN" bench "$@" --size "$SIZE" --pid "$pid" --progress 2 >"$OUT/$name.json" 2>>"$OUT/progress.log" ||
+    ${CLIENT_PIN:-} "$BIN" bench "$@" --size "$SIZE" --pid "$pid" --progress 2 >"$OUT/$name.json" 2>>"$OUT/progress.log" ||
         echo "   (exit $?: not clean, see $OUT/$name.json)" >&2
 }
 

@@ -14,14 +14,14 @@ use crate::broker::Broker;
 use crate::broker::memory::{self, Memory};
 use crate::broker::policy::{GroupPattern, Policies, StreamPolicy};
 use crate::broker::redis;
-use crate::config::{BrokerKind, Config};
+use crate::config::{BrokerKind, Config, Runtime};
 use crate::hooks::Hooks;
 use crate::hub::Hub;
 use crate::lifecycle::{Shutdown, raise_nofile_limit};
 use crate::metrics::METRICS;
 use crate::proxy::Proxy;
 use crate::server::tls::Tls;
-use crate::server::{Parts, Server, listener, shutdown};
+use crate::server::{Parts, Server, cores, listener, shutdown};
 use crate::ws::Heartbeat;
 
 /// Failures that stop wsgate from starting.
@@ -65,9 +65,16 @@ pub struct Running {
     /// The admin listener's address, when `[admin] listen` is set.
     pub admin_addr: Option<SocketAddr>,
     handle: Handle,
-    accept: JoinHandle<()>,
+    accept: Accept,
     /// The heartbeat wheels, the active health checks.
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Who accepts: one task on the caller's runtime (`work_stealing`) or a thread per worker.
+#[derive(Debug)]
+enum Accept {
+    Task(JoinHandle<()>),
+    Cores(crate::server::cores::Cores),
 }
 
 /// A cheap handle on a running server that outlives [`Running::shutdown`]: what it holds now.
@@ -266,14 +273,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     METRICS
         .listen_backlog
         .set(u64::from(config.server.listen_backlog));
-    let listener = bind(addr, config.server.listen_backlog).map_err(|source| StartError::Bind {
+    let bind_err = |source| StartError::Bind {
         addr: addr.to_string(),
         source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    };
+    let workers = workers(&config);
+    let listeners = match config.server.runtime {
+        Runtime::PerCore => Listeners::PerCore(
+            cores::bind(addr, config.server.listen_backlog, workers).map_err(bind_err)?,
+        ),
+        Runtime::WorkStealing => {
+            Listeners::One(bind(addr, config.server.listen_backlog).map_err(bind_err)?)
+        }
+    };
+    let addr = match &listeners {
+        Listeners::PerCore(l) => l[0].local_addr(),
+        Listeners::One(l) => l.local_addr(),
+    }
+    .map_err(bind_err)?;
     let shutdown = Shutdown::new();
     let broker = broker(&config).await?;
     let broker_task = broker.clone().background();
@@ -281,9 +298,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let ws = &config.websocket;
     let heartbeat = Heartbeat::new(ws.ping_interval.get(), ws.pong_timeout.get());
     let proxy = Arc::new(Proxy::new(&config, &shutdown)?);
-    let threads = tokio::runtime::Handle::current().metrics().num_workers();
     proxy
-        .start_engines(config.proxy.tunnel_io, threads)
+        .start_engines(config.proxy.tunnel_io, workers)
         .map_err(StartError::IoUring)?;
     let api = Api::new(hub.clone(), &config);
     let hooks = Hooks::new(&config, hub.clone());
@@ -311,7 +327,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let admin_addr = admin.as_ref().map(|(a, _)| *a);
-    let accept = tokio::spawn(listener::serve(listener, server.clone()));
+    let accept = match listeners {
+        Listeners::One(l) => Accept::Task(tokio::spawn(listener::serve(l, server.clone()))),
+        Listeners::PerCore(l) => {
+            Accept::Cores(cores::Cores::start(l, &server).map_err(StartError::Runtime)?)
+        }
+    };
     let mut tasks = vec![
         tokio::spawn(heartbeat.run()),
         tokio::spawn(proxy.tunnels.heartbeat.clone().run()),
@@ -352,6 +373,20 @@ fn admin_listener(config: &Config) -> Result<Option<TcpListener>, StartError> {
     bind(addr, 128).map(Some).map_err(bind_err)
 }
 
+/// The listening sockets: one for the work-stealing runtime, one per worker for per-core ones.
+enum Listeners {
+    One(TcpListener),
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+/// `server.workers`, with 0 meaning one per core.
+fn workers(config: &Config) -> usize {
+    match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -366,10 +401,15 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 impl Running {
     /// Stops accepting, closes every WebSocket with 1001 and waits up to the grace period.
     /// Returns whether every connection finished in time.
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
         let server = &self.handle.0;
         server.shutdown.begin();
-        let _ = self.accept.await;
+        match &mut self.accept {
+            Accept::Task(t) => {
+                let _ = t.await;
+            }
+            Accept::Cores(c) => c.stopped_accepting().await,
+        }
         let grace = server.config.server.shutdown_grace.get();
         let clean = shutdown::drain(server, grace).await;
         for t in &self.tasks {
@@ -401,10 +441,16 @@ fn resolve_max_connections(config: &mut Config) {
 
 /// Runs the server until SIGTERM or SIGINT, then drains. Used by `wsgate serve`.
 pub fn serve_blocking(config: Config) -> Result<(), StartError> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
-        rt.worker_threads(config.server.workers);
-    }
+    // Per core, connections live on the workers' own runtimes and this one keeps only the
+    // background tasks (heartbeat wheels, health checks, broker, admin): one thread is plenty.
+    let mut rt = match config.server.runtime {
+        Runtime::PerCore => tokio::runtime::Builder::new_current_thread(),
+        Runtime::WorkStealing => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(workers(&config));
+            b
+        }
+    };
     let rt = rt.enable_all().build().map_err(StartError::Runtime)?;
     rt.block_on(async move {
         let running = start(config).await?;

@@ -96,11 +96,26 @@ fn help_shows_examples_and_version_prints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1001_and_exits_0() {
+    sigterm_drains("work_stealing").await;
+}
+
+/// The same with a runtime per worker: the connections live on the workers' threads, which
+/// must stay up through the drain and then let the process exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_per_core_workers_too() {
+    sigterm_drains("per_core").await;
+}
+
+async fn sigterm_drains(runtime: &str) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut child = spawn_wsgate(
         &["serve", "--listen", &listen],
-        &[("WSGATE_SERVER__SHUTDOWN_GRACE", "5s")],
+        &[
+            ("WSGATE_SERVER__SHUTDOWN_GRACE", "5s"),
+            ("WSGATE_SERVER__RUNTIME", runtime),
+            ("WSGATE_SERVER__WORKERS", "2"),
+        ],
         port,
     );
     let addr = format!("127.0.0.1:{port}").parse().unwrap();

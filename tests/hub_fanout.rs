@@ -71,6 +71,57 @@ async fn client_messages_are_broadcast_and_echo_to_sender_is_configurable() {
     srv.shutdown().await;
 }
 
+/// `server.runtime = "per_core"`: two listening sockets on one port (SO_REUSEPORT), clients
+/// spread over both workers, and every publication and client message still reaches every
+/// member, in order, across the workers; shutdown closes them all with 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_share_the_port_and_deliver_to_every_member_in_order() {
+    let srv = start("[server]\nruntime = \"per_core\"\nworkers = 2\n").await;
+    assert_eq!(
+        listening_sockets(srv.addr.port()),
+        2,
+        "one listening socket per worker"
+    );
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(connect(srv.addr, "/room/cores").await);
+    }
+    eventually("all joined", || srv.member_count("room:cores") == 40).await;
+    for i in 0..50 {
+        assert_eq!(publish(srv.addr, "room:cores", &format!("m{i}")).await, 40);
+    }
+    send_text(&mut clients[7], "from a member").await;
+    for c in &mut clients {
+        for i in 0..50 {
+            assert_eq!(next_text(c).await, format!("m{i}"));
+        }
+        assert_eq!(next_text(c).await, "from a member");
+    }
+    let closing = tokio::spawn(srv.shutdown());
+    for c in &mut clients {
+        match next(c).await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+            other => panic!("expected Close 1001, got {other:?}"),
+        }
+    }
+    drop(clients);
+    assert!(closing.await.unwrap(), "the drain finished in time");
+}
+
+/// Sockets listening on `port` (IPv4), from /proc/net/tcp.
+fn listening_sockets(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+        })
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_members_each_receive_every_one_of_100_publishes_in_order() {
     let srv = start("").await;

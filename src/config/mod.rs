@@ -46,7 +46,7 @@ pub use proxy::{
 };
 pub use route::{History, OnMessage, Replay, Route, path_params};
 pub use secret::Secret;
-pub use server::Server;
+pub use server::{Runtime, Server};
 pub use tls::{SniCert, Tls};
 pub use validate::{Error, Problem};
 pub use websocket::{Compression, WebSocket};

@@ -16,6 +16,13 @@ pub struct Server {
     pub listen: String,
     /// Worker threads; 0 means one per CPU core. Default 0.
     pub workers: usize,
+    /// How connections are spread over the workers. "work_stealing" (default): one tokio
+    /// multi-threaded runtime whose idle workers take tasks from busy ones. "per_core": each
+    /// worker is a thread with its own single-threaded runtime and its own listening socket on
+    /// the same address (`SO_REUSEPORT`); a connection stays on the worker that accepted it
+    /// (more handshakes per second; slower fan-out to thousands, whose wake-ups then cross
+    /// threads one by one: BENCHMARKS.md).
+    pub runtime: Runtime,
     /// Most WebSocket connections held at once; the next handshake gets 503. Hub connections and
     /// proxy tunnels are limited separately, each by this number. Default 0: the open-files
     /// limit (raised to its hard limit at start) less a reserve of 5% (at least 256), stated in
@@ -50,11 +57,21 @@ pub struct Server {
     pub http2: Http2,
 }
 
+/// `server.runtime`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    #[default]
+    WorkStealing,
+    PerCore,
+}
+
 impl Default for Server {
     fn default() -> Self {
         Server {
             listen: "127.0.0.1:8080".into(),
             workers: 0,
+            runtime: Runtime::WorkStealing,
             max_connections: 0,
             handshake_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,

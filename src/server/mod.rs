@@ -6,13 +6,14 @@
 //! handshake with [`crate::ws::handshake`], then gives the upgraded connection to a
 //! [`crate::ws::Session`].
 //!
-//! Files by job: [`listener`] accepts, [`conn`] serves one connection (first head, fast path,
+//! Files by job: [`listener`] accepts, [`cores`] runs a listener per worker thread, [`conn`] serves one connection (first head, fast path,
 //! hyper), [`h2`] serves an HTTP/2 one, [`router`] decides what serves a path, [`admit`] admits a
 //! WebSocket, [`shutdown`] drains, [`state`] holds what they share, [`route`] matches hub route
 //! patterns, [`tls`] holds the certificates and reloads them.
 
 pub mod admit;
 pub mod conn;
+pub mod cores;
 mod h2;
 mod head;
 pub mod listener;

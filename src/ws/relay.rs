@@ -37,6 +37,12 @@ pub struct Extras {
     pub(super) pending: Option<Box<[u8]>>,
     /// Whatever the session's starter needs kept until it ends (`Session::keeping`).
     pub(super) keep: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// What was agreed for permessage-deflate, when the client negotiated it (shared by every
+    /// such connection of the route: no per-connection compression state).
+    pub(super) compression: Option<&'static super::codec::Compression>,
+    /// The closing phase's deadline: armed when our Close becomes due, then reset for the
+    /// linger; only a closing session has one.
+    pub(super) timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Extras {
@@ -56,5 +62,7 @@ impl Extras {
             && self.code.is_none()
             && self.pending.is_none()
             && self.keep.is_none()
+            && self.compression.is_none()
+            && self.timer.is_none()
     }
 }
