@@ -32,14 +32,8 @@ PUBLISH_REQS="${PUBLISH_REQS:-200}"
 FIGURES=("$@")
 [ ${#FIGURES[@]} -eq 0 ] && FIGURES=(fanout throughput)
 
-OUT="${OUT:-$ROOT/bench/results/redis-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
+bench_setup redis
 scripts/install-redis.sh
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

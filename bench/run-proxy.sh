@@ -41,9 +41,7 @@ fi
 TARGETS=(direct wsgate-epoll wsgate nginx haproxy)
 [ -n "${BASE_BIN:-}" ] && TARGETS=(direct wsgate-base wsgate-epoll wsgate nginx haproxy)
 
-OUT="${OUT:-$ROOT/bench/results/proxy-$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
+bench_setup proxy
 ulimit -n "$(ulimit -Hn)"
 
 # --- peers: Debian nginx and haproxy, installed once; their system services never left running.
@@ -62,10 +60,6 @@ stop_system_services
 nginx -v 2>"$OUT/versions.txt"
 haproxy -v | head -1 >>"$OUT/versions.txt"
 
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
 "$BIN" --version >>"$OUT/versions.txt" 2>/dev/null || true
 
 PIDS=()

@@ -2,7 +2,7 @@
 # Runs every BENCHMARKS.md figure against wsgate and the node `ws` peer, interleaved in one run,
 # each server started fresh on a free loopback port for each measurement, and writes the tables.
 #
-#   bench/run.sh                 # all figures; tables into bench/results/<time>/tables.md
+#   bench/run.sh                 # all figures; tables into bench/results/run-<time>/tables.md
 #   bench/run.sh echo room       # only these figures (echo room fanout idle handshake workers scaling runtime)
 #   WRITE=1 bench/run.sh         # also replace the results section of BENCHMARKS.md
 #
@@ -47,14 +47,7 @@ if [ -z "${WSLOAD:-}" ]; then
 fi
 WSLOAD="${WSLOAD:-}"
 
-OUT="${OUT:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
-mkdir -p "$OUT"
-echo "results in $OUT" >&2
-
-if [ -z "${WSGATE_BIN:-}" ]; then
-  cargo build --release --quiet
-fi
-BIN="${WSGATE_BIN:-$ROOT/target/release/wsgate}"
+bench_setup run
 (cd bench/peers && { [ -d node_modules/ws ] || npm ci --no-audit --no-fund --silent; })
 
 SERVER_PID=""

@@ -124,10 +124,15 @@ def main():
     if "echo" in runs:
         rs, w, n = rows("echo", "msgs_per_s", lambda r: [
             f'{fmt(get(r, "latency_us.p50"))} / {fmt(get(r, "latency_us.p99"))}',
-            fmt(get(r, "server_cpu_us_per_msg"), 2)])
+            fmt(get(r, "server_cpu_us_per_msg"), 2),
+            f'{fmt(get(r, "cpu.server_runqueue_wait_ms"), 1)} / {fmt(get(r, "cpu.client_runqueue_wait_ms"), 1)}'])
         parts.append("### echo, %s connections, 1 in flight, 64-byte messages\n\n" % fmt(get(pair("echo")[0][0], "conns") if pair("echo")[0] else None)
-                     + table(["server", "messages/s", "ratio", "RTT p50 / p99 µs", "server CPU µs per message"] + CPU_HEAD + ["clean"], rs))
-        verdicts.append(("echo messages/s >= 1.6x node ws", w and n and w / n >= 1.6, ratio(w, n)))
+                     + table(["server", "messages/s", "ratio", "RTT p50 / p99 µs", "server CPU µs per message",
+                              "server / client threads waiting for a CPU, ms"] + CPU_HEAD + ["clean"], rs))
+        verdicts.append(("echo messages/s >= 1.8x node ws", w and n and w / n >= 1.8, ratio(w, n)))
+        wp, np_ = pair("echo")
+        p_w, p_n = mean(wp, "latency_us.p99"), mean(np_, "latency_us.p99")
+        verdicts.append(("echo RTT p99 <= 0.5x node ws", p_w and p_n and p_w / p_n <= 0.5, ratio(p_w, p_n)))
     if "room" in runs:
         rs, w, n = rows("room", "deliveries_per_s", lambda r: [
             f'{fmt(get(r, "iteration_latency_us.p50", 0) / 1000, 1)} / {fmt(get(r, "iteration_latency_us.p99", 0) / 1000, 1)}',
@@ -194,6 +199,21 @@ def main():
         parts.append(title + "\n\n" + table(["figure", "workers", "value"] + CPU_HEAD + ["clean"], out))
         best = max((float(v[:-1]) for v in scale.values() if v != "–"), default=0)
         verdicts.append((f"2 workers vs 1 >= 1.7x ({prefix})", best >= 1.7, ", ".join(f"{k} {v}" for k, v in scale.items())))
+    if any(k.startswith("runtime-") for k in runs):
+        out = []
+        for fig, path, label, lat in (("runtime-echo", "msgs_per_s", "echo messages/s (RTT p99 µs)", "latency_us.p99"),
+                                      ("runtime-handshake", "handshakes_per_s", "handshakes/s", None),
+                                      ("runtime-fanout", "deliveries_per_s", "fan-out deliveries/s (p99 ms)", "latency_us.p99")):
+            f = runs.get(fig, {})
+            for rt in ("work_stealing", "per_core"):
+                for r in f.get(rt, []):
+                    v = fmt(get(r, path))
+                    if lat and get(r, lat) is not None:
+                        l = get(r, lat) / (1000 if fig == "runtime-fanout" else 1)
+                        v += f" ({fmt(l, 0)})"
+                    out.append([label, rt, v] + cpu_cols(r) + [fmt(get(r, "ok"))])
+        parts.append("### server.runtime: work stealing (default) against a runtime per worker, 2 workers\n\n"
+                     + table(["figure", "runtime", "value"] + CPU_HEAD + ["clean"], out))
     ab = before_after(runs)
     if ab:
         parts.append("### before / after: wsgate-base (BASE_BIN) against this wsgate, same run\n\n"

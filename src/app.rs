@@ -379,21 +379,23 @@ enum Listeners {
     PerCore(Vec<std::net::TcpListener>),
 }
 
-/// `server.workers`, with 0 meaning one per core.
+/// `server.workers`, with 0 meaning one per core less one (at least one): the core left over
+/// does the kernel's share of the network work and runs what shares the machine (the backend, a
+/// load generator) without preempting a worker in the middle of its connections. On 2 cores one
+/// worker beat two in every figure (BENCHMARKS.md, "Workers, the echo tail and the last idle
+/// bytes"); cores the process may not use (a cpuset, taskset) are not counted.
 fn workers(config: &Config) -> usize {
     match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .saturating_sub(1)
+            .max(1),
         n => n,
     }
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
+    let sock = cores::socket(addr)?;
     sock.bind(addr)?;
     sock.listen(backlog)
 }
@@ -457,6 +459,7 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
         tracing::info!(
             max_connections = running.handle.0.config.server.max_connections,
             open_files_limit = METRICS.nofile_limit.get(),
+            workers = workers(&running.handle.0.config),
             "wsgate listening on {}://{} (demo page at /, publish with POST /api/groups/{{group}}/messages)",
             running.scheme(),
             running.addr
@@ -499,5 +502,20 @@ async fn wait_for_signal(handle: &Handle) -> &'static str {
                 None => tracing::info!("SIGHUP: nothing to reload (server.tls is off)"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_default_to_one_per_core_less_one_and_an_explicit_count_is_kept() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut config = Config::default();
+        assert_eq!(workers(&config), cores.saturating_sub(1).max(1));
+        assert!(workers(&config) >= 1);
+        config.server.workers = 3;
+        assert_eq!(workers(&config), 3);
     }
 }

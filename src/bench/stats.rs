@@ -72,6 +72,11 @@ pub struct CpuReport {
     /// All cores (from /proc/stat); 100 = every core busy.
     pub machine_busy_pct: f64,
     pub cores: usize,
+    /// How long the server's threads were runnable but waited for a CPU (the kernel's
+    /// schedstat), in ms over the window: time a busy machine takes from every message.
+    pub server_runqueue_wait_ms: Option<f64>,
+    /// The same for this client's threads.
+    pub client_runqueue_wait_ms: Option<f64>,
 }
 
 /// Starts measuring CPU at `start` and reports the usage since at `finish`.
@@ -81,6 +86,9 @@ pub struct CpuWindow {
     client_us: u64,
     machine: (u64, u64),
     server: Option<(u32, u64)>,
+    /// Run-queue wait (ns) of the server's and this process's threads at the start.
+    server_wait: Option<u64>,
+    client_wait: Option<u64>,
 }
 
 impl CpuWindow {
@@ -90,6 +98,8 @@ impl CpuWindow {
             client_us: self_cpu_us(),
             machine: machine_ticks().unwrap_or((0, 0)),
             server: pid.and_then(|p| process_cpu_us(p).map(|us| (p, us))),
+            server_wait: pid.and_then(|p| runqueue_wait_ns(&p.to_string())),
+            client_wait: runqueue_wait_ns("self"),
         }
     }
 
@@ -113,8 +123,34 @@ impl CpuWindow {
             server_cpu_s: server_s.map(|s| (s * 1e6).round() / 1e6),
             machine_busy_pct: round2(machine),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            server_runqueue_wait_ms: self.server.and_then(|(pid, _)| {
+                waited_ms(self.server_wait, runqueue_wait_ns(&pid.to_string()))
+            }),
+            client_runqueue_wait_ms: waited_ms(self.client_wait, runqueue_wait_ns("self")),
         }
     }
+}
+
+fn waited_ms(before: Option<u64>, after: Option<u64>) -> Option<f64> {
+    Some(round2(after?.saturating_sub(before?) as f64 / 1e6))
+}
+
+/// Time the threads of process `pid` ("self" for this one) spent runnable but not running, in
+/// ns: the second field of each `/proc/PID/task/TID/schedstat` (threads that ended drop out).
+fn runqueue_wait_ns(pid: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for t in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
 }
 
 pub fn round2(x: f64) -> f64 {

@@ -14,14 +14,16 @@ use super::validate::{Seg, keys};
 pub struct Server {
     /// Address to listen on. Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Worker threads; 0 means one per CPU core. Default 0.
+    /// Worker threads; 0 means one per CPU core less one, at least one (a core is left to the
+    /// kernel's network work and to the processes beside wsgate). Default 0.
     pub workers: usize,
     /// How connections are spread over the workers. "work_stealing" (default): one tokio
     /// multi-threaded runtime whose idle workers take tasks from busy ones. "per_core": each
     /// worker is a thread with its own single-threaded runtime and its own listening socket on
     /// the same address (`SO_REUSEPORT`); a connection stays on the worker that accepted it
-    /// (more handshakes per second; slower fan-out to thousands, whose wake-ups then cross
-    /// threads one by one: BENCHMARKS.md).
+    /// (handshakes per second 0.95-1.39x work stealing's over four runs here; a fan-out to
+    /// thousands at a quarter of the rate, since a publisher's request then waits behind every
+    /// member it woke on its worker: BENCHMARKS.md).
     pub runtime: Runtime,
     /// Most WebSocket connections held at once; the next handshake gets 503. Hub connections and
     /// proxy tunnels are limited separately, each by this number. Default 0: the open-files

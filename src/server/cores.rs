@@ -6,10 +6,10 @@
 //! or stolen from. A publication made on another worker still reaches it: the member's waker
 //! posts the task to this worker's runtime and wakes its thread.
 //!
-//! Measured next to tokio's work-stealing runtime, the default (BENCHMARKS.md, "Workers: per
-//! core or work stealing"): a third more handshakes per second, but a publication to thousands
-//! wakes each member on another worker with its own cross-thread wake-up (tokio's
-//! single-threaded runtime writes its eventfd per remote wake), and fan-out falls to a quarter.
+//! Measured next to tokio's work-stealing runtime, the default (BENCHMARKS.md, "Per core or work
+//! stealing"): as many handshakes per second or more, but a fan-out to thousands runs at a quarter of the
+//! rate: the publisher's own request waits on its worker's queue behind every member it woke
+//! there (a single-threaded runtime runs its tasks in order, and nobody else may take them).
 //!
 //! This module knows how to bind and run the workers, not what a connection does: each worker
 //! runs [`super::listener::serve`].
@@ -44,12 +44,7 @@ pub fn bind(addr: SocketAddr, backlog: u32, n: usize) -> io::Result<Vec<std::net
             Some(first) => first.local_addr()?,
             None => addr,
         };
-        let sock = if at.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        sock.set_reuseaddr(true)?;
+        let sock = socket(at)?;
         sock.set_reuseport(true)?;
         sock.bind(at)?;
         // tokio's `listen` would register the socket with the calling thread's runtime; the
@@ -63,6 +58,21 @@ pub fn bind(addr: SocketAddr, backlog: u32, n: usize) -> io::Result<Vec<std::net
         out.push(unsafe { std::net::TcpListener::from_raw_fd(sock.into_raw_fd()) });
     }
     Ok(out)
+}
+
+/// A TCP socket for listening on `addr` (its family), with `SO_REUSEADDR` so a restart can bind
+/// while old connections are in TIME_WAIT.
+///
+/// # Errors
+/// The socket could not be made or set.
+pub fn socket(addr: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    Ok(sock)
 }
 
 impl Cores {
