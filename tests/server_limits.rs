@@ -66,6 +66,81 @@ async fn open_connections_past_max_connections_per_ip_get_429_naming_the_key() {
     srv.shutdown().await;
 }
 
+/// A connection that went quiet gives its frame decoder and rate buckets back when a Ping is due
+/// (an idle connection holds neither): a message split around that moment still arrives whole,
+/// and afterwards the next messages are read and limited as before. One raw client, which gets its
+/// own messages back and answers every Ping at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_going_idle_a_connection_reads_and_limits_its_messages_as_before() {
+    use wsgate::ws::frame::{OpCode, encode_masked};
+    let srv = start(
+        "[websocket]\nping_interval = \"200ms\"\npong_timeout = \"300ms\"\nmax_messages_per_second = 10\n",
+    )
+    .await;
+    let mut s = raw_ws(srv.addr, "/room/quiet/").await;
+    // Half a message, then silence past ping_interval: the half is kept through the release.
+    s.write_all(&encode_masked(OpCode::Text, false, b"par", [9, 8, 7, 6]))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut s).await, (0x9, Vec::new()), "a Ping");
+    s.write_all(&client_frame(0xA, b"")).await.unwrap();
+    s.write_all(&encode_masked(
+        OpCode::Continuation,
+        true,
+        b"tial",
+        [1, 2, 3, 4],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_text_answering_pings(&mut s).await, "partial");
+    // Silent again, between messages: decoder and buckets go, and come back full.
+    assert_eq!(next_frame(&mut s).await, (0x9, Vec::new()), "a Ping");
+    s.write_all(&client_frame(0xA, b"")).await.unwrap();
+    let mut burst = Vec::new();
+    for i in 0..10 {
+        burst.extend(client_frame(1, format!("m{i}").as_bytes()));
+    }
+    s.write_all(&burst).await.unwrap();
+    for i in 0..10 {
+        assert_eq!(next_text_answering_pings(&mut s).await, format!("m{i}"));
+    }
+    let mut flood = Vec::new();
+    for i in 10..30 {
+        flood.extend(client_frame(1, format!("m{i}").as_bytes()));
+    }
+    s.write_all(&flood).await.unwrap();
+    let (code, reason) = read_until_close(&mut s).await.expect("a Close");
+    assert_eq!(code, 1008, "{reason}");
+    srv.shutdown().await;
+}
+
+/// The next server frame (small, unmasked) as (opcode, payload), within 3 s.
+async fn next_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let read = async {
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).await.unwrap();
+        let len = usize::from(head[1] & 0x7f);
+        assert!(len < 126, "a small frame");
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        (head[0] & 0x0f, payload)
+    };
+    tokio::time::timeout(Duration::from_secs(3), read)
+        .await
+        .expect("a frame within 3 s")
+}
+
+/// The next text message, answering the Pings that come first.
+async fn next_text_answering_pings(s: &mut TcpStream) -> String {
+    loop {
+        match next_frame(s).await {
+            (0x9, _) => s.write_all(&client_frame(0xA, b"")).await.unwrap(),
+            (0x1, text) => return String::from_utf8(text).unwrap(),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_past_max_messages_per_second_is_closed_with_1008_naming_the_key() {
     let srv = start("[websocket]\nmax_messages_per_second = 10\n").await;
