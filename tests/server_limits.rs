@@ -96,22 +96,21 @@ async fn after_going_idle_a_connection_reads_and_limits_its_messages_as_before()
     // Silent again, between messages: decoder and buckets go, and come back full.
     assert_eq!(next_frame(&mut s).await, (0x9, Vec::new()), "a Ping");
     s.write_all(&client_frame(0xA, b"")).await.unwrap();
-    let mut burst = Vec::new();
-    for i in 0..10 {
-        burst.extend(client_frame(1, format!("m{i}").as_bytes()));
-    }
-    s.write_all(&burst).await.unwrap();
+    s.write_all(&texts(0..10)).await.unwrap();
     for i in 0..10 {
         assert_eq!(next_text_answering_pings(&mut s).await, format!("m{i}"));
     }
-    let mut flood = Vec::new();
-    for i in 10..30 {
-        flood.extend(client_frame(1, format!("m{i}").as_bytes()));
-    }
-    s.write_all(&flood).await.unwrap();
+    s.write_all(&texts(10..30)).await.unwrap();
     let (code, reason) = read_until_close(&mut s).await.expect("a Close");
     assert_eq!(code, 1008, "{reason}");
     srv.shutdown().await;
+}
+
+/// Client text frames "m{i}" for each i of `range`, back to back.
+fn texts(range: std::ops::Range<u32>) -> Vec<u8> {
+    range
+        .flat_map(|i| client_frame(1, format!("m{i}").as_bytes()))
+        .collect()
 }
 
 /// The next server frame (small, unmasked) as (opcode, payload), within 3 s.
@@ -148,20 +147,12 @@ async fn a_client_past_max_messages_per_second_is_closed_with_1008_naming_the_ke
     let mut listener = connect(srv.addr, "/room/r/").await;
     let mut s = raw_ws(srv.addr, "/room/r/").await;
     // Ten messages are the burst the bucket holds: they pass.
-    let mut burst = Vec::new();
-    for i in 0..10 {
-        burst.extend(client_frame(1, format!("m{i}").as_bytes()));
-    }
-    s.write_all(&burst).await.unwrap();
+    s.write_all(&texts(0..10)).await.unwrap();
     for i in 0..10 {
         assert_eq!(next_text(&mut listener).await, format!("m{i}"));
     }
     // Twenty more at once: the eleventh has no token left.
-    let mut flood = Vec::new();
-    for i in 10..30 {
-        flood.extend(client_frame(1, format!("m{i}").as_bytes()));
-    }
-    s.write_all(&flood).await.unwrap();
+    s.write_all(&texts(10..30)).await.unwrap();
     let (code, reason) = read_until_close(&mut s).await.expect("a Close");
     assert_eq!(code, 1008, "{reason}");
     assert!(
