@@ -254,6 +254,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = config;
     resolve_max_connections(&mut config);
+    // Resolved once, like max_connections: the runtime, the io_uring engines and the start line
+    // read the same count.
+    config.server.workers = workers(&config);
     let config = Arc::new(config);
     // Certificates are read before the port is bound: a bad file stops the start with its name.
     let tls = match &config.server.tls {
@@ -277,7 +280,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: addr.to_string(),
         source,
     };
-    let workers = workers(&config);
+    let workers = config.server.workers;
     let listeners = match config.server.runtime {
         Runtime::PerCore => Listeners::PerCore(
             cores::bind(addr, config.server.listen_backlog, workers).map_err(bind_err)?,
@@ -442,14 +445,15 @@ fn resolve_max_connections(config: &mut Config) {
 }
 
 /// Runs the server until SIGTERM or SIGINT, then drains. Used by `wsgate serve`.
-pub fn serve_blocking(config: Config) -> Result<(), StartError> {
+pub fn serve_blocking(mut config: Config) -> Result<(), StartError> {
+    config.server.workers = workers(&config);
     // Per core, connections live on the workers' own runtimes and this one keeps only the
     // background tasks (heartbeat wheels, health checks, broker, admin): one thread is plenty.
     let mut rt = match config.server.runtime {
         Runtime::PerCore => tokio::runtime::Builder::new_current_thread(),
         Runtime::WorkStealing => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(workers(&config));
+            b.worker_threads(config.server.workers);
             b
         }
     };
@@ -459,7 +463,7 @@ pub fn serve_blocking(config: Config) -> Result<(), StartError> {
         tracing::info!(
             max_connections = running.handle.0.config.server.max_connections,
             open_files_limit = METRICS.nofile_limit.get(),
-            workers = workers(&running.handle.0.config),
+            workers = running.handle.0.config.server.workers,
             "wsgate listening on {}://{} (demo page at /, publish with POST /api/groups/{{group}}/messages)",
             running.scheme(),
             running.addr

@@ -38,6 +38,7 @@ pub struct Cores {
 /// # Errors
 /// The first socket that could not be made, bound or set listening.
 pub fn bind(addr: SocketAddr, backlog: u32, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let at = match out.first() {
@@ -49,7 +50,6 @@ pub fn bind(addr: SocketAddr, backlog: u32, n: usize) -> io::Result<Vec<std::net
         sock.bind(at)?;
         // tokio's `listen` would register the socket with the calling thread's runtime; the
         // worker that accepts on it registers it with its own.
-        let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
         // SAFETY: a valid socket descriptor owned by `sock` for the duration of the call.
         if unsafe { libc::listen(sock.as_raw_fd(), backlog) } != 0 {
             return Err(io::Error::last_os_error());
